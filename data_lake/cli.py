@@ -1,0 +1,248 @@
+"""`robot-rl lake ...`: the lake's command line. Every command prints a human-readable summary,
+or JSON with ``--json``. The lake is ``--lake URI`` (default: $ROBOT_RL_LAKE or ./lake)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from data_lake.episode import Episode, iter_episode_paths
+from data_lake.lake import DEFAULT_URI, Lake, write_quarantine_report
+
+Handler = Callable[[argparse.Namespace], Any]
+
+
+def _lake_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lake",
+        default=os.environ.get("ROBOT_RL_LAKE", DEFAULT_URI),
+        help="lake URI: a path, memory://name or s3://bucket/prefix (default: $ROBOT_RL_LAKE or ./lake)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=1, default=str) if args.json else text)
+
+
+# ---------------------------------------------------------------------------- handlers
+def cmd_init(a: argparse.Namespace) -> None:
+    uri = a.uri or a.lake
+    lake = Lake.create(uri)
+    snap = lake.resolve("main")
+    _emit(a, {"uri": uri, "snapshot_id": snap}, f"created lake {uri} (snapshot {snap}, branch main)")
+
+
+def cmd_info(a: argparse.Namespace) -> None:
+    d = Lake.open(a.lake).info(a.ref)
+    ratio = d["raw_bytes"] / d["stored_bytes"] if d["stored_bytes"] else float("nan")
+    lines = [
+        f"lake      {d['uri']}",
+        f"ref       {d['ref']} -> snapshot {d['snapshot_id']}",
+        f"episodes  {d['episodes']}   steps {d['steps']}   segments {d['segments']}",
+        f"bytes     raw {_human_bytes(d['raw_bytes'])} in this snapshot; "
+        f"{_human_bytes(d['stored_bytes'])} stored for all history (ratio {ratio:.2f})",
+        f"branches  {', '.join(d['branches'])}",
+        f"tags      {', '.join(d['tags']) or '-'}",
+        "tasks",
+        *[f"  {n:6d}  {t or '(none)'}" for t, n in d["tasks"].items()],
+        "schema",
+    ]
+    schema = d["schema"] or {"step": {}, "goal": {}}
+    for part in ("step", "goal"):
+        for k, s in schema[part].items():
+            lines.append(f"  {part:4s} {k:28s} {s['dtype']:8s} {tuple(s['shape'])}")
+    if d["schema"] is None:
+        lines.append("  (none yet: the first append fixes it)")
+    _emit(a, d, "\n".join(lines))
+
+
+def cmd_log(a: argparse.Namespace) -> None:
+    log = Lake.open(a.lake).log(a.ref, limit=a.n)
+    lines = []
+    for c in log:
+        when = c.written_at[:19].replace("T", " ")
+        delta = f"+{c.episodes_added} -{c.episodes_removed} = {c.episodes_total}"
+        lines.append(f"{c.snapshot_id}  {when}  {c.operation or '-':8s} {delta:16s} {c.author:18s} {c.message}")
+    _emit(a, [c.__dict__ for c in log], "\n".join(lines))
+
+
+def cmd_append(a: argparse.Namespace) -> None:
+    paths = list(iter_episode_paths(a.paths))
+    eps = [Episode.load(p) for p in paths]
+    lake = Lake.open(a.lake)
+    res = lake.append(
+        eps,
+        branch=a.branch,
+        message=a.message,
+        skip_invalid=a.skip_invalid,
+        allow_new_fields=a.allow_new_fields,
+        author=a.author,
+        labels=[str(p) for p in paths],
+    )
+    d = res.to_json()
+    text = (
+        f"appended {res.added} episodes to {a.branch} (snapshot {res.snapshot_id}); "
+        f"skipped {res.skipped_duplicates} already present"
+    )
+    if res.quarantined:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        report = write_quarantine_report(a.quarantine or f"quarantine-{stamp}.json", res)
+        d["quarantine_report"] = str(report)
+        text += f"; quarantined {len(res.quarantined)} (report: {report})"
+    _emit(a, d, text)
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    out = Lake.open(a.lake).export(a.out_dir, ref=a.ref, task=a.task, episode_ids=a.episode or None)
+    _emit(a, [str(p) for p in out], f"exported {len(out)} episodes to {a.out_dir}")
+
+
+def cmd_tag(a: argparse.Namespace) -> None:
+    snap = Lake.open(a.lake).tag(a.name, a.ref)
+    _emit(a, {"tag": a.name, "snapshot_id": snap}, f"tag {a.name} -> {snap}")
+
+
+def cmd_branch(a: argparse.Namespace) -> None:
+    snap = Lake.open(a.lake).branch(a.name, a.ref)
+    _emit(a, {"branch": a.name, "snapshot_id": snap}, f"branch {a.name} -> {snap}")
+
+
+def cmd_checkout(a: argparse.Namespace) -> None:
+    view = Lake.open(a.lake).checkout(a.ref)
+    d = {"ref": a.ref, "snapshot_id": view.snapshot_id, "episodes": len(view)}
+    _emit(
+        a,
+        d,
+        f"{a.ref} -> snapshot {view.snapshot_id} ({len(view)} episodes), read-only.\n"
+        f"Pin it in code: Lake.open({a.lake!r}).checkout({view.snapshot_id!r}), "
+        f"or in configs: lake.ref={view.snapshot_id}",
+    )
+
+
+def cmd_diff(a: argparse.Namespace) -> None:
+    d = Lake.open(a.lake).diff(a.a, a.b)
+    lines = [f"{a.a} ({d['from']}) -> {a.b} ({d['to']}): +{len(d['added'])} -{len(d['removed'])} episodes"]
+    lines += [f"+ {e}" for e in d["added"]] + [f"- {e}" for e in d["removed"]]
+    _emit(a, d, "\n".join(lines))
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    rep = Lake.open(a.lake).verify(a.ref, progress=not a.json)
+    d = {
+        "snapshot_id": rep.snapshot_id,
+        "episodes_checked": rep.episodes_checked,
+        "ok": rep.ok,
+        "problems": rep.problems,
+    }
+    status = "OK" if rep.ok else f"FAILED ({len(rep.problems)} problems)"
+    _emit(a, d, "\n".join([f"verify {rep.snapshot_id}: {rep.episodes_checked} episodes, {status}", *rep.problems]))
+    return 0 if rep.ok else 1
+
+
+def cmd_compact(a: argparse.Namespace) -> None:
+    res = Lake.open(a.lake).compact(branch=a.branch, target_steps=a.target_steps, message=a.message)
+    text = (
+        f"compacted {res.segments_before} segments into {res.segments_after} (snapshot {res.snapshot_id})"
+        if res.snapshot_id
+        else "nothing to compact"
+    )
+    _emit(a, res.to_json(), text)
+
+
+def cmd_delete(a: argparse.Namespace) -> None:
+    if not a.episode and not a.task:
+        raise ValueError("delete needs --episode ID (repeatable) or --task NAME")
+    res = Lake.open(a.lake).delete(episode_ids=a.episode or None, task=a.task, branch=a.branch, message=a.message)
+    _emit(
+        a,
+        res.to_json(),
+        f"deleted {res.removed} episodes from {a.branch} (snapshot {res.snapshot_id}); "
+        "earlier snapshots still hold them",
+    )
+
+
+# ---------------------------------------------------------------------------- parser
+def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    lake = sub.add_parser(
+        "lake",
+        help="the versioned episode lake: init, info, log, append, ...",
+        description="Manage a versioned episode lake (Icechunk + Zarr v3).",
+    )
+    cmds = lake.add_subparsers(dest="lake_cmd", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Handler, help: str) -> argparse.ArgumentParser:
+        p = cmds.add_parser(name, help=help, description=help)
+        _lake_arg(p)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("init", cmd_init, "create an empty lake")
+    p.add_argument("uri", nargs="?", help="where (default: --lake)")
+    p = add("info", cmd_info, "episodes, steps, bytes, per-task counts and schema of a ref")
+    p.add_argument("--ref", default="main", help="branch, tag or snapshot id (default: main)")
+    p = add("log", cmd_log, "commits with messages, authors and episode counts")
+    p.add_argument("--ref", default="main")
+    p.add_argument("-n", type=int, default=None, help="show at most N commits")
+    p = add("append", cmd_append, "append episodes (.npz files or episode directories) in one commit")
+    p.add_argument("paths", nargs="+", help="episode .npz files, episode directories, or directories of them")
+    p.add_argument("--branch", default="main")
+    p.add_argument("-m", "--message", default=None)
+    p.add_argument("--author", default=None)
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="commit the valid episodes and write a quarantine report for the others",
+    )
+    p.add_argument("--quarantine", default=None, help="quarantine report path (default: quarantine-<utc>.json)")
+    p.add_argument("--allow-new-fields", action="store_true", help="let these episodes add fields to the schema")
+    p = add("export", cmd_export, "write episodes as .npz files (the append format)")
+    p.add_argument("out_dir")
+    p.add_argument("--ref", default="main")
+    p.add_argument("--task", default=None)
+    p.add_argument("--episode", action="append", default=[], help="episode id (repeatable)")
+    p = add("tag", cmd_tag, "create an immutable tag")
+    p.add_argument("name")
+    p.add_argument("--ref", default="main")
+    p = add("branch", cmd_branch, "create a branch")
+    p.add_argument("name")
+    p.add_argument("--ref", default="main")
+    p = add("checkout", cmd_checkout, "resolve a tag, branch or snapshot id to a pinned read-only view")
+    p.add_argument("ref")
+    p = add("diff", cmd_diff, "episodes added and removed between two refs")
+    p.add_argument("a")
+    p.add_argument("b")
+    p = add("verify", cmd_verify, "recompute every episode's hash and check the layout")
+    p.add_argument("--ref", default="main")
+    p = add("compact", cmd_compact, "merge small segments (one commit; contents and hashes unchanged)")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--target-steps", type=int, default=20_000)
+    p.add_argument("-m", "--message", default=None)
+    p = add("delete", cmd_delete, "delete episodes by id or task as a new commit")
+    p.add_argument("--episode", action="append", default=[], help="episode id (repeatable)")
+    p.add_argument("--task", default=None)
+    p.add_argument("--branch", default="main")
+    p.add_argument("-m", "--message", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        rc = args.func(args)
+    except (KeyError, ValueError, RuntimeError, OSError) as e:  # our errors derive from these
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return int(rc or 0)

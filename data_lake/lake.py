@@ -1,0 +1,856 @@
+"""The episode lake: a versioned store of robot episodes on Icechunk + Zarr v3.
+
+Layout of one snapshot (the Zarr hierarchy inside the Icechunk repository)::
+
+    /                                  root group; attrs["robot_rl_lake"] = {format, created_at, schema}
+    └── segments/
+        └── <yyyymmddTHHMMSS.ffffff>-<hex>/     one immutable segment (see data_lake.segment)
+            ├── episode_ends                    int64 (E,)
+            ├── steps/images/<camera>           uint8 (T, H, W, 3)
+            ├── steps/depth/<camera>            float32|uint16 (T, H, W)         optional
+            ├── steps/state                     float32 (T, S)
+            ├── steps/action                    float32 (T, A)
+            ├── steps/reward                    float32 (T,)
+            ├── steps/is_first|is_last|is_terminal   bool (T,)
+            ├── steps/timestamp_ns              int64 (T,)
+            ├── steps/achieved_goal             float32 (T, G)                   optional
+            └── goals/images/<camera>, goals/state   (E, ...)                   commanded goals
+            attrs["episodes"]: episode_id, length, task, language, success, source, robot,
+                               created_at, metadata, and has_goal per goal key
+
+Rules:
+- Every write (append, delete, compact) is one Icechunk commit: all of it lands or none does.
+  Commits to a local lake hold a file lock (Icechunk's local storage can lose one of two
+  concurrent commits); each write rebases onto the branch tip before committing, so writers that
+  add different segments never conflict. A conflicting write (two first appends both fixing the
+  schema, a compaction racing a delete) is retried from the new tip.
+- The first append fixes the schema (field keys, dtypes, per-step shapes, cameras); later
+  appends must match it exactly. ``allow_new_fields=True`` adds new fields to the schema;
+  episodes stored before lack them (their segments have no such array).
+- ``episode_id`` is a content hash: appending an episode already on the branch is a no-op that is
+  counted in ``AppendResult.skipped_duplicates``.
+- Readers pin a snapshot (:meth:`Lake.checkout`); the same snapshot id returns the same bytes
+  forever, whatever is committed later.
+- Open a lake inside each process: Icechunk warns that forking after opening a repository can
+  deadlock, so a ``Lake`` refuses to be used in a process other than the one that opened it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import datetime as dt
+import getpass
+import json
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import icechunk as ic
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from data_lake.episode import Episode
+from data_lake.segment import SegmentData, new_segment_name, read_segment, write_segment
+from data_lake.storage import Location, commit_lock, make_storage, parse_uri
+from data_lake.validate import (
+    EpisodeValidationError,
+    Problem,
+    Schema,
+    new_field_problems,
+    schema_differences,
+    schema_of,
+    validate_episode,
+)
+
+MARKER = "robot_rl_lake"
+FORMAT = 1
+DEFAULT_URI = "./lake"
+DEFAULT_SEGMENT_STEPS = 20_000
+MAX_WRITE_ATTEMPTS = 8
+
+
+class LakeError(RuntimeError):
+    """Base class for lake errors that are not about an episode's content."""
+
+
+class NotALakeError(LakeError):
+    pass
+
+
+class UnknownRefError(LakeError):
+    pass
+
+
+# ---------------------------------------------------------------------------- results
+@dataclasses.dataclass(frozen=True)
+class EpisodeRecord:
+    """One row of the episode table, with where the episode lives."""
+
+    episode_id: str
+    segment: str
+    index: int
+    start: int
+    stop: int
+    task: str
+    language: str | None
+    success: bool | None
+    source: str
+    robot: str
+    created_at: str
+    metadata: dict[str, Any]
+    goal_keys: tuple[str, ...]
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+
+@dataclasses.dataclass(frozen=True)
+class Quarantined:
+    label: str
+    episode_id: str | None
+    problems: list[Problem]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "episode": self.label,
+            "episode_id": self.episode_id,
+            "reasons": [dataclasses.asdict(p) for p in self.problems],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteResult:
+    snapshot_id: str | None  # None when nothing was committed
+    branch: str
+    added: int = 0
+    removed: int = 0
+    skipped_duplicates: int = 0
+    quarantined: tuple[Quarantined, ...] = ()
+    segments_before: int = 0
+    segments_after: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["quarantined"] = [q.to_json() for q in self.quarantined]
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitInfo:
+    snapshot_id: str
+    parent_id: str | None
+    written_at: str
+    message: str
+    author: str
+    operation: str
+    episodes_added: int
+    episodes_removed: int
+    episodes_total: int
+    metadata: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    snapshot_id: str
+    episodes_checked: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# ---------------------------------------------------------------------------- pinned view
+class LakeView:
+    """A read-only view of one snapshot. Everything it returns is pinned to ``snapshot_id``."""
+
+    def __init__(self, session: ic.Session, snapshot_id: str, ref: str):
+        self.snapshot_id = snapshot_id
+        self.ref = ref
+        self._root = zarr.open_group(session.store, mode="r")
+        meta = self._root.attrs.get(MARKER)
+        if not isinstance(meta, dict):
+            raise NotALakeError(f"snapshot {snapshot_id} has no robot-rl lake marker")
+        self.schema: Schema | None = meta.get("schema")
+        self._records: list[EpisodeRecord] | None = None
+
+    # ------------------------------------------------------------ table
+    def segment_names(self) -> list[str]:
+        if "segments" not in self._root:
+            return []
+        segs = self._root["segments"]
+        assert isinstance(segs, zarr.Group)
+        return sorted(segs.group_keys())
+
+    def _segment(self, name: str) -> zarr.Group:
+        g = self._root[f"segments/{name}"]
+        assert isinstance(g, zarr.Group)
+        return g
+
+    def episodes(self, task: str | None = None) -> list[EpisodeRecord]:
+        """The episode table in lake order (segment creation order, then position)."""
+        if self._records is None:
+            out: list[EpisodeRecord] = []
+            for name in self.segment_names():
+                a = self._segment(name).attrs.asdict()
+                t = a["episodes"]
+                ends = np.cumsum(t["length"])
+                for i, eid in enumerate(t["episode_id"]):
+                    out.append(
+                        EpisodeRecord(
+                            episode_id=eid,
+                            segment=name,
+                            index=i,
+                            start=int(ends[i] - t["length"][i]),
+                            stop=int(ends[i]),
+                            task=t["task"][i],
+                            language=t["language"][i],
+                            success=t["success"][i],
+                            source=t["source"][i],
+                            robot=t["robot"][i],
+                            created_at=t["created_at"][i],
+                            metadata=t["metadata"][i],
+                            goal_keys=tuple(k for k, f in a.get("has_goal", {}).items() if f[i]),
+                        )
+                    )
+            self._records = out
+        return [r for r in self._records if task is None or r.task == task]
+
+    def episode_ids(self) -> list[str]:
+        return [r.episode_id for r in self.episodes()]
+
+    def __len__(self) -> int:
+        return len(self.episodes())
+
+    # ------------------------------------------------------------ data
+    def read_segment(self, name: str, fields: Sequence[str] | None = None) -> SegmentData:
+        return read_segment(self._segment(name), fields)
+
+    def read_episode(self, episode_id: str) -> Episode:
+        """Read one episode (random access: prefer ``iter_episodes`` or ``load`` for many)."""
+        rec = next((r for r in self.episodes() if r.episode_id == episode_id), None)
+        if rec is None:
+            raise KeyError(f"episode {episode_id} is not in snapshot {self.snapshot_id}")
+        g = self._segment(rec.segment)
+        a = g.attrs.asdict()
+        steps = {p: np.asarray(arr[rec.start : rec.stop]) for p, arr in _arrays(g, "steps")}
+        goal = {p: np.asarray(arr[rec.index]) for p, arr in _arrays(g, "goals") if a["has_goal"][p][rec.index]}
+        meta = {
+            k: getattr(rec, k) for k in ("task", "language", "success", "source", "robot", "created_at", "metadata")
+        }
+        return Episode(steps=steps, goal=goal, **meta)
+
+    def iter_segments(self, fields: Sequence[str] | None = None, threads: int = 2) -> Iterable[SegmentData]:
+        """Read segments in lake order, prefetching the next ones on ``threads`` threads."""
+        names = self.segment_names()
+        with cf.ThreadPoolExecutor(max(1, threads)) as pool:
+            futures = [pool.submit(self.read_segment, n, fields) for n in names[: threads + 1]]
+            for i in range(len(names)):
+                seg = futures[i].result()
+                if i + threads + 1 < len(names):
+                    futures.append(pool.submit(self.read_segment, names[i + threads + 1], fields))
+                futures[i] = None  # type: ignore[call-overload]  # release memory
+                yield seg
+
+    def iter_episodes(self, task: str | None = None) -> Iterable[Episode]:
+        for seg in self.iter_segments():
+            for i, t in enumerate(seg.table["task"]):
+                if task is None or t == task:
+                    yield seg.episode(i)
+
+    def load(self, fields: Sequence[str] | None = None, progress: bool = True, threads: int = 4) -> SegmentData:
+        """Materialize the whole snapshot in RAM as one concatenated ``SegmentData``."""
+        names = self.segment_names()
+        with cf.ThreadPoolExecutor(max(1, threads)) as pool:
+            segs = list(
+                tqdm(
+                    pool.map(lambda n: self.read_segment(n, fields), names),
+                    total=len(names),
+                    desc=f"load {self.snapshot_id[:8]}",
+                    unit="seg",
+                    disable=not progress,
+                )
+            )
+        return _concat(segs, self.snapshot_id)
+
+    def info(self) -> dict[str, Any]:
+        recs = self.episodes()
+        raw = 0
+        for name in self.segment_names():
+            for _, arr in _arrays(self._segment(name), "steps") + _arrays(self._segment(name), "goals"):
+                raw += arr.nbytes
+        return {
+            "snapshot_id": self.snapshot_id,
+            "ref": self.ref,
+            "episodes": len(recs),
+            "steps": sum(r.length for r in recs),
+            "segments": len(self.segment_names()),
+            "raw_bytes": raw,
+            "tasks": dict(sorted(Counter(r.task for r in recs).items())),
+            "schema": self.schema,
+        }
+
+
+def _arrays(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Array]]:
+    if prefix not in group:
+        return []
+    from data_lake.segment import _walk_arrays
+
+    sub = group[prefix]
+    assert isinstance(sub, zarr.Group)
+    return _walk_arrays(sub)
+
+
+def _concat(segs: list[SegmentData], name: str) -> SegmentData:
+    if len(segs) == 1:
+        return segs[0]
+    keys = sorted({k for s in segs for k in s.steps})
+    missing = [(s.name, k) for s in segs for k in keys if k not in s.steps]
+    if missing:
+        raise LakeError(f"cannot concatenate: segment {missing[0][0]} lacks field {missing[0][1]!r}; pass fields=")
+    offsets = np.cumsum([0] + [int(s.episode_ends[-1]) for s in segs[:-1]])
+    table = {c: [v for s in segs for v in s.table[c]] for c in segs[0].table} if segs else {}
+    gkeys = sorted({k for s in segs for k in s.goals})
+    goals, has_goal = {}, {}
+    for k in gkeys:
+        src = next(s.goals[k] for s in segs if k in s.goals)
+        goals[k] = np.concatenate(
+            [s.goals.get(k, np.zeros((len(s.episode_ends), *src.shape[1:]), src.dtype)) for s in segs]
+        )
+        has_goal[k] = [f for s in segs for f in s.has_goal.get(k, [False] * len(s.episode_ends))]
+    return SegmentData(
+        name=name,
+        steps={k: np.concatenate([s.steps[k] for s in segs]) if segs else np.zeros(0) for k in keys},
+        goals=goals,
+        episode_ends=np.concatenate([s.episode_ends + o for s, o in zip(segs, offsets, strict=True)])
+        if segs
+        else np.zeros(0, np.int64),
+        table=table,
+        has_goal=has_goal,
+    )
+
+
+# ---------------------------------------------------------------------------- the lake
+def default_author() -> str:
+    return os.environ.get("ROBOT_RL_AUTHOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+class Lake:
+    """A versioned episode store. Create with :meth:`create`, open with :meth:`open`."""
+
+    def __init__(self, loc: Location, repo: ic.Repository):
+        self.location = loc
+        self._repo = repo
+        self._pid = os.getpid()
+
+    # ------------------------------------------------------------ open / create
+    @classmethod
+    def create(cls, uri: str | os.PathLike[str] = DEFAULT_URI) -> Lake:
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            p = Path(loc.path)
+            if p.exists() and (not p.is_dir() or any(p.iterdir())):
+                raise LakeError(f"{loc.path} already exists and is not an empty directory; open it, or pick a new path")
+            p.mkdir(parents=True, exist_ok=True)
+        storage = make_storage(loc, create=True)
+        if loc.scheme != "memory" and ic.Repository.exists(storage):
+            raise LakeError(f"a repository already exists at {loc.uri}; use Lake.open")
+        repo = ic.Repository.create(storage)
+        session = repo.writable_session("main")
+        root = zarr.group(store=session.store)
+        now = dt.datetime.now(dt.UTC).isoformat()
+        root.attrs[MARKER] = {"format": FORMAT, "created_at": now, "schema": None}
+        root.require_group("segments")
+        lake = cls(loc, repo)
+        with commit_lock(loc):
+            session.commit("init robot-rl lake", metadata=lake._commit_meta("init", 0, 0, 0))
+        return lake
+
+    @classmethod
+    def open(cls, uri: str | os.PathLike[str] = DEFAULT_URI) -> Lake:
+        loc = parse_uri(uri)
+        if loc.scheme == "file" and not Path(loc.path).is_dir():
+            raise NotALakeError(
+                f"no lake at {loc.path}: the directory does not exist; create one with `robot-rl lake init {loc.uri}`"
+            )
+        try:
+            storage = make_storage(loc, create=False)
+        except FileNotFoundError as e:
+            raise NotALakeError(str(e)) from e
+        if not ic.Repository.exists(storage):
+            raise NotALakeError(
+                f"{loc.uri} is not a lake (no Icechunk repository there); "
+                f"create one with `robot-rl lake init {loc.uri}`"
+            )
+        repo = ic.Repository.open(storage)
+        lake = cls(loc, repo)
+        root = zarr.open_group(repo.readonly_session("main").store, mode="r")
+        if MARKER not in root.attrs:
+            raise NotALakeError(f"{loc.uri} is an Icechunk repository but not a robot-rl lake (no '{MARKER}' marker)")
+        if root.attrs[MARKER].get("format") != FORMAT:
+            raise NotALakeError(
+                f"{loc.uri}: lake format {root.attrs[MARKER].get('format')} is not supported (expected {FORMAT})"
+            )
+        return lake
+
+    @property
+    def repo(self) -> ic.Repository:
+        if os.getpid() != self._pid:
+            raise LakeError(
+                f"this Lake was opened in process {self._pid} and used in process {os.getpid()}; "
+                "open the lake inside each worker process (Icechunk can deadlock after fork)"
+            )
+        return self._repo
+
+    # ------------------------------------------------------------ refs
+    def branches(self) -> list[str]:
+        return sorted(self.repo.list_branches())
+
+    def tags(self) -> list[str]:
+        return sorted(self.repo.list_tags())
+
+    def resolve(self, ref: str = "main") -> str:
+        """A snapshot id for ``ref``: ``branch:NAME``, ``tag:NAME``, ``snapshot:ID``, or a bare
+        branch, tag or snapshot id (tried in that order)."""
+        kind, _, name = ref.partition(":") if ":" in ref else ("", "", ref)
+        try:
+            if kind in ("", "branch") and (kind == "branch" or name in self.repo.list_branches()):
+                return self.repo.lookup_branch(name)
+            if kind in ("", "tag") and (kind == "tag" or name in self.repo.list_tags()):
+                return self.repo.lookup_tag(name)
+            if kind in ("", "snapshot"):
+                return self.repo.lookup_snapshot(name).id
+        except ic.IcechunkError:
+            pass
+        raise UnknownRefError(
+            f"unknown ref {ref!r} in {self.location}; branches: {self.branches()}, tags: {self.tags()}, "
+            "or a snapshot id from `robot-rl lake log`"
+        )
+
+    def checkout(self, ref: str = "main") -> LakeView:
+        """A read-only view pinned to the snapshot ``ref`` points at now."""
+        snap = self.resolve(ref)
+        return LakeView(self.repo.readonly_session(snapshot_id=snap), snap, ref)
+
+    def tag(self, name: str, ref: str = "main") -> str:
+        snap = self.resolve(ref)
+        if name in self.repo.list_tags():
+            raise LakeError(f"tag {name!r} already exists (at {self.repo.lookup_tag(name)}); tags are immutable")
+        self.repo.create_tag(name, snap)
+        return snap
+
+    def branch(self, name: str, ref: str = "main") -> str:
+        snap = self.resolve(ref)
+        if name in self.repo.list_branches():
+            raise LakeError(f"branch {name!r} already exists (at {self.repo.lookup_branch(name)})")
+        self.repo.create_branch(name, snap)
+        return snap
+
+    def log(self, ref: str = "main", limit: int | None = None) -> list[CommitInfo]:
+        out: list[CommitInfo] = []
+        for s in self.repo.ancestry(snapshot_id=self.resolve(ref)):
+            m = dict(s.metadata or {})
+            out.append(
+                CommitInfo(
+                    snapshot_id=s.id,
+                    parent_id=s.parent_id,
+                    written_at=s.written_at.isoformat(),
+                    message=s.message,
+                    author=m.get("author", ""),
+                    operation=m.get("operation", "" if s.parent_id else "create"),
+                    episodes_added=int(m.get("episodes_added", 0)),
+                    episodes_removed=int(m.get("episodes_removed", 0)),
+                    episodes_total=int(m.get("episodes_total", 0)),
+                    metadata={k: v for k, v in m.items() if k not in _META_KEYS},
+                )
+            )
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def info(self, ref: str = "main") -> dict[str, Any]:
+        d = self.checkout(ref).info()
+        d["uri"] = self.location.uri
+        d["branches"] = self.branches()
+        d["tags"] = self.tags()
+        d["stored_bytes"] = self.repo.chunk_storage_stats().native_bytes
+        return d
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        va, vb = self.checkout(a), self.checkout(b)
+        ia, ib = set(va.episode_ids()), set(vb.episode_ids())
+        return {
+            "from": va.snapshot_id,
+            "to": vb.snapshot_id,
+            "added": [e for e in vb.episode_ids() if e not in ia],
+            "removed": [e for e in va.episode_ids() if e not in ib],
+        }
+
+    def verify(self, ref: str = "main", progress: bool = False) -> VerifyReport:
+        """Re-read every episode, recompute its hash, and check the layout's invariants."""
+        view = self.checkout(ref)
+        problems: list[str] = []
+        seen: dict[str, str] = {}
+        n = 0
+        segs = view.iter_segments()
+        for seg in tqdm(segs, total=len(view.segment_names()), desc="verify", disable=not progress):
+            lengths = np.diff(np.concatenate([[0], seg.episode_ends]))
+            if list(lengths) != list(seg.table["length"]) or (lengths < 2).any():
+                problems.append(f"segment {seg.name}: episode_ends do not match the table's lengths")
+                continue
+            for k, v in seg.steps.items():
+                if len(v) != int(seg.episode_ends[-1]):
+                    problems.append(
+                        f"segment {seg.name}: steps/{k} has {len(v)} steps, episode_ends say {seg.episode_ends[-1]}"
+                    )
+            for i, eid in enumerate(seg.table["episode_id"]):
+                n += 1
+                ep = seg.episode(i)
+                if ep.episode_id != eid:
+                    problems.append(f"episode {eid} in segment {seg.name}: content hash is now {ep.episode_id}")
+                bad = [p for p in validate_episode(ep) if p.code != "too_short"]
+                if bad:
+                    problems.append(f"episode {eid} in segment {seg.name}: {bad[0]}")
+                if eid in seen:
+                    problems.append(f"episode {eid} is stored twice (segments {seen[eid]} and {seg.name})")
+                seen[eid] = seg.name
+        return VerifyReport(view.snapshot_id, n, problems)
+
+    def export(
+        self,
+        out_dir: str | os.PathLike[str],
+        ref: str = "main",
+        task: str | None = None,
+        episode_ids: Iterable[str] | None = None,
+    ) -> list[Path]:
+        """Write episodes as ``<episode_id>.npz`` files (the append format) into ``out_dir``."""
+        wanted = set(episode_ids) if episode_ids is not None else None
+        view = self.checkout(ref)
+        out: list[Path] = []
+        for ep in view.iter_episodes(task):
+            eid = ep.episode_id
+            if wanted is None or eid in wanted:
+                out.append(ep.save_npz(Path(out_dir) / f"{eid}.npz"))
+        if wanted is not None and len(out) < len(wanted):
+            missing = sorted(wanted - {p.stem for p in out})
+            raise KeyError(f"episodes not in snapshot {view.snapshot_id}: {missing[:5]}")
+        return out
+
+    # ------------------------------------------------------------ writes
+    def append(
+        self,
+        episodes: Iterable[Episode],
+        *,
+        branch: str = "main",
+        message: str | None = None,
+        skip_invalid: bool = False,
+        allow_new_fields: bool = False,
+        metadata: dict[str, Any] | None = None,
+        author: str | None = None,
+        labels: Sequence[str] | None = None,
+        segment_steps: int = DEFAULT_SEGMENT_STEPS,
+    ) -> WriteResult:
+        """Append episodes in one commit.
+
+        Each episode is validated on its own and against the lake's schema; by default one bad
+        episode rejects the whole append (``EpisodeValidationError``, nothing committed). With
+        ``skip_invalid`` the valid ones are committed and the others returned in ``quarantined``.
+        Episodes already on the branch (same content hash) are skipped and counted. ``labels`` name
+        the episodes in errors (file paths, say); the default is their position.
+        """
+        eps = list(episodes)
+        labels = list(labels) if labels is not None else [f"#{i}" for i in range(len(eps))]
+        if len(labels) != len(eps):
+            raise ValueError(f"{len(labels)} labels for {len(eps)} episodes")
+        quarantined: list[Quarantined] = []
+        good: list[tuple[str, str, Episode]] = []
+        for label, ep in zip(labels, eps, strict=True):
+            probs = validate_episode(ep)
+            if probs:
+                quarantined.append(Quarantined(label, None, probs))
+            else:
+                good.append((label, ep.episode_id, ep))
+        if quarantined and not skip_invalid:
+            q = quarantined[0]
+            raise EpisodeValidationError(q.label, q.problems)
+
+        def write(root: zarr.Group, view_ids: set[str]) -> dict[str, Any]:
+            schema = root.attrs[MARKER].get("schema")
+            first = schema is None
+            changed = False
+            schema = schema or {"step": {}, "goal": {}}
+            keep: list[tuple[str, Episode]] = []
+            schema_q: list[Quarantined] = []
+            seen = set(view_ids)
+            dup = 0
+            for label, eid, ep in good:
+                if eid in seen:
+                    dup += 1
+                    continue
+                es = schema_of(ep)
+                if first:
+                    schema, first = es, False
+                    changed = True
+                probs, additions = schema_differences(schema, es)
+                if any(additions[p] for p in additions):
+                    if allow_new_fields:
+                        schema = {p: {**schema[p], **additions[p]} for p in schema}
+                        changed = True
+                    else:
+                        probs += new_field_problems(additions)
+                if probs:
+                    schema_q.append(Quarantined(label, eid, probs))
+                    continue
+                seen.add(eid)
+                keep.append((eid, ep))
+            if schema_q and not skip_invalid:
+                raise EpisodeValidationError(schema_q[0].label, schema_q[0].problems)
+            if keep and changed:
+                root.attrs[MARKER] = {**root.attrs[MARKER], "schema": schema}
+            segments = _write_batched(root, keep, schema, segment_steps)
+            return {"added": len(keep), "skipped_duplicates": dup, "quarantined": schema_q, "segments": segments}
+
+        res = self._transaction(branch, "append", message, metadata, author, write, dedup=True)
+        return dataclasses.replace(res, quarantined=tuple(quarantined) + res.quarantined)
+
+    def delete(
+        self,
+        *,
+        episode_ids: Iterable[str] | None = None,
+        task: str | None = None,
+        branch: str = "main",
+        message: str | None = None,
+        author: str | None = None,
+    ) -> WriteResult:
+        """Remove episodes (by id and/or task) in one new commit; older snapshots keep them."""
+        if episode_ids is None and task is None:
+            raise ValueError("delete needs episode ids or a task")
+        ids = set(episode_ids or ())
+
+        def write(root: zarr.Group, _: set[str]) -> dict[str, Any]:
+            view = _root_view(root)
+            recs = view.episodes()
+            doomed = {r.episode_id for r in recs if r.episode_id in ids or (task is not None and r.task == task)}
+            unknown = ids - {r.episode_id for r in recs}
+            if unknown:
+                raise KeyError(f"not on branch {branch!r}: {sorted(unknown)[:5]} ({len(unknown)} ids)")
+            if not doomed:
+                raise LakeError(f"no episodes of task {task!r} on branch {branch!r}")
+            touched = sorted({r.segment for r in recs if r.episode_id in doomed})
+            for name in touched:
+                seg = view.read_segment(name)
+                rest = [(eid, seg.episode(i)) for i, eid in enumerate(seg.table["episode_id"]) if eid not in doomed]
+                del root[f"segments/{name}"]
+                if rest:
+                    _write_batched(root, rest, view.schema, 10**12, name_like=name)
+            return {"removed": len(doomed)}
+
+        return self._transaction(branch, "delete", message, None, author, write)
+
+    def compact(
+        self,
+        *,
+        branch: str = "main",
+        target_steps: int = DEFAULT_SEGMENT_STEPS,
+        message: str | None = None,
+        author: str | None = None,
+    ) -> WriteResult:
+        """Merge runs of consecutive small segments into segments of up to ``target_steps`` steps.
+
+        One commit; the episode order, contents and hashes are unchanged (re-read and checked
+        before committing). A branch with nothing to merge is left as is (no commit).
+        """
+
+        def write(root: zarr.Group, _: set[str]) -> dict[str, Any]:
+            view = _root_view(root)
+            names = view.segment_names()
+            sizes = {n: int(view._segment(n).attrs["n_steps"]) for n in names}
+            groups: list[list[str]] = [[]]
+            for n in names:
+                cur = groups[-1]
+                if cur and sum(sizes[c] for c in cur) + sizes[n] > target_steps:
+                    groups.append([])
+                groups[-1].append(n)
+            merges = [g for g in groups if len(g) > 1]
+            if not merges:
+                return {"nothing": True}
+            before = view.episode_ids()
+            for group in merges:
+                eps: list[tuple[str, Episode]] = []
+                for n in group:
+                    seg = view.read_segment(n)
+                    eps += [(eid, seg.episode(i)) for i, eid in enumerate(seg.table["episode_id"])]
+                    del root[f"segments/{n}"]
+                _write_batched(root, eps, view.schema, 10**12, name_like=group[0])
+            after_view = _root_view(root)
+            if after_view.episode_ids() != before:
+                raise LakeError("compaction changed the episode order; nothing was committed")
+            for seg in after_view.iter_segments(threads=1):
+                for i, eid in enumerate(seg.table["episode_id"]):
+                    if seg.episode(i).episode_id != eid:
+                        raise LakeError(f"compaction changed episode {eid}; nothing was committed")
+            return {"segments_before": len(names), "segments_after": len(after_view.segment_names())}
+
+        return self._transaction(branch, "compact", message, None, author, write)
+
+    # ------------------------------------------------------------ transaction plumbing
+    def _commit_meta(
+        self,
+        op: str,
+        added: int,
+        removed: int,
+        total: int,
+        author: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        from robot_rl import __version__
+
+        return {
+            **(extra or {}),
+            "author": author or default_author(),
+            "operation": op,
+            "episodes_added": added,
+            "episodes_removed": removed,
+            "episodes_total": total,
+            "tool": f"robot-rl {__version__}",
+        }
+
+    def _transaction(
+        self,
+        branch: str,
+        op: str,
+        message: str | None,
+        metadata: dict[str, Any] | None,
+        author: str | None,
+        write: Callable[[zarr.Group, set[str]], dict[str, Any]],
+        dedup: bool = False,
+    ) -> WriteResult:
+        """Run ``write`` on a fresh session of ``branch`` and commit it, retrying on conflicts.
+
+        The bulk of the writing happens outside the commit lock; under the lock the session is
+        rebased onto the tip and, for appends, re-checked for episodes a concurrent writer added
+        meanwhile (then rewritten without them) before the commit.
+        """
+        if branch not in self.repo.list_branches():
+            raise UnknownRefError(f"no branch {branch!r}; branches: {self.branches()}")
+        for _attempt in range(MAX_WRITE_ATTEMPTS):
+            session = self.repo.writable_session(branch)
+            root = zarr.open_group(session.store, mode="r+")
+            base_ids = set(_root_view(root).episode_ids()) if dedup else set()
+            stats = write(root, base_ids)
+            if stats.pop("nothing", False) or not session.has_uncommitted_changes:
+                return WriteResult(None, branch, **_only(stats, WriteResult))
+            try:
+                with commit_lock(self.location):
+                    session.rebase(ic.ConflictDetector())
+                    root = zarr.open_group(session.store, mode="r+")
+                    if dedup:
+                        stats = self._drop_raced_duplicates(root, stats, write, session)
+                    total = len(_root_view(root).episode_ids())
+                    meta = self._commit_meta(
+                        op, stats.get("added", 0), stats.get("removed", 0), total, author, metadata
+                    )
+                    if dedup:
+                        meta["skipped_duplicates"] = stats.get("skipped_duplicates", 0)
+                    msg = message or _default_message(op, stats)
+                    snap = session.commit(msg, metadata=meta, rebase_with=ic.ConflictDetector())
+            except (ic.RebaseFailedError, ic.ConflictError):
+                continue
+            return WriteResult(snap, branch, **_only(stats, WriteResult))
+        raise LakeError(
+            f"{op} on branch {branch!r} kept conflicting with concurrent writers ({MAX_WRITE_ATTEMPTS} attempts)"
+        )
+
+    @staticmethod
+    def _drop_raced_duplicates(
+        root: zarr.Group,
+        stats: dict[str, Any],
+        write: Callable[[zarr.Group, set[str]], dict[str, Any]],
+        session: ic.Session,
+    ) -> dict[str, Any]:
+        ours = set(stats["segments"])
+        view = _root_view(root)
+        others = {r.episode_id for r in view.episodes() if r.segment not in ours}
+        mine = {r.episode_id for r in view.episodes() if r.segment in ours}
+        if not others & mine:
+            return stats
+        for name in ours:
+            del root[f"segments/{name}"]
+        new = write(root, others)
+        new["skipped_duplicates"] += stats["skipped_duplicates"]
+        return new
+
+
+_META_KEYS = {"author", "operation", "episodes_added", "episodes_removed", "episodes_total", "tool"}
+
+
+def _only(stats: dict[str, Any], cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {k: v for k, v in stats.items() if k in names}
+    if "quarantined" in out:
+        out["quarantined"] = tuple(out["quarantined"])
+    return out
+
+
+def _default_message(op: str, stats: dict[str, Any]) -> str:
+    if op == "append":
+        return f"append {stats.get('added', 0)} episodes"
+    if op == "delete":
+        return f"delete {stats.get('removed', 0)} episodes"
+    return f"compact {stats.get('segments_before')} segments into {stats.get('segments_after')}"
+
+
+def _root_view(root: zarr.Group) -> LakeView:
+    """A view of a writable session's current state (uncommitted changes included)."""
+    view = LakeView.__new__(LakeView)
+    view.snapshot_id, view.ref, view._root, view._records = "(uncommitted)", "", root, None
+    view.schema = root.attrs[MARKER].get("schema")
+    return view
+
+
+def _write_batched(
+    root: zarr.Group,
+    episodes: list[tuple[str, Episode]],
+    schema: Schema | None,
+    segment_steps: int,
+    name_like: str | None = None,
+) -> list[str]:
+    """Write episodes into as few segments as fit ``segment_steps`` each; returns the names.
+
+    ``name_like`` keeps a rewritten segment's timestamp prefix, so lake order is preserved.
+    """
+    if not episodes:
+        return []
+    assert schema is not None
+    names: list[str] = []
+    batch: list[tuple[str, Episode]] = []
+    steps = 0
+
+    def flush() -> None:
+        if name_like is not None:
+            name = name_like.split("-")[0] + "-" + new_segment_name().split("-")[1]
+        else:
+            name = new_segment_name()
+        write_segment(root, name, [e for _, e in batch], [i for i, _ in batch], schema)
+        names.append(name)
+
+    for eid, ep in episodes:
+        if batch and steps + len(ep) > segment_steps:
+            flush()
+            batch, steps = [], 0
+        batch.append((eid, ep))
+        steps += len(ep)
+    flush()
+    return names
+
+
+def write_quarantine_report(path: str | os.PathLike[str], result: WriteResult) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps([q.to_json() for q in result.quarantined], indent=1))
+    return path
