@@ -390,8 +390,11 @@ class Lake:
             )
         repo = ic.Repository.open(storage)
         lake = cls(loc, repo)
-        root = zarr.open_group(repo.readonly_session("main").store, mode="r")
-        if MARKER not in root.attrs:
+        try:
+            root = zarr.open_group(repo.readonly_session("main").store, mode="r")
+        except zarr.errors.GroupNotFoundError:
+            root = None
+        if root is None or MARKER not in root.attrs:
             raise NotALakeError(f"{loc.uri} is an Icechunk repository but not a robot-rl lake (no '{MARKER}' marker)")
         if root.attrs[MARKER].get("format") != FORMAT:
             raise NotALakeError(
