@@ -162,7 +162,8 @@ class Episode:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                (np.savez_compressed if compress else np.savez)(f, **payload)
+                save = np.savez_compressed if compress else np.savez
+                save(f, **payload)  # type: ignore[arg-type]
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -55,7 +55,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from data_lake.episode import Episode
-from data_lake.segment import SegmentData, new_segment_name, read_segment, write_segment
+from data_lake.segment import SegmentData, attrs_of, new_segment_name, read_segment, write_segment
 from data_lake.storage import Location, commit_lock, make_storage, parse_uri
 from data_lake.validate import (
     EpisodeValidationError,
@@ -174,7 +174,7 @@ class LakeView:
         self.snapshot_id = snapshot_id
         self.ref = ref
         self._root = zarr.open_group(session.store, mode="r")
-        meta = self._root.attrs.get(MARKER)
+        meta = attrs_of(self._root).get(MARKER)
         if not isinstance(meta, dict):
             raise NotALakeError(f"snapshot {snapshot_id} has no robot-rl lake marker")
         self.schema: Schema | None = meta.get("schema")
@@ -198,7 +198,7 @@ class LakeView:
         if self._records is None:
             out: list[EpisodeRecord] = []
             for name in self.segment_names():
-                a = self._segment(name).attrs.asdict()
+                a = attrs_of(self._segment(name))
                 t = a["episodes"]
                 ends = np.cumsum(t["length"])
                 for i, eid in enumerate(t["episode_id"]):
@@ -238,7 +238,7 @@ class LakeView:
         if rec is None:
             raise KeyError(f"episode {episode_id} is not in snapshot {self.snapshot_id}")
         g = self._segment(rec.segment)
-        a = g.attrs.asdict()
+        a = attrs_of(g)
         steps = {p: np.asarray(arr[rec.start : rec.stop]) for p, arr in _arrays(g, "steps")}
         goal = {p: np.asarray(arr[rec.index]) for p, arr in _arrays(g, "goals") if a["has_goal"][p][rec.index]}
         meta = {
@@ -394,11 +394,12 @@ class Lake:
             root = zarr.open_group(repo.readonly_session("main").store, mode="r")
         except zarr.errors.GroupNotFoundError:
             root = None
-        if root is None or MARKER not in root.attrs:
+        marker = attrs_of(root).get(MARKER) if root is not None else None
+        if not isinstance(marker, dict):
             raise NotALakeError(f"{loc.uri} is an Icechunk repository but not a robot-rl lake (no '{MARKER}' marker)")
-        if root.attrs[MARKER].get("format") != FORMAT:
+        if marker.get("format") != FORMAT:
             raise NotALakeError(
-                f"{loc.uri}: lake format {root.attrs[MARKER].get('format')} is not supported (expected {FORMAT})"
+                f"{loc.uri}: lake format {marker.get('format')} is not supported (expected {FORMAT})"
             )
         return lake
 
@@ -584,7 +585,7 @@ class Lake:
             raise EpisodeValidationError(q.label, q.problems)
 
         def write(root: zarr.Group, view_ids: set[str]) -> dict[str, Any]:
-            schema = root.attrs[MARKER].get("schema")
+            schema = attrs_of(root)[MARKER].get("schema")
             first = schema is None
             changed = False
             schema = schema or {"step": {}, "goal": {}}
@@ -615,7 +616,7 @@ class Lake:
             if schema_q and not skip_invalid:
                 raise EpisodeValidationError(schema_q[0].label, schema_q[0].problems)
             if keep and changed:
-                root.attrs[MARKER] = {**root.attrs[MARKER], "schema": schema}
+                root.attrs[MARKER] = {**attrs_of(root)[MARKER], "schema": schema}
             segments = _write_batched(root, keep, schema, segment_steps)
             return {"added": len(keep), "skipped_duplicates": dup, "quarantined": schema_q, "segments": segments}
 
@@ -673,7 +674,7 @@ class Lake:
         def write(root: zarr.Group, _: set[str]) -> dict[str, Any]:
             view = _root_view(root)
             names = view.segment_names()
-            sizes = {n: int(view._segment(n).attrs["n_steps"]) for n in names}
+            sizes = {n: int(attrs_of(view._segment(n))["n_steps"]) for n in names}
             groups: list[list[str]] = [[]]
             for n in names:
                 cur = groups[-1]
@@ -813,7 +814,7 @@ def _root_view(root: zarr.Group) -> LakeView:
     """A view of a writable session's current state (uncommitted changes included)."""
     view = LakeView.__new__(LakeView)
     view.snapshot_id, view.ref, view._root, view._records = "(uncommitted)", "", root, None
-    view.schema = root.attrs[MARKER].get("schema")
+    view.schema = attrs_of(root)[MARKER].get("schema")
     return view
 
 

@@ -45,6 +45,11 @@ _POOL = cf.ThreadPoolExecutor(8, thread_name_prefix="segment-read")
 TABLE_COLUMNS = ("episode_id", "length", "task", "language", "success", "source", "robot", "created_at", "metadata")
 
 
+def attrs_of(group: zarr.Group) -> dict[str, Any]:
+    """A group's attributes as a plain dict (zarr types them as generic JSON)."""
+    return dict(group.attrs.asdict())  # type: ignore[arg-type]
+
+
 def new_segment_name(when: dt.datetime | None = None) -> str:
     when = when or dt.datetime.now(dt.UTC)
     return f"{when:%Y%m%dT%H%M%S.%f}-{uuid.uuid4().hex[:8]}"
@@ -152,7 +157,7 @@ def read_segment(group: zarr.Group, fields: Sequence[str] | None = None) -> Segm
     The arrays are fetched concurrently: each sync zarr read waits on zarr's event loop, so
     several in flight overlap their I/O and decompression.
     """
-    attrs = group.attrs.asdict()
+    attrs = attrs_of(group)
     jobs: list[tuple[dict[str, np.ndarray], str, zarr.Array]] = []
     steps: dict[str, np.ndarray] = {}
     goals: dict[str, np.ndarray] = {}
