@@ -55,7 +55,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from data_lake.episode import Episode
-from data_lake.segment import SegmentData, attrs_of, new_segment_name, read_segment, write_segment
+from data_lake.segment import SegmentData, attrs_of, new_segment_name, read_segment, write_labels, write_segment
 from data_lake.storage import Location, commit_lock, make_storage, parse_uri
 from data_lake.validate import (
     EpisodeValidationError,
@@ -324,8 +324,10 @@ def _concat(segs: list[SegmentData], name: str) -> SegmentData:
             [s.goals.get(k, np.zeros((len(s.episode_ends), *src.shape[1:]), src.dtype)) for s in segs]
         )
         has_goal[k] = [f for s in segs for f in s.has_goal.get(k, [False] * len(s.episode_ends))]
+    common = set.intersection(*(set(s.labels) for s in segs)) if segs else set()
     return SegmentData(
         name=name,
+        labels={t: np.concatenate([s.labels[t] for s in segs]) for t in sorted(common)},
         steps={k: np.concatenate([s.steps[k] for s in segs]) if segs else np.zeros(0) for k in keys},
         goals=goals,
         episode_ends=np.concatenate([s.episode_ends + o for s, o in zip(segs, offsets, strict=True)])
@@ -398,9 +400,7 @@ class Lake:
         if not isinstance(marker, dict):
             raise NotALakeError(f"{loc.uri} is an Icechunk repository but not a robot-rl lake (no '{MARKER}' marker)")
         if marker.get("format") != FORMAT:
-            raise NotALakeError(
-                f"{loc.uri}: lake format {marker.get('format')} is not supported (expected {FORMAT})"
-            )
+            raise NotALakeError(f"{loc.uri}: lake format {marker.get('format')} is not supported (expected {FORMAT})")
         return lake
 
     @property
@@ -649,10 +649,12 @@ class Lake:
             touched = sorted({r.segment for r in recs if r.episode_id in doomed})
             for name in touched:
                 seg = view.read_segment(name)
-                rest = [(eid, seg.episode(i)) for i, eid in enumerate(seg.table["episode_id"]) if eid not in doomed]
+                keep = [i for i, eid in enumerate(seg.table["episode_id"]) if eid not in doomed]
+                rest = [(seg.table["episode_id"][i], seg.episode(i)) for i in keep]
                 del root[f"segments/{name}"]
                 if rest:
-                    _write_batched(root, rest, view.schema, 10**12, name_like=name)
+                    labels = [seg.episode_labels(i) for i in keep]
+                    _write_batched(root, rest, view.schema, 10**12, name_like=name, labels=labels)
             return {"removed": len(doomed)}
 
         return self._transaction(branch, "delete", message, None, author, write)
@@ -687,11 +689,13 @@ class Lake:
             before = view.episode_ids()
             for group in merges:
                 eps: list[tuple[str, Episode]] = []
+                labels: list[dict[str, np.ndarray]] = []
                 for n in group:
                     seg = view.read_segment(n)
                     eps += [(eid, seg.episode(i)) for i, eid in enumerate(seg.table["episode_id"])]
+                    labels += [seg.episode_labels(i) for i in range(len(seg.episode_ends))]
                     del root[f"segments/{n}"]
-                _write_batched(root, eps, view.schema, 10**12, name_like=group[0])
+                _write_batched(root, eps, view.schema, 10**12, name_like=group[0], labels=labels)
             after_view = _root_view(root)
             if after_view.episode_ids() != before:
                 raise LakeError("compaction changed the episode order; nothing was committed")
@@ -702,6 +706,45 @@ class Lake:
             return {"segments_before": len(names), "segments_after": len(after_view.segment_names())}
 
         return self._transaction(branch, "compact", message, None, author, write)
+
+    def label(
+        self,
+        task: str,
+        detector: Callable[[SegmentData], np.ndarray],
+        *,
+        branch: str = "main",
+        overwrite: bool = False,
+        message: str | None = None,
+        author: str | None = None,
+        progress: bool = False,
+    ) -> WriteResult:
+        """Store per-step success labels of ``task`` for every episode, in one commit.
+
+        ``detector(segment) -> bool (T,)`` runs the task's success detector over a segment's stored
+        steps. Labels live beside the steps (``segments/<name>/labels/<task>``) and are carried
+        through compaction and deletes, so relabeling is reproducible from the snapshot id alone.
+        Segments already labeled for ``task`` are skipped unless ``overwrite``.
+        """
+
+        def write(root: zarr.Group, _: set[str]) -> dict[str, Any]:
+            view = _root_view(root)
+            todo = [n for n in view.segment_names() if overwrite or f"labels/{task}" not in view._segment(n)]
+            if not todo:
+                return {"nothing": True}
+            n_steps = 0
+            for name in tqdm(todo, desc=f"label {task}", disable=not progress):
+                seg = view.read_segment(name)
+                values = np.asarray(detector(seg))
+                T = int(seg.episode_ends[-1])
+                if values.shape != (T,):
+                    raise LakeError(
+                        f"detector for {task!r} returned shape {values.shape} on segment {name}; expected ({T},)"
+                    )
+                write_labels(view._segment(name), task, values)
+                n_steps += T
+            return {"labelled_steps": n_steps, "segments_after": len(todo)}
+
+        return self._transaction(branch, "label", message or f"label {task}", {"task": task}, author, write)
 
     # ------------------------------------------------------------ transaction plumbing
     def _commit_meta(
@@ -807,7 +850,9 @@ def _default_message(op: str, stats: dict[str, Any]) -> str:
         return f"append {stats.get('added', 0)} episodes"
     if op == "delete":
         return f"delete {stats.get('removed', 0)} episodes"
-    return f"compact {stats.get('segments_before')} segments into {stats.get('segments_after')}"
+    if op == "compact":
+        return f"compact {stats.get('segments_before')} segments into {stats.get('segments_after')}"
+    return op
 
 
 def _root_view(root: zarr.Group) -> LakeView:
@@ -824,6 +869,7 @@ def _write_batched(
     schema: Schema | None,
     segment_steps: int,
     name_like: str | None = None,
+    labels: list[dict[str, np.ndarray]] | None = None,
 ) -> list[str]:
     """Write episodes into as few segments as fit ``segment_steps`` each; returns the names.
 
@@ -841,14 +887,17 @@ def _write_batched(
             name = name_like.split("-")[0] + "-" + new_segment_name().split("-")[1]
         else:
             name = new_segment_name()
-        write_segment(root, name, [e for _, e in batch], [i for i, _ in batch], schema)
+        lab = [labels[k] for k in batch_pos] if labels is not None else None
+        write_segment(root, name, [e for _, e in batch], [i for i, _ in batch], schema, lab)
         names.append(name)
 
-    for eid, ep in episodes:
+    batch_pos: list[int] = []
+    for pos, (eid, ep) in enumerate(episodes):
         if batch and steps + len(ep) > segment_steps:
             flush()
-            batch, steps = [], 0
+            batch, batch_pos, steps = [], [], 0
         batch.append((eid, ep))
+        batch_pos.append(pos)
         steps += len(ep)
     flush()
     return names

@@ -77,6 +77,11 @@ class SegmentData:
     episode_ends: np.ndarray
     table: dict[str, list[Any]]
     has_goal: dict[str, list[bool]]
+    labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # task -> (T,) bool
+
+    def episode_labels(self, i: int) -> dict[str, np.ndarray]:
+        start = int(self.episode_ends[i - 1]) if i else 0
+        return {t: v[start : int(self.episode_ends[i])] for t, v in self.labels.items()}
 
     def episode(self, i: int) -> Episode:
         start = int(self.episode_ends[i - 1]) if i else 0
@@ -95,8 +100,13 @@ def write_segment(
     episodes: Sequence[Episode],
     episode_ids: Sequence[str],
     schema: dict[str, dict[str, dict[str, Any]]],
+    labels: Sequence[dict[str, np.ndarray]] | None = None,
 ) -> int:
-    """Write one segment under ``segments/<name>``; returns the number of steps written."""
+    """Write one segment under ``segments/<name>``; returns the number of steps written.
+
+    ``labels`` (one dict per episode, task -> (T,) bool success labels) are kept for the tasks
+    every episode of the segment has.
+    """
     lengths = np.array([len(e) for e in episodes], dtype=np.int64)
     group = root.require_group("segments").create_group(name)
     for key, spec in schema["step"].items():
@@ -132,6 +142,10 @@ def write_segment(
             fill_value=0,
         )
         arr[...] = data
+    if labels:
+        common = set.intersection(*(set(d) for d in labels))
+        for task in sorted(common):
+            write_labels(group, task, np.concatenate([d[task] for d in labels]))
     ends = group.create_array("episode_ends", shape=lengths.shape, dtype="int64", fill_value=0)
     ends[...] = np.cumsum(lengths)
     records = [e.record() for e in episodes]
@@ -151,6 +165,19 @@ def write_segment(
     return int(lengths.sum())
 
 
+def write_labels(group: zarr.Group, task: str, values: np.ndarray) -> None:
+    """Store per-step success labels of ``task`` in a segment (``labels/<task>``, bool (T,))."""
+    arr = group.create_array(
+        f"labels/{task}",
+        shape=values.shape,
+        dtype="bool",
+        fill_value=False,
+        chunks=(max(1, min(LOWDIM_CHUNK_STEPS, len(values))),),
+        overwrite=True,
+    )
+    arr[...] = values.astype(bool)
+
+
 def read_segment(group: zarr.Group, fields: Sequence[str] | None = None) -> SegmentData:
     """Read a whole segment (optionally only some step fields), all arrays at once.
 
@@ -161,7 +188,8 @@ def read_segment(group: zarr.Group, fields: Sequence[str] | None = None) -> Segm
     jobs: list[tuple[dict[str, np.ndarray], str, zarr.Array]] = []
     steps: dict[str, np.ndarray] = {}
     goals: dict[str, np.ndarray] = {}
-    for prefix, out in (("steps", steps), ("goals", goals)):
+    labels: dict[str, np.ndarray] = {}
+    for prefix, out in (("steps", steps), ("goals", goals), ("labels", labels)):
         if prefix not in group:
             continue
         sub = group[prefix]
@@ -181,6 +209,7 @@ def read_segment(group: zarr.Group, fields: Sequence[str] | None = None) -> Segm
         episode_ends=np.asarray(ends[...]),
         table=attrs["episodes"],
         has_goal=attrs.get("has_goal", {}),
+        labels=labels,
     )
 
 

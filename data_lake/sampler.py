@@ -1,0 +1,601 @@
+"""The goal-relabeling sampler: typed Batches from a pinned lake snapshot, at memory speed.
+
+Pipeline: ``LakeView.load`` materializes the snapshot's fields in RAM once (threads, progress
+bar) -> ``EpisodePool`` indexes it -> ``sample_indices`` draws rows and relabels goals with
+vectorized numpy -> ``gather`` builds a host Batch -> a background thread keeps ``prefetch``
+batches ready in pinned memory -> ``Sampler.__next__`` moves one to the device, converts images
+to float there and applies DrQ random shifts there.
+
+Transitions and episode ends (the rule). Step ``t`` of an episode is a transition
+``(o_t, a_t, r_t, o_{t+1})`` for every ``t`` with ``is_last[t] = False``, so ``next_observations``
+never crosses an episode boundary and the last step's action and reward are never used. The
+task terminal of that transition is ``is_terminal[t+1]``: true only when ``t+1`` is the last step
+and the episode ended in a terminal state; an episode that was cut off (``is_last`` without
+``is_terminal``) bootstraps from its last observation.
+
+Relabeling (``../shared/ALGORITHMS.md``, "Hindsight goal relabeling"); each row draws a source
+with the configured probabilities (they must sum to 1), then a transition eligible for it:
+
+    future     j - t ~ Geometric(p) truncated at the last step T (or uniform on (t, T])
+    final      j = T
+               goal = o_j (goal cameras; goal state = achieved_goal_j, else state_j)
+               r = d = 1 if t + 1 == j (index rule) or |ag_{t+1} - ag_j| < eps (distance rule)
+               mc_return = gamma^(j - t - 1)
+    negative   goal = a uniformly drawn step of a *different* episode; r = d = mc_return = 0
+    commanded  the episode's stored goal (only episodes that have one), task reward r_t,
+               d = is_terminal[t+1], mc_return = discounted return-to-go within the episode
+    task       as commanded but with a blank (zero) goal: plain task-reward learning
+
+MT-Opt task relabeling: with probability ``p_task`` a row is given another task ``k`` (one with
+stored success labels) and ``r = d = label_k[t+1]``, ``mc_return`` the labels' return-to-go.
+
+Streaming mode (``streaming_segments = K > 0``) for lakes larger than RAM: a rotating buffer of
+K whole segments, visited in a seeded random order that covers every segment once per pass; every
+``swap_every`` batches the oldest segment leaves and the next (prefetched in the background)
+enters. Rows are uniform over the transitions *in the buffer*, not over the lake: a segment is
+sampled only while buffered, about ``K * swap_every`` batches per pass, and negatives come from
+buffered episodes only.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_lake.batch import COMMANDED, FINAL, FUTURE, GOAL_SOURCES, NEGATIVE, TASK, Batch, Observation
+from data_lake.lake import LakeView
+from data_lake.segment import SegmentData
+
+
+class SamplerError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class RelabelConfig:
+    """Probabilities of each goal source (must sum to 1) and the reward rule."""
+
+    future: float = 0.6
+    final: float = 0.1
+    negative: float = 0.2
+    commanded: float = 0.0
+    task: float = 0.1
+    future_mode: str = "geometric"  # "geometric" | "uniform"
+    geometric_p: float = 0.1
+    reward_rule: str = "index"  # "index" | "distance"
+    epsilon: float = 0.05
+    gamma: float = 0.99
+    p_task: float = 0.0  # MT-Opt task relabeling
+
+    def __post_init__(self) -> None:
+        probs = self.probabilities
+        if any(p < 0 for p in probs.values()) or abs(sum(probs.values()) - 1.0) > 1e-6:
+            raise SamplerError(
+                f"relabel probabilities must be >= 0 and sum to 1, got {probs} (sum {sum(probs.values()):.4f})"
+            )
+        if self.future_mode not in ("geometric", "uniform"):
+            raise SamplerError(f"future_mode must be 'geometric' or 'uniform', got {self.future_mode!r}")
+        if not 0 < self.geometric_p <= 1:
+            raise SamplerError(f"geometric_p must be in (0, 1], got {self.geometric_p}")
+        if self.reward_rule not in ("index", "distance"):
+            raise SamplerError(f"reward_rule must be 'index' or 'distance', got {self.reward_rule!r}")
+        if not 0 < self.gamma <= 1:
+            raise SamplerError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not 0 <= self.p_task <= 1:
+            raise SamplerError(f"p_task must be in [0, 1], got {self.p_task}")
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in GOAL_SOURCES}
+
+    @property
+    def uses_goals(self) -> bool:
+        return self.future + self.final + self.negative + self.commanded > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    batch_size: int = 256
+    cameras: tuple[str, ...] | None = None  # None: every camera in the lake
+    goal_cameras: tuple[str, ...] | None = None  # None: the same as cameras
+    use_state: bool = True
+    relabel: RelabelConfig = dataclasses.field(default_factory=RelabelConfig)
+    task_balanced: bool = False  # equal share per task, then successes vs failures within a task
+    augment_pad: int = 4  # DrQ random shift; 0 disables
+    augment_cameras: dict[str, int] | None = None  # per-camera pad overrides
+    prefetch: int = 4
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    streaming_segments: int = 0  # 0: load everything into RAM
+    swap_every: int = 50
+    load_threads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise SamplerError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise SamplerError(f"rank must be in [0, world_size), got rank {self.rank} of {self.world_size}")
+        if self.augment_pad < 0 or self.prefetch < 1 or self.swap_every < 1:
+            raise SamplerError("augment_pad must be >= 0, prefetch and swap_every >= 1")
+
+
+# ---------------------------------------------------------------------------- the pool in RAM
+@dataclasses.dataclass
+class EpisodePool:
+    """Concatenated step arrays of the sampled episodes plus the indices relabeling needs."""
+
+    images: dict[str, np.ndarray]  # cam -> uint8 (N, H, W, 3)
+    state: np.ndarray | None  # (N, S)
+    achieved: np.ndarray | None  # (N, G)
+    action: np.ndarray  # (N, A)
+    reward: np.ndarray  # (N,)
+    is_terminal: np.ndarray  # (N,) bool
+    ep_start: np.ndarray  # (E,) first step of each episode
+    ep_end: np.ndarray  # (E,) one past its last step
+    ep_of: np.ndarray  # (N,) episode of each step
+    valid: np.ndarray  # transition steps t (is_last[t] False)
+    goal_images: dict[str, np.ndarray]  # cam -> (E, H, W, 3)
+    goal_state: np.ndarray | None  # (E, G)
+    has_goal: np.ndarray  # (E,) bool: a commanded goal is stored
+    task_of: np.ndarray  # (E,) int task id
+    success: np.ndarray  # (E,) int8: 1, 0, -1 unknown
+    mc_task: np.ndarray  # (N,) discounted task return-to-go
+    labels: dict[int, np.ndarray]  # task id -> (N,) float32 stored success labels
+    label_mc: dict[int, np.ndarray]  # task id -> (N,) their return-to-go
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.ep_start)
+
+
+def _return_to_go(reward: np.ndarray, ep_start: np.ndarray, ep_end: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = sum_{i=t}^{T-1} gamma^(i-t) r_i within each episode (the last step's reward unused)."""
+    out = np.zeros(len(reward), np.float32)
+    for s, e in zip(ep_start.tolist(), ep_end.tolist(), strict=True):
+        acc = 0.0
+        for i in range(e - 2, s - 1, -1):
+            acc = float(reward[i]) + gamma * acc
+            out[i] = acc
+    return out
+
+
+def _first_success_return(r: np.ndarray, ep_start: np.ndarray, ep_end: np.ndarray, gamma: float) -> np.ndarray:
+    """gamma^(m - t) for the first transition m >= t whose reward is 1 (success ends the episode), else 0."""
+    out = np.zeros(len(r), np.float32)
+    for s, e in zip(ep_start.tolist(), ep_end.tolist(), strict=True):
+        acc = 0.0
+        for i in range(e - 2, s - 1, -1):
+            acc = 1.0 if r[i] > 0 else gamma * acc
+            out[i] = acc
+    return out
+
+
+def build_pool(
+    data: SegmentData,
+    cfg: SamplerConfig,
+    tasks: Sequence[str],
+    cameras: Sequence[str],
+    goal_cameras: Sequence[str],
+    labels: dict[str, np.ndarray] | None = None,
+) -> EpisodePool:
+    """Index a loaded snapshot (or a rank's share of it) for sampling."""
+    ends = data.episode_ends.astype(np.int64)
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    n = int(ends[-1]) if len(ends) else 0
+    ep_of = np.repeat(np.arange(len(ends)), ends - starts)
+    is_last = data.steps["is_last"].astype(bool)
+    task_index = {t: i for i, t in enumerate(tasks)}
+    success = np.array([-1 if s is None else int(s) for s in data.table["success"]], np.int8)
+    gs = data.goals.get("state")
+    has_goal = np.zeros(len(ends), bool)
+    if data.has_goal:
+        flags = [
+            np.asarray(data.has_goal[k], bool)
+            for k in (*[f"images/{c}" for c in goal_cameras], "state")
+            if k in data.has_goal
+        ]
+        if flags:
+            has_goal = np.logical_and.reduce(flags)
+    gamma = cfg.relabel.gamma
+    reward = data.steps["reward"].astype(np.float32)
+    # task k's reward for transition t is its success label at t + 1 (terminal on success)
+    lab: dict[int, np.ndarray] = {}
+    for name, v in (labels or {}).items():
+        r = np.zeros(n, np.float32)
+        r[:-1] = v[1:n]
+        lab[task_index[name]] = r
+    return EpisodePool(
+        images={c: data.steps[f"images/{c}"] for c in cameras},
+        state=data.steps.get("state") if cfg.use_state else None,
+        achieved=data.steps.get("achieved_goal"),
+        action=data.steps["action"],
+        reward=reward,
+        is_terminal=data.steps["is_terminal"].astype(bool),
+        ep_start=starts,
+        ep_end=ends,
+        ep_of=ep_of,
+        valid=np.flatnonzero(~is_last[:n]),
+        goal_images={c: data.goals[f"images/{c}"] for c in goal_cameras if f"images/{c}" in data.goals},
+        goal_state=gs,
+        has_goal=has_goal,
+        task_of=np.array([task_index[t] for t in data.table["task"]], np.int64),
+        success=success,
+        mc_task=_return_to_go(reward, starts, ends, gamma),
+        labels=lab,
+        label_mc={k: _first_success_return(v, starts, ends, gamma) for k, v in lab.items()},
+    )
+
+
+# ---------------------------------------------------------------------------- relabeling
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """The index plan of one batch (all numpy, shape (B,))."""
+
+    t: np.ndarray  # transition step
+    goal_step: np.ndarray  # step whose observation is the goal, -1 for commanded / task rows
+    source: np.ndarray  # goal source code
+    reward: np.ndarray
+    terminal: np.ndarray
+    mc_return: np.ndarray
+    task_id: np.ndarray
+
+
+def _draw_steps(
+    pool: EpisodePool, eligible: np.ndarray, n: int, rng: np.random.Generator, cfg: SamplerConfig
+) -> np.ndarray:
+    if n == 0:
+        return np.zeros(0, np.int64)
+    if not cfg.task_balanced:
+        return eligible[rng.integers(0, len(eligible), n)]
+    # equal share per task, then successes vs failures within the task (when known)
+    ep = pool.ep_of[eligible]
+    group = pool.task_of[ep] * 3 + (pool.success[ep] + 1)  # (task, outcome) groups
+    keys, inverse, counts = np.unique(group, return_inverse=True, return_counts=True)
+    task_of_key = keys // 3
+    n_tasks = len(np.unique(task_of_key))
+    per_key_tasks = np.array([np.sum(task_of_key == tk) for tk in task_of_key])
+    w_key = 1.0 / (n_tasks * per_key_tasks)  # each task 1/n_tasks, split over its outcomes
+    w = w_key[inverse] / counts[inverse]
+    return eligible[rng.choice(len(eligible), n, p=w / w.sum())]
+
+
+def sample_rows(pool: EpisodePool, cfg: SamplerConfig, rng: np.random.Generator, batch_size: int) -> Rows:
+    """Draw a batch plan: sources, transitions, relabeled goals, rewards, terminals, returns."""
+    rc = cfg.relabel
+    names = list(GOAL_SOURCES)
+    probs = np.array([rc.probabilities[k] for k in names])
+    source = rng.choice(len(names), batch_size, p=probs).astype(np.int64)
+    t = np.empty(batch_size, np.int64)
+    commanded_ok = pool.valid[pool.has_goal[pool.ep_of[pool.valid]]]
+    for code in range(len(names)):
+        rows = np.flatnonzero(source == code)
+        eligible = commanded_ok if code == COMMANDED else pool.valid
+        if len(rows) and len(eligible) == 0:
+            raise SamplerError("commanded goals requested but no sampled episode stores a commanded goal")
+        t[rows] = _draw_steps(pool, eligible, len(rows), rng, cfg)
+    ep = pool.ep_of[t]
+    last = pool.ep_end[ep] - 1
+    goal_step = np.full(batch_size, -1, np.int64)
+    reward = np.zeros(batch_size, np.float32)
+    terminal = np.zeros(batch_size, np.float32)
+    mc = np.zeros(batch_size, np.float32)
+
+    # future / final: a later step of the same episode
+    fut = source == FUTURE
+    if rc.future_mode == "geometric":
+        k = rng.geometric(rc.geometric_p, batch_size)
+    else:
+        k = 1 + np.floor(rng.random(batch_size) * (last - t)).astype(np.int64)
+    j = np.minimum(t + k, last)
+    j = np.where(source == FINAL, last, j)
+    pos = fut | (source == FINAL)
+    goal_step[pos] = j[pos]
+    if rc.reward_rule == "index":
+        reached = t + 1 == j
+    else:
+        if pool.achieved is None:
+            raise SamplerError("reward_rule='distance' needs achieved_goal in the lake; use reward_rule='index'")
+        reached = np.linalg.norm(pool.achieved[t + 1] - pool.achieved[j], axis=-1) < rc.epsilon
+    reward[pos] = reached[pos]
+    terminal[pos] = reached[pos]
+    mc[pos] = rc.gamma ** (j[pos] - t[pos] - 1)
+
+    # negative: a step of another episode
+    neg = np.flatnonzero(source == NEGATIVE)
+    if len(neg):
+        if pool.n_episodes < 2:
+            raise SamplerError("negative goals need at least 2 episodes in the sampled data")
+        other = rng.integers(0, pool.n_episodes - 1, len(neg))
+        other += other >= ep[neg]  # skip the row's own episode
+        length = pool.ep_end[other] - pool.ep_start[other]
+        goal_step[neg] = pool.ep_start[other] + np.floor(rng.random(len(neg)) * length).astype(np.int64)
+
+    # commanded / task: the episode's own reward
+    own = (source == COMMANDED) | (source == TASK)
+    reward[own] = pool.reward[t[own]]
+    terminal[own] = pool.is_terminal[t[own] + 1]
+    mc[own] = pool.mc_task[t[own]]
+    task_id = pool.task_of[ep].copy()
+
+    # MT-Opt task relabeling from stored success labels
+    if rc.p_task > 0:
+        if not pool.labels:
+            raise SamplerError("p_task > 0 needs stored success labels: run `robot-rl lake label --task NAME` first")
+        labelled = np.array(sorted(pool.labels))
+        swap = np.flatnonzero(rng.random(batch_size) < rc.p_task)
+        new = labelled[rng.integers(0, len(labelled), len(swap))]
+        task_id[swap] = new
+        for k_id in np.unique(new):
+            rows = swap[new == k_id]
+            reward[rows] = pool.labels[int(k_id)][t[rows]]
+            terminal[rows] = reward[rows]
+            mc[rows] = pool.label_mc[int(k_id)][t[rows]]
+            goal_step[rows] = -1
+            source[rows] = TASK
+    return Rows(t, goal_step, source, reward, terminal, mc, task_id)
+
+
+def gather(pool: EpisodePool, rows: Rows, goals: bool) -> Batch:
+    """Build a host Batch (uint8 images) from a batch plan with numpy fancy indexing."""
+    t, nt = rows.t, rows.t + 1
+    ep = pool.ep_of[t]
+
+    def obs(idx: np.ndarray) -> Observation:
+        return Observation(
+            {c: torch.from_numpy(a[idx]) for c, a in pool.images.items()},
+            None if pool.state is None else torch.from_numpy(pool.state[idx]),
+        )
+
+    goal_obs = None
+    if goals:
+        g = rows.goal_step
+        has_step = g >= 0
+        gi = np.where(has_step, g, 0)
+        cmd = rows.source == COMMANDED
+        images = {}
+        for c in pool.goal_images or pool.images:
+            src = pool.images[c] if c in pool.images else None
+            img = src[gi] if src is not None else np.zeros((len(t), *pool.goal_images[c].shape[1:]), np.uint8)
+            img[~has_step] = 0
+            if c in pool.goal_images and cmd.any():
+                img[cmd] = pool.goal_images[c][ep[cmd]]
+            images[c] = torch.from_numpy(img)
+        gstate_src = pool.achieved if pool.achieved is not None else pool.state
+        gstate = None
+        if gstate_src is not None:
+            gs = gstate_src[gi].astype(np.float32)
+            gs[~has_step] = 0
+            if pool.goal_state is not None and cmd.any():
+                gs[cmd] = pool.goal_state[ep[cmd]]
+            gstate = torch.from_numpy(gs)
+        goal_obs = Observation(images, gstate)
+    return Batch(
+        observations=obs(t),
+        actions=torch.from_numpy(pool.action[t]),
+        rewards=torch.from_numpy(rows.reward),
+        terminals=torch.from_numpy(rows.terminal),
+        next_observations=obs(nt),
+        goals=goal_obs,
+        task_ids=torch.from_numpy(rows.task_id),
+        mc_returns=torch.from_numpy(rows.mc_return),
+        goal_source=torch.from_numpy(rows.source),
+    )
+
+
+# ---------------------------------------------------------------------------- augmentation (device)
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ random shift: pad by ``pad`` (replicating the border) and crop back at a random offset.
+
+    x: (B, H, W, C) images of any dtype on any device (applied to uint8 before the float
+    conversion: four times less memory traffic); deterministic given ``generator``. Replicate
+    padding is implemented as clamped source indices, one flat gather, no padded copy.
+    """
+    if pad == 0:
+        return x
+    B, H, W, C = x.shape
+    off = torch.randint(0, 2 * pad + 1, (2, B), generator=generator, device=generator.device).to(x.device) - pad
+    rows = (off[0, :, None] + torch.arange(H, device=x.device)).clamp_(0, H - 1)  # (B, H)
+    cols = (off[1, :, None] + torch.arange(W, device=x.device)).clamp_(0, W - 1)  # (B, W)
+    base = torch.arange(B, device=x.device)[:, None, None] * (H * W)
+    flat = (base + rows[:, :, None] * W + cols[:, None, :]).reshape(-1)  # (B*H*W,)
+    return x.reshape(B * H * W, C).index_select(0, flat).reshape(B, H, W, C)
+
+
+def _episode_in_share(episode_id: str, rank: int, world_size: int) -> bool:
+    """Rank ``r`` of ``W`` owns the episodes whose id hashes to r: disjoint, covering, stable."""
+    return int(episode_id[:12], 16) % world_size == rank
+
+
+def _subset(data: SegmentData, keep: np.ndarray) -> SegmentData:
+    """The episodes of ``data`` where ``keep`` (E,) is true, re-concatenated."""
+    if keep.all():
+        return data
+    ends = data.episode_ends
+    starts = np.concatenate([[0], ends[:-1]])
+    pieces = [np.arange(s, e) for s, e, k in zip(starts, ends, keep, strict=True) if k]
+    steps_idx = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64)
+    lengths = (ends - starts)[keep]
+    return SegmentData(
+        name=data.name,
+        steps={k: v[steps_idx] for k, v in data.steps.items()},
+        goals={k: v[keep] for k, v in data.goals.items()},
+        episode_ends=np.cumsum(lengths),
+        table={c: [v for v, k in zip(col, keep, strict=True) if k] for c, col in data.table.items()},
+        has_goal={g: [v for v, k in zip(col, keep, strict=True) if k] for g, col in data.has_goal.items()},
+        labels={t: v[steps_idx] for t, v in data.labels.items()},
+    )
+
+
+# ---------------------------------------------------------------------------- the sampler
+class Sampler:
+    """Batches from a pinned snapshot: ``next(sampler)`` is a device Batch, augmented on the device.
+
+    ``sample_host()`` draws one host batch synchronously (no thread); iterating starts a background
+    thread that keeps ``cfg.prefetch`` batches ready (pinned when the device is CUDA). Use one or the
+    other on a sampler, so the sequence of batches stays a pure function of (snapshot, seed).
+    """
+
+    def __init__(self, view: LakeView, cfg: SamplerConfig, device: str | torch.device = "cpu", progress: bool = True):
+        self.view, self.cfg, self.device = view, cfg, torch.device(device)
+        records = view.episodes()
+        if not records:
+            raise SamplerError(f"snapshot {view.snapshot_id} ({view.ref}) holds no episodes")
+        schema = view.schema or {"step": {}, "goal": {}}
+        lake_cams = sorted(k.split("/", 1)[1] for k in schema["step"] if k.startswith("images/"))
+        self.cameras = tuple(cfg.cameras) if cfg.cameras is not None else tuple(lake_cams)
+        self.goal_cameras = tuple(cfg.goal_cameras) if cfg.goal_cameras is not None else self.cameras
+        for cam in (*self.cameras, *self.goal_cameras):
+            if cam not in lake_cams:
+                raise SamplerError(f"camera {cam!r} is not in the lake; it has {lake_cams}")
+        if cfg.use_state and "state" not in schema["step"]:
+            raise SamplerError(f"the lake has no 'state' field; it has {sorted(schema['step'])}; set use_state=False")
+        self.tasks = tuple(sorted({r.task for r in records}))
+        self.fields = [f"images/{c}" for c in sorted({*self.cameras, *self.goal_cameras})]
+        self.fields += ["action", "reward", "is_first", "is_last", "is_terminal"]
+        self.fields += [k for k in ("state", "achieved_goal") if k in schema["step"]]
+        self._rng = np.random.default_rng([cfg.seed, cfg.rank])
+        self._torch_gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + cfg.rank)
+        self._queue: queue.Queue[Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.batches_produced = 0
+        if cfg.streaming_segments:
+            self._order = self._rng.permutation(len(view.segment_names()))
+            self._next_seg = 0
+            self._io = cf.ThreadPoolExecutor(1, thread_name_prefix="stream")
+            k = min(cfg.streaming_segments, len(self._order))
+            self._buffer = [self._load_next() for _ in range(k)]
+            self._pending = self._io.submit(self._read_next) if len(self._order) > k else None
+            self._since_swap = 0
+            self.pool = self._pool_from(self._buffer)
+        else:
+            data = view.load(self.fields, progress=progress, threads=cfg.load_threads)
+            self.pool = self._pool_from([data])
+        if cfg.batch_size > len(self.pool.valid):
+            raise SamplerError(
+                f"batch_size {cfg.batch_size} is larger than the {len(self.pool.valid)} transitions available"
+                f" (rank {cfg.rank} of {cfg.world_size})"
+            )
+
+    # ------------------------------------------------------------ data
+    def _pool_from(self, datas: list[SegmentData]) -> EpisodePool:
+        from data_lake.lake import _concat
+
+        cfg = self.cfg
+        shares = [
+            _subset(d, np.array([_episode_in_share(e, cfg.rank, cfg.world_size) for e in d.table["episode_id"]], bool))
+            for d in datas
+        ]
+        shares = [s for s in shares if len(s.episode_ends)]
+        if not shares:
+            raise SamplerError(
+                f"rank {cfg.rank} of {cfg.world_size} owns no episodes of snapshot {self.view.snapshot_id}"
+            )
+        data = _concat(shares, self.view.snapshot_id)
+        return build_pool(data, cfg, self.tasks, self.cameras, self.goal_cameras, data.labels)
+
+    def _read_next(self) -> SegmentData:
+        names = self.view.segment_names()
+        name = names[self._order[self._next_seg % len(self._order)]]
+        self._next_seg += 1
+        return self.view.read_segment(name, self.fields)
+
+    def _load_next(self) -> SegmentData:
+        return self._read_next()
+
+    def _maybe_swap(self) -> None:
+        if not self.cfg.streaming_segments or self._pending is None:
+            return
+        self._since_swap += 1
+        if self._since_swap < self.cfg.swap_every:
+            return
+        self._since_swap = 0
+        new = self._pending.result()
+        self._buffer = [*self._buffer[1:], new]
+        self._pending = self._io.submit(self._read_next)
+        self.pool = self._pool_from(self._buffer)
+
+    @property
+    def segments_visited(self) -> int:
+        return self._next_seg if self.cfg.streaming_segments else len(self.view.segment_names())
+
+    # ------------------------------------------------------------ sampling
+    def sample_host(self) -> Batch:
+        """One host batch (uint8 images on the CPU), drawn synchronously."""
+        rows = sample_rows(self.pool, self.cfg, self._rng, self.cfg.batch_size)
+        batch = gather(self.pool, rows, goals=self.cfg.relabel.uses_goals)
+        self.batches_produced += 1
+        self._maybe_swap()
+        return batch
+
+    def _produce(self) -> None:
+        assert self._queue is not None
+        pin = self.device.type == "cuda"
+        try:
+            while not self._stop.is_set():
+                batch = self.sample_host()
+                if pin:
+                    batch = batch.pin_memory()
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # surfaced in __next__
+            self._queue.put(e)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._thread is None:
+            self._queue = queue.Queue(self.cfg.prefetch)
+            self._thread = threading.Thread(target=self._produce, name="sampler", daemon=True)
+            self._thread.start()
+        assert self._queue is not None
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return self.augment(item.to(self.device, float_images=False)).to(self.device)
+
+    def augment(self, batch: Batch) -> Batch:
+        """DrQ random shift per camera (``augment_cameras`` overrides the pad), on the device.
+
+        Works on a batch whose images are still uint8 (B, H, W, 3); observations, next
+        observations and goals get independent shifts.
+        """
+        pads = {c: (self.cfg.augment_cameras or {}).get(c, self.cfg.augment_pad) for c in self.cameras}
+        if not any(pads.values()):
+            return batch
+
+        def shift(cam: str, x: torch.Tensor) -> torch.Tensor:
+            return random_shift(x, pads.get(cam, self.cfg.augment_pad), self._torch_gen)
+
+        return dataclasses.replace(
+            batch,
+            observations=batch.observations.map_images(shift),
+            next_observations=batch.next_observations.map_images(shift),
+            goals=None if batch.goals is None else batch.goals.map_images(shift),
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.cfg.streaming_segments:
+            self._io.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
