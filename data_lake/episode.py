@@ -14,6 +14,9 @@ small per-episode record. Step arrays are addressed by *field keys*:
                                               a terminal state (no bootstrapping past it)
     timestamp_ns      int64   (T,)            strictly increasing
     achieved_goal     float32 (T, G)          optional, for sim tasks
+    sim_state         float64 (T, D)          optional: the simulator's full state (MuJoCo
+                                              mjSTATE_INTEGRATION), so any task's success
+                                              detector can relabel the episode later
 
 Step convention (as RLDS): step ``t`` holds observation ``o_t``, the action ``a_t`` taken in it and
 the reward ``r_t`` that followed. The action and reward of the last step (``is_last``) have no
@@ -51,7 +54,7 @@ import numpy as np
 
 HASH_VERSION = b"robot-rl/episode/v1\0"
 REQUIRED_STEP_KEYS = ("state", "action", "reward", "is_first", "is_last", "is_terminal", "timestamp_ns")
-OPTIONAL_STEP_KEYS = ("achieved_goal",)
+OPTIONAL_STEP_KEYS = ("achieved_goal", "sim_state")
 STEP_PREFIXES = ("images/", "depth/")
 GOAL_PREFIX = "goal/"
 META_KEYS = ("task", "language", "success", "source", "robot", "created_at", "metadata")

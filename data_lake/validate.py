@@ -133,7 +133,9 @@ def _check_field(key: str, a: np.ndarray) -> list[Problem]:
             bad = _first_bad_step(~np.isfinite(a))
             out.append(Problem("non_finite", key, bad, "NaN or Inf depth value"))
         return out
-    expected = {"timestamp_ns": np.int64, **{k: np.bool_ for k in BOOL_KEYS}}.get(key, np.float32)
+    expected = {"timestamp_ns": np.int64, "sim_state": np.float64, **{k: np.bool_ for k in BOOL_KEYS}}.get(
+        key, np.float32
+    )
     if a.dtype != expected:
         hint = f"; convert with .astype(np.{np.dtype(expected).name})" if a.dtype.kind in "fiub" else ""
         out.append(Problem("dtype", key, None, f"expected {np.dtype(expected).name}, found {a.dtype}{hint}"))
@@ -142,7 +144,7 @@ def _check_field(key: str, a: np.ndarray) -> list[Problem]:
     if a.ndim != ndim:
         want = "(T,)" if ndim == 1 else "(T, D)"
         out.append(Problem("shape", key, None, f"expected {want}, found shape {a.shape}"))
-    if a.dtype == np.float32 and not np.isfinite(a).all():
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
         bad = _first_bad_step(~np.isfinite(a))
         out.append(
             Problem("non_finite", key, bad, f"value {a[bad].ravel()[~np.isfinite(a[bad].ravel())][0]} is not finite")

@@ -10,6 +10,7 @@ from robot_rl import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from data_lake.cli import add_lake_parser
+    from robot_rl.collect_cmd import add_collect_parser
     from robot_rl.demo import add_demo_parser
 
     parser = argparse.ArgumentParser(
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"robot-rl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_lake_parser(sub)
+    add_collect_parser(sub)
     add_demo_parser(sub)
     return parser
 

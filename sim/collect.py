@@ -1,0 +1,271 @@
+"""Parallel collection: K worker processes step and render a task, episodes go to the lake in batches.
+
+Each episode ``i`` of a run is a pure function of ``(task, seed, i, policy, noise, image_size,
+cameras)``: the env reset seed and the policy's noise come from ``SeedSequence([seed, i])``, so a
+re-run produces the same bytes. Episodes reach the lake in index order, ``batch_episodes`` per
+commit (the commit message names the task, policy, noise, seeds and code version). An interrupted
+run re-run with the same seed skips the indices already on the branch (their records carry the
+run's parameters) and the lake's content hash catches anything else: no duplicates.
+
+Episode content: one lake step per env observation (``T = steps + 1``). Step ``t`` holds the
+observation before action ``t``, the action and the sparse reward that followed; the final
+observation closes the episode with a zero action. Plus ``achieved_goal``, the simulator state
+(``sim_state``, for relabeling with any task's detector later), the commanded goal (images from
+every camera and the goal vector), ``success`` (the env's ``is_success`` at the end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_lake.episode import Episode
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectConfig:
+    task: str
+    episodes: int
+    lake: str = "./lake"
+    branch: str = "main"
+    policy: str = "expert"  # expert | noisy | random
+    noise: float | None = None  # overrides the level's noise (expert/noisy only)
+    workers: int = 1
+    seed: int = 0
+    image_size: int = 64
+    cameras: tuple[str, ...] | None = None  # None: every camera of the task's world
+    batch_episodes: int = 20
+    max_steps: int | None = None  # None: the task's episode length
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.workers < 1 or self.batch_episodes < 1:
+            raise ValueError(
+                f"episodes, workers and batch_episodes must be >= 1, got {self.episodes}, "
+                f"{self.workers}, {self.batch_episodes}"
+            )
+        if self.policy not in ("expert", "noisy", "random"):
+            raise ValueError(f"policy must be expert, noisy or random, got {self.policy!r}")
+        if self.noise is not None and self.noise < 0:
+            raise ValueError(f"noise must be >= 0, got {self.noise}")
+
+    @property
+    def noise_std(self) -> float | None:
+        """Gaussian noise on the expert's action; None means uniform random actions."""
+        from tasks.core import NOISE_LEVELS
+
+        if self.policy == "random":
+            return None
+        return self.noise if self.noise is not None else NOISE_LEVELS[self.policy]
+
+    def run_params(self) -> dict[str, Any]:
+        """What identifies an episode of this run (stored in every episode's metadata)."""
+        return {
+            "collect_seed": self.seed,
+            "policy": self.policy,
+            "noise": self.noise_std,
+            "image_size": self.image_size,
+            "cameras": list(self.cameras or []),
+        }
+
+
+def code_version() -> str:
+    from robot_rl import __version__
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"robot-rl {__version__}" + (f" ({sha})" if sha else "")
+
+
+# ---------------------------------------------------------------------------- one episode
+_ENV_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def _sim_state(env: Any) -> np.ndarray:
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    out = np.empty(mujoco.mj_stateSize(env.model, spec), np.float64)
+    mujoco.mj_getState(env.model, env.data, out, spec)
+    return out
+
+
+def rollout(cfg: CollectConfig, index: int) -> Episode:
+    """Episode ``index`` of the run ``cfg`` (deterministic)."""
+    import tasks
+
+    task = tasks.get(cfg.task)
+    key = (cfg.task, cfg.image_size, cfg.cameras)
+    if key not in _ENV_CACHE:
+        _ENV_CACHE[key] = task.make_env(cfg.image_size, cfg.cameras or task.cameras)
+    env = _ENV_CACHE[key]
+    env_seed, policy_seed = np.random.SeedSequence([cfg.seed, index]).generate_state(2)
+    rng = np.random.default_rng(policy_seed)
+    noise = cfg.noise_std
+    policy = task.random_policy(rng) if noise is None else task.scripted_policy(noise, rng)
+    obs, info = env.reset(seed=int(env_seed))
+    goal_images = task.goal_images(env)
+    goal_state = task.goal_state(env)
+    steps = cfg.max_steps or task.max_episode_steps
+    frames: dict[str, list[np.ndarray]] = {c: [] for c in obs["images"]}
+    state, achieved, sim, actions, rewards = [], [], [], [], []
+    for _ in range(steps + 1):
+        for c, img in obs["images"].items():
+            frames[c].append(img)
+        state.append(obs["state"])
+        achieved.append(obs["achieved_goal"])
+        sim.append(_sim_state(env))
+        if len(actions) == steps:
+            break
+        action = policy.act(env)
+        obs, reward, terminated, truncated, info = env.step(action)
+        actions.append(action)
+        rewards.append(reward)
+        if terminated:
+            break
+    T = len(state)
+    action_arr = np.zeros((T, env.action_space.shape[0]), np.float32)
+    action_arr[: len(actions)] = actions
+    reward_arr = np.zeros(T, np.float32)
+    reward_arr[: len(rewards)] = rewards
+    control_dt = getattr(env, "control_dt", None) or 0.04
+    episode = Episode.make(
+        images={c: np.stack(v) for c, v in frames.items()},
+        state=np.stack(state).astype(np.float32),
+        action=action_arr,
+        reward=reward_arr,
+        timestamp_ns=(np.arange(T) * round(control_dt * 1e9)).astype(np.int64),
+        is_terminal=bool(len(actions) < steps),
+        achieved_goal=np.stack(achieved).astype(np.float32),
+        goal_images=goal_images,
+        goal_state=goal_state.astype(np.float32),
+        task=cfg.task,
+        success=bool(info["is_success"]),
+        source=f"collect:{cfg.task}:{cfg.policy}:seed={cfg.seed}:i={index}",
+        robot=cfg.task.split("/")[0],
+        metadata={**cfg.run_params(), "index": index, "env_seed": int(env_seed)},
+    )
+    return episode.replace(steps={**episode.steps, "sim_state": np.stack(sim)})
+
+
+# ---------------------------------------------------------------------------- the run
+def _worker_rollout(args: tuple[CollectConfig, int]) -> Episode:
+    return rollout(*args)
+
+
+def _already_collected(lake: Any, cfg: CollectConfig) -> set[int]:
+    """Indices of this run (same task and run parameters) already on the branch."""
+    params = cfg.run_params()
+    done = set()
+    for rec in lake.checkout(cfg.branch).episodes(task=cfg.task):
+        m = rec.metadata
+        if all(m.get(k) == v for k, v in params.items()) and "index" in m:
+            done.add(int(m["index"]))
+    return done
+
+
+def _ordered(cfg: CollectConfig, todo: Sequence[int]) -> Iterator[Episode]:
+    if cfg.workers == 1:
+        for i in todo:
+            yield rollout(cfg, i)
+        return
+    # spawn: workers must not inherit an open lake or GL context (Icechunk and EGL dislike fork)
+    with mp.get_context("spawn").Pool(cfg.workers) as pool:
+        yield from pool.imap(_worker_rollout, [(cfg, i) for i in todo], chunksize=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectResult:
+    added: int
+    skipped: int
+    commits: list[str]
+    frames: int
+    successes: int
+    seconds: float
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / max(self.seconds, 1e-9)
+
+
+def collect(cfg: CollectConfig) -> CollectResult:
+    """Run the collection ``cfg`` into its lake (created if missing). Returns what landed."""
+    import tasks
+    from tqdm.auto import tqdm
+
+    from data_lake import Lake, NotALakeError
+
+    tasks.get(cfg.task)  # unknown task: an error listing the known ones, before any work
+    try:
+        lake = Lake.open(cfg.lake)
+    except NotALakeError:
+        lake = Lake.create(cfg.lake)
+    done = _already_collected(lake, cfg) if cfg.branch in lake.branches() else set()
+    if cfg.branch not in lake.branches():
+        lake.branch(cfg.branch)
+    todo = [i for i in range(cfg.episodes) if i not in done]
+    version = code_version()
+    commits: list[str] = []
+    batch: list[Episode] = []
+    added = frames = successes = 0
+    skipped = len(done)
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.episodes, initial=len(done), desc=f"collect {cfg.task}", unit="ep", disable=not cfg.progress)
+
+    def flush() -> None:
+        nonlocal added, skipped
+        if not batch:
+            return
+        idx = [int(e.metadata["index"]) for e in batch]
+        msg = (
+            f"collect {cfg.task}: {len(batch)} episodes, policy={cfg.policy} noise={cfg.noise_std} "
+            f"seed={cfg.seed} indices {min(idx)}-{max(idx)} [{version}]"
+        )
+        res = lake.append(
+            batch,
+            branch=cfg.branch,
+            message=msg,
+            metadata={
+                "task": cfg.task,
+                "policy": cfg.policy,
+                "noise": cfg.noise_std,
+                "seed": cfg.seed,
+                "indices": [min(idx), max(idx)],
+                "code": version,
+            },
+        )
+        added += res.added
+        skipped += res.skipped_duplicates
+        if res.snapshot_id:
+            commits.append(res.snapshot_id)
+        batch.clear()
+
+    try:
+        for ep in _ordered(cfg, todo):
+            batch.append(ep)
+            frames += len(ep)
+            successes += bool(ep.success)
+            n = bar.n + 1 - len(done)
+            bar.update(1)
+            bar.set_postfix(fps=f"{frames / (time.perf_counter() - t0):.0f}", success=f"{successes / n:.0%}")
+            if len(batch) >= cfg.batch_episodes:
+                flush()
+        flush()
+    finally:
+        bar.close()
+    return CollectResult(added, skipped, commits, frames, successes, time.perf_counter() - t0)
