@@ -133,7 +133,7 @@ def rollout(cfg: CollectConfig, index: int) -> Episode:
         if len(actions) == steps:
             break
         action = policy.act(env)
-        obs, reward, terminated, truncated, info = env.step(action)
+        obs, reward, terminated, _truncated, info = env.step(action)
         actions.append(action)
         rewards.append(reward)
         if terminated:
@@ -205,9 +205,9 @@ class CollectResult:
 
 def collect(cfg: CollectConfig) -> CollectResult:
     """Run the collection ``cfg`` into its lake (created if missing). Returns what landed."""
-    import tasks
     from tqdm.auto import tqdm
 
+    import tasks
     from data_lake import Lake, NotALakeError
 
     tasks.get(cfg.task)  # unknown task: an error listing the known ones, before any work
