@@ -1,0 +1,88 @@
+"""Collection throughput: the raw env step+render loop against `robot-rl collect` with 1 and 2 workers.
+
+    .venv/bin/python -m benchmarks.collect [--quick] [--json PATH]
+
+Raw loop: the same episodes (same seeds, same scripted expert, every camera rendered each step)
+with nothing recorded. Collect: ``sim.collect.collect`` into a fresh local lake (recording,
+episode building, hashing, validation, commits, worker processes included). Frames are env
+observations (each renders every camera: tabletop front + wrist at 64x64).
+Targets: tabletop raw >= 500 frames/s, overhead <= 15 %, 2 workers >= 1.6x one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sim.collect import CollectConfig, collect
+
+
+def raw_fps(task_name: str, episodes: int, seed: int = 0) -> float:
+    import tasks
+
+    task = tasks.get(task_name)
+    env = task.make_env(64, task.cameras)
+    frames = 0
+    t0 = time.perf_counter()
+    for i in range(episodes):
+        env_seed, policy_seed = np.random.SeedSequence([seed, i]).generate_state(2)
+        policy = task.scripted_policy(0.0, np.random.default_rng(policy_seed))
+        env.reset(seed=int(env_seed))
+        frames += 1
+        for _ in range(task.max_episode_steps):
+            env.step(policy.act(env))
+            frames += 1
+    fps = frames / (time.perf_counter() - t0)
+    env.close()
+    return fps
+
+
+def collect_fps(task_name: str, episodes: int, workers: int, workdir: Path) -> float:
+    lake = workdir / f"lake-{task_name.replace('/', '_')}-{workers}"
+    res = collect(CollectConfig(task=task_name, episodes=episodes, workers=workers, lake=str(lake),
+                                batch_episodes=max(1, episodes // 4), progress=False))
+    shutil.rmtree(lake)
+    return res.frames_per_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    n = 12 if args.quick else 40
+    n_fetch = 2 if args.quick else 6
+    workdir = Path(tempfile.mkdtemp(prefix="bench-collect-"))
+    t0 = time.perf_counter()
+    try:
+        figs = {
+            "tabletop_raw_fps": raw_fps("tabletop/push_red_to_pad", n),
+            "tabletop_collect_fps_1w": collect_fps("tabletop/push_red_to_pad", n, 1, workdir),
+            "tabletop_collect_fps_2w": collect_fps("tabletop/push_red_to_pad", 2 * n, 2, workdir),
+            "fetchpush_raw_fps": raw_fps("fetch/push", n_fetch),
+            "fetchpush_collect_fps_1w": collect_fps("fetch/push", n_fetch, 1, workdir),
+        }
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    figs["collect_overhead"] = 1 - figs["tabletop_collect_fps_1w"] / figs["tabletop_raw_fps"]
+    figs["two_worker_speedup"] = figs["tabletop_collect_fps_2w"] / figs["tabletop_collect_fps_1w"]
+    figs["wall_s"] = time.perf_counter() - t0
+    print(f"collect benchmark: tabletop/push_red_to_pad ({n} episodes) and fetch/push ({n_fetch}), "
+          f"64x64, every camera, {os.cpu_count()} cores, MUJOCO_GL={os.environ.get('MUJOCO_GL')}")
+    targets = {"tabletop_raw_fps": ">= 500", "collect_overhead": "<= 0.15", "two_worker_speedup": ">= 1.6"}
+    print(f"{'figure':28s} {'value':>10s}   target")
+    for k, v in figs.items():
+        print(f"{k:28s} {v:10.2f}   {targets.get(k, '')}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figs, indent=1))
+
+
+if __name__ == "__main__":
+    main()
