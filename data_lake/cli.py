@@ -175,6 +175,19 @@ def cmd_delete(a: argparse.Namespace) -> None:
     )
 
 
+def cmd_label(a: argparse.Namespace) -> None:
+    from tasks.label import detector_over_states
+
+    detect = detector_over_states(a.task)
+    res = Lake.open(a.lake).label(a.task, detect, branch=a.branch, overwrite=a.overwrite, progress=not a.json)
+    text = (
+        f"labelled {a.task} on {res.segments_after} segments of {a.branch} (snapshot {res.snapshot_id})"
+        if res.snapshot_id
+        else f"every segment of {a.branch} already has {a.task} labels (--overwrite to redo)"
+    )
+    _emit(a, res.to_json(), text)
+
+
 # ---------------------------------------------------------------------------- parser
 def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lake = sub.add_parser(
@@ -231,6 +244,10 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--branch", default="main")
     p.add_argument("--target-steps", type=int, default=20_000)
     p.add_argument("-m", "--message", default=None)
+    p = add("label", cmd_label, "store a task's per-step success labels (its detector over stored sim states)")
+    p.add_argument("--task", required=True, help="task name (robot-rl collect --list-tasks)")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--overwrite", action="store_true", help="relabel segments that already have labels")
     p = add("delete", cmd_delete, "delete episodes by id or task as a new commit")
     p.add_argument("--episode", action="append", default=[], help="episode id (repeatable)")
     p.add_argument("--task", default=None)
