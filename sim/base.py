@@ -170,6 +170,19 @@ class RobotEnv(gym.Env[Observation, np.ndarray]):
         """Success of the current simulator state (what ``info["is_success"]`` reports)."""
         return self._success()
 
+    def scene_state(self) -> np.ndarray:
+        """The world's configuration vector, the same layout for every task of the world (what
+        the lake stores as ``achieved_goal``, so one lake holds many tasks). Default: the task's
+        ``achieved_goal``; worlds with several objects override it (tabletop: gripper + blocks)."""
+        return self.achieved_goal()
+
+    def scene_goal(self) -> np.ndarray:
+        """:meth:`scene_state` of the goal configuration (what the goal image shows), state restored."""
+        with preserved_state(self.model, self.data):
+            self._pose_goal()
+            mujoco.mj_forward(self.model, self.data)
+            return np.asarray(self.scene_state(), dtype=np.float64)
+
     def render_goal(self) -> dict[str, np.ndarray]:
         """Images of the goal configuration from every camera; the state is restored exactly.
 

@@ -9,9 +9,11 @@ run's parameters) and the lake's content hash catches anything else: no duplicat
 
 Episode content: one lake step per env observation (``T = steps + 1``). Step ``t`` holds the
 observation before action ``t``, the action and the sparse reward that followed; the final
-observation closes the episode with a zero action. Plus ``achieved_goal``, the simulator state
-(``sim_state``, for relabeling with any task's detector later), the commanded goal (images from
-every camera and the goal vector), ``success`` (the env's ``is_success`` at the end).
+observation closes the episode with a zero action. Plus ``achieved_goal`` = the world's scene
+vector (``env.scene_state()``: one layout for every task of a world, so play and all tabletop
+tasks share one lake schema), the simulator state (``sim_state``, for relabeling with any task's
+detector later), the commanded goal (images from every camera, and ``goal/state`` = the scene
+vector of the goal configuration), ``success`` (the env's ``is_success`` at the end).
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def rollout(cfg: CollectConfig, index: int) -> Episode:
     policy = task.random_policy(rng) if noise is None else task.scripted_policy(noise, rng)
     obs, info = env.reset(seed=int(env_seed))
     goal_images = task.goal_images(env)
-    goal_state = task.goal_state(env)
+    goal_state = env.scene_goal()
     steps = cfg.max_steps or task.max_episode_steps
     frames: dict[str, list[np.ndarray]] = {c: [] for c in obs["images"]}
     state, achieved, sim, actions, rewards = [], [], [], [], []
@@ -128,7 +130,7 @@ def rollout(cfg: CollectConfig, index: int) -> Episode:
         for c, img in obs["images"].items():
             frames[c].append(img)
         state.append(obs["state"])
-        achieved.append(obs["achieved_goal"])
+        achieved.append(env.scene_state())
         sim.append(_sim_state(env))
         if len(actions) == steps:
             break

@@ -220,6 +220,10 @@ class TabletopEnv(RobotEnv):
     def achieved_goal(self) -> np.ndarray:
         return np.asarray(self.objective.achieved_goal(self), dtype=np.float64)
 
+    def scene_state(self) -> np.ndarray:
+        """Gripper grasp centre then the red, green and blue block centres: float64 (12,)."""
+        return np.concatenate([self.gripper_pos(), *(self.block_pos(b) for b in BLOCKS)])
+
     def desired_goal(self) -> np.ndarray:
         if self.goal is None:
             raise RuntimeError("call reset() before reading the goal")
