@@ -32,6 +32,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.lake --quick
+	$(VENV)/bin/python -m benchmarks.sampler --quick
+	$(VENV)/bin/python -m benchmarks.collect --quick
+	$(VENV)/bin/python -m benchmarks.render --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

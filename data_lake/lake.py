@@ -799,6 +799,9 @@ class Lake:
                     root = zarr.open_group(session.store, mode="r+")
                     if dedup:
                         stats = self._drop_raced_duplicates(root, stats, write, session)
+                        if not stats.get("added"):  # a concurrent writer added them all: a no-op
+                            session.discard_changes()
+                            return WriteResult(None, branch, **_only(stats, WriteResult))
                     total = len(_root_view(root).episode_ids())
                     meta = self._commit_meta(
                         op, stats.get("added", 0), stats.get("removed", 0), total, author, metadata
@@ -829,9 +832,8 @@ class Lake:
             return stats
         for name in ours:
             del root[f"segments/{name}"]
-        new = write(root, others)
-        new["skipped_duplicates"] += stats["skipped_duplicates"]
-        return new
+        # write() re-checks every offered episode against all the others, base ones included
+        return write(root, others)
 
 
 _META_KEYS = {"author", "operation", "episodes_added", "episodes_removed", "episodes_total", "tool"}
