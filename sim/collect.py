@@ -18,6 +18,7 @@ vector of the goal configuration), ``success`` (the env's ``is_success`` at the 
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import multiprocessing as mp
 import subprocess
@@ -229,8 +230,22 @@ def collect(cfg: CollectConfig) -> CollectResult:
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.episodes, initial=len(done), desc=f"collect {cfg.task}", unit="ep", disable=not cfg.progress)
 
-    def flush() -> None:
+    writer = cf.ThreadPoolExecutor(1, thread_name_prefix="lake-writer")
+    pending: cf.Future[Any] | None = None
+
+    def land(future: cf.Future[Any] | None) -> None:
         nonlocal added, skipped
+        if future is None:
+            return
+        res = future.result()
+        added += res.added
+        skipped += res.skipped_duplicates
+        if res.snapshot_id:
+            commits.append(res.snapshot_id)
+
+    def flush() -> None:
+        """Commit the batch in the background (one commit in flight) while rollouts go on."""
+        nonlocal pending
         if not batch:
             return
         idx = [int(e.metadata["index"]) for e in batch]
@@ -238,23 +253,16 @@ def collect(cfg: CollectConfig) -> CollectResult:
             f"collect {cfg.task}: {len(batch)} episodes, policy={cfg.policy} noise={cfg.noise_std} "
             f"seed={cfg.seed} indices {min(idx)}-{max(idx)} [{version}]"
         )
-        res = lake.append(
-            batch,
-            branch=cfg.branch,
-            message=msg,
-            metadata={
-                "task": cfg.task,
-                "policy": cfg.policy,
-                "noise": cfg.noise_std,
-                "seed": cfg.seed,
-                "indices": [min(idx), max(idx)],
-                "code": version,
-            },
-        )
-        added += res.added
-        skipped += res.skipped_duplicates
-        if res.snapshot_id:
-            commits.append(res.snapshot_id)
+        meta = {
+            "task": cfg.task,
+            "policy": cfg.policy,
+            "noise": cfg.noise_std,
+            "seed": cfg.seed,
+            "indices": [min(idx), max(idx)],
+            "code": version,
+        }
+        land(pending)  # commits land in index order
+        pending = writer.submit(lake.append, list(batch), branch=cfg.branch, message=msg, metadata=meta)
         batch.clear()
 
     try:
@@ -268,6 +276,8 @@ def collect(cfg: CollectConfig) -> CollectResult:
             if len(batch) >= cfg.batch_episodes:
                 flush()
         flush()
+        land(pending)
     finally:
+        writer.shutdown(wait=True)
         bar.close()
     return CollectResult(added, skipped, commits, frames, successes, time.perf_counter() - t0)
