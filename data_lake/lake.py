@@ -55,7 +55,16 @@ import zarr
 from tqdm.auto import tqdm
 
 from data_lake.episode import Episode
-from data_lake.segment import SegmentData, attrs_of, new_segment_name, read_segment, write_labels, write_segment
+from data_lake.segment import (
+    SegmentData,
+    attrs_of,
+    concat_segments,
+    new_segment_name,
+    read_segment,
+    walk_arrays,
+    write_labels,
+    write_segment,
+)
 from data_lake.storage import Location, commit_lock, make_storage, parse_uri
 from data_lake.validate import (
     EpisodeValidationError,
@@ -277,7 +286,7 @@ class LakeView:
                     disable=not progress,
                 )
             )
-        return _concat(segs, self.snapshot_id)
+        return concat_segments(segs, self.snapshot_id)
 
     def info(self) -> dict[str, Any]:
         recs = self.episodes()
@@ -300,42 +309,9 @@ class LakeView:
 def _arrays(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Array]]:
     if prefix not in group:
         return []
-    from data_lake.segment import _walk_arrays
-
     sub = group[prefix]
     assert isinstance(sub, zarr.Group)
-    return _walk_arrays(sub)
-
-
-def _concat(segs: list[SegmentData], name: str) -> SegmentData:
-    if len(segs) == 1:
-        return segs[0]
-    keys = sorted({k for s in segs for k in s.steps})
-    missing = [(s.name, k) for s in segs for k in keys if k not in s.steps]
-    if missing:
-        raise LakeError(f"cannot concatenate: segment {missing[0][0]} lacks field {missing[0][1]!r}; pass fields=")
-    offsets = np.cumsum([0] + [int(s.episode_ends[-1]) for s in segs[:-1]])
-    table = {c: [v for s in segs for v in s.table[c]] for c in segs[0].table} if segs else {}
-    gkeys = sorted({k for s in segs for k in s.goals})
-    goals, has_goal = {}, {}
-    for k in gkeys:
-        src = next(s.goals[k] for s in segs if k in s.goals)
-        goals[k] = np.concatenate(
-            [s.goals.get(k, np.zeros((len(s.episode_ends), *src.shape[1:]), src.dtype)) for s in segs]
-        )
-        has_goal[k] = [f for s in segs for f in s.has_goal.get(k, [False] * len(s.episode_ends))]
-    common = set.intersection(*(set(s.labels) for s in segs)) if segs else set()
-    return SegmentData(
-        name=name,
-        labels={t: np.concatenate([s.labels[t] for s in segs]) for t in sorted(common)},
-        steps={k: np.concatenate([s.steps[k] for s in segs]) if segs else np.zeros(0) for k in keys},
-        goals=goals,
-        episode_ends=np.concatenate([s.episode_ends + o for s, o in zip(segs, offsets, strict=True)])
-        if segs
-        else np.zeros(0, np.int64),
-        table=table,
-        has_goal=has_goal,
-    )
+    return walk_arrays(sub)
 
 
 # ---------------------------------------------------------------------------- the lake
@@ -798,7 +774,7 @@ class Lake:
                     session.rebase(ic.ConflictDetector())
                     root = zarr.open_group(session.store, mode="r+")
                     if dedup:
-                        stats = self._drop_raced_duplicates(root, stats, write, session)
+                        stats = self._drop_raced_duplicates(root, stats, write)
                         if not stats.get("added"):  # a concurrent writer added them all: a no-op
                             session.discard_changes()
                             return WriteResult(None, branch, **_only(stats, WriteResult))
@@ -819,10 +795,7 @@ class Lake:
 
     @staticmethod
     def _drop_raced_duplicates(
-        root: zarr.Group,
-        stats: dict[str, Any],
-        write: Callable[[zarr.Group, set[str]], dict[str, Any]],
-        session: ic.Session,
+        root: zarr.Group, stats: dict[str, Any], write: Callable[[zarr.Group, set[str]], dict[str, Any]]
     ) -> dict[str, Any]:
         ours = set(stats["segments"])
         view = _root_view(root)

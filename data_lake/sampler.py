@@ -1,7 +1,7 @@
 """The goal-relabeling sampler: typed Batches from a pinned lake snapshot, at memory speed.
 
 Pipeline: ``LakeView.load`` materializes the snapshot's fields in RAM once (threads, progress
-bar) -> ``EpisodePool`` indexes it -> ``sample_indices`` draws rows and relabels goals with
+bar) -> ``EpisodePool`` indexes it -> ``sample_rows`` draws rows and relabels goals with
 vectorized numpy -> ``gather`` builds a host Batch -> a background thread keeps ``prefetch``
 batches ready in pinned memory -> ``Sampler.__next__`` moves one to the device, converts images
 to float there and applies DrQ random shifts there.
@@ -51,7 +51,7 @@ import torch
 
 from data_lake.batch import COMMANDED, FINAL, FUTURE, GOAL_SOURCES, NEGATIVE, TASK, Batch, Observation
 from data_lake.lake import LakeView
-from data_lake.segment import SegmentData
+from data_lake.segment import SegmentData, concat_segments
 
 
 class SamplerError(ValueError):
@@ -472,7 +472,7 @@ class Sampler:
             self._next_seg = 0
             self._io = cf.ThreadPoolExecutor(1, thread_name_prefix="stream")
             k = min(cfg.streaming_segments, len(self._order))
-            self._buffer = [self._load_next() for _ in range(k)]
+            self._buffer = [self._read_next() for _ in range(k)]
             self._pending = self._io.submit(self._read_next) if len(self._order) > k else None
             self._since_swap = 0
             self.pool = self._pool_from(self._buffer)
@@ -487,8 +487,6 @@ class Sampler:
 
     # ------------------------------------------------------------ data
     def _pool_from(self, datas: list[SegmentData]) -> EpisodePool:
-        from data_lake.lake import _concat
-
         cfg = self.cfg
         shares = [
             _subset(d, np.array([_episode_in_share(e, cfg.rank, cfg.world_size) for e in d.table["episode_id"]], bool))
@@ -499,7 +497,7 @@ class Sampler:
             raise SamplerError(
                 f"rank {cfg.rank} of {cfg.world_size} owns no episodes of snapshot {self.view.snapshot_id}"
             )
-        data = _concat(shares, self.view.snapshot_id)
+        data = concat_segments(shares, self.view.snapshot_id)
         return build_pool(data, cfg, self.tasks, self.cameras, self.goal_cameras, data.labels)
 
     def _read_next(self) -> SegmentData:
@@ -507,9 +505,6 @@ class Sampler:
         name = names[self._order[self._next_seg % len(self._order)]]
         self._next_seg += 1
         return self.view.read_segment(name, self.fields)
-
-    def _load_next(self) -> SegmentData:
-        return self._read_next()
 
     def _maybe_swap(self) -> None:
         if not self.cfg.streaming_segments or self._pending is None:

@@ -194,7 +194,7 @@ def read_segment(group: zarr.Group, fields: Sequence[str] | None = None) -> Segm
             continue
         sub = group[prefix]
         assert isinstance(sub, zarr.Group)
-        for path, arr in _walk_arrays(sub):
+        for path, arr in walk_arrays(sub):
             if prefix == "steps" and fields is not None and path not in fields:
                 continue
             jobs.append((out, path, arr))
@@ -213,11 +213,43 @@ def read_segment(group: zarr.Group, fields: Sequence[str] | None = None) -> Segm
     )
 
 
-def _walk_arrays(group: zarr.Group, prefix: str = "") -> list[tuple[str, zarr.Array]]:
+def walk_arrays(group: zarr.Group, prefix: str = "") -> list[tuple[str, zarr.Array]]:
     out: list[tuple[str, zarr.Array]] = []
     for name, member in group.members():
         if isinstance(member, zarr.Array):
             out.append((prefix + name, member))
         else:
-            out.extend(_walk_arrays(member, prefix + name + "/"))
+            out.extend(walk_arrays(member, prefix + name + "/"))
     return out
+
+
+def concat_segments(segs: list[SegmentData], name: str) -> SegmentData:
+    """Segments concatenated in order into one (labels kept for the tasks every segment has)."""
+    if len(segs) == 1:
+        return segs[0]
+    keys = sorted({k for s in segs for k in s.steps})
+    missing = [(s.name, k) for s in segs for k in keys if k not in s.steps]
+    if missing:
+        raise ValueError(f"cannot concatenate: segment {missing[0][0]} lacks field {missing[0][1]!r}; pass fields=")
+    offsets = np.cumsum([0] + [int(s.episode_ends[-1]) for s in segs[:-1]])
+    table = {c: [v for s in segs for v in s.table[c]] for c in segs[0].table} if segs else {}
+    gkeys = sorted({k for s in segs for k in s.goals})
+    goals, has_goal = {}, {}
+    for k in gkeys:
+        src = next(s.goals[k] for s in segs if k in s.goals)
+        goals[k] = np.concatenate(
+            [s.goals.get(k, np.zeros((len(s.episode_ends), *src.shape[1:]), src.dtype)) for s in segs]
+        )
+        has_goal[k] = [f for s in segs for f in s.has_goal.get(k, [False] * len(s.episode_ends))]
+    common = set.intersection(*(set(s.labels) for s in segs)) if segs else set()
+    return SegmentData(
+        name=name,
+        labels={t: np.concatenate([s.labels[t] for s in segs]) for t in sorted(common)},
+        steps={k: np.concatenate([s.steps[k] for s in segs]) if segs else np.zeros(0) for k in keys},
+        goals=goals,
+        episode_ends=np.concatenate([s.episode_ends + o for s, o in zip(segs, offsets, strict=True)])
+        if segs
+        else np.zeros(0, np.int64),
+        table=table,
+        has_goal=has_goal,
+    )
