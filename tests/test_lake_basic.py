@@ -412,3 +412,26 @@ def test_lake_refuses_use_after_fork(lake: Lake) -> None:
     p.start()
     p.join(30)
     assert "open the lake inside each worker" in q.get(timeout=5)
+
+
+def test_short_scripts_exit_cleanly(tmp_path: Path) -> None:
+    """A script that reads a lake and exits must not abort in Icechunk's threads at shutdown."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import sys, zarr\n"
+        "from data_lake import Lake\n"
+        "from data_lake.synthetic import synthetic_episode\n"
+        "lake = Lake.create(sys.argv[1])\n"
+        "lake.append([synthetic_episode(i, length=5, size=8) for i in range(3)])\n"
+        "g = zarr.open_group(lake.repo.readonly_session('main').store, mode='r')\n"
+    )
+    codes = [
+        subprocess.run(
+            [sys.executable, str(script), str(tmp_path / f"l{i}")], capture_output=True, timeout=120
+        ).returncode
+        for i in range(16)
+    ]
+    assert codes == [0] * 16
