@@ -33,8 +33,7 @@ def test_two_workers_count_metadata_determinism_and_resume(tmp_path: Path) -> No
     assert ep0.success and ep0.goal.keys() == {"images/front", "images/wrist", "state"}
     assert ep0.steps["sim_state"].dtype == np.float64 and lake.verify().ok
     # an interrupted run (only 2 of 6 done) resumes: the 4 already there are skipped, 2 added
-    more = collect(CollectConfig(task=TASK, episodes=6, lake=uri, workers=1, batch_episodes=4, seed=5,
-                                 progress=False))
+    more = collect(CollectConfig(task=TASK, episodes=6, lake=uri, workers=1, batch_episodes=4, seed=5, progress=False))
     assert (more.added, more.skipped) == (2, 4)
     assert sorted(r.metadata["index"] for r in lake.checkout().episodes()) == list(range(6))
     # another seed gives other episodes
@@ -59,8 +58,10 @@ def test_cli_collect_errors_and_overrides(tmp_path: Path, capsys: pytest.Capture
     assert "unknown task 'nope'" in err and TASK in err
     assert cli(["collect", "episodes=1"]) == 2
     assert "missing required setting 'task'" in capsys.readouterr().err
-    assert cli(["collect", f"task={TASK}", "episodes=1", f"lake={tmp_path / 'l'}", "progress=false",
-                "cameras=[front]"]) == 0
+    assert (
+        cli(["collect", f"task={TASK}", "episodes=1", f"lake={tmp_path / 'l'}", "progress=false", "cameras=[front]"])
+        == 0
+    )
     assert "1 episodes added" in capsys.readouterr().out
     (rec,) = Lake.open(tmp_path / "l").checkout().episodes()
     assert rec.metadata["cameras"] == ["front"]

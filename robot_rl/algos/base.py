@@ -1,0 +1,197 @@
+"""Plumbing every algorithm shares: the common config, encode-once, the Policy, Polyak updates, state.
+
+An algorithm file (``bc.py``, ``iql.py``, ``cql.py``) subclasses ``Algorithm`` and supplies
+``build_networks`` (online modules, targets named ``target_<name>``), ``build_optimizers`` and
+``update``; its losses are pure functions ``(enc, nets, cfg[, rng]) -> (loss, metrics)`` where
+``enc`` is an ``Encoded`` batch (the Batch plus its embeddings, computed once per update) and
+``nets`` the algorithm's ``nn.ModuleDict`` (``nets.critic``, ``nets.target_critic``, ...). Losses
+that sample take an explicit ``torch.Generator`` so they stay deterministic functions of inputs.
+
+Encode once (DrQ-style sharing): each update encodes ``s`` once with gradients (the critic loss
+trains the encoder; actors read ``features.detach()``) and ``s'`` once without (targets and
+``π(·|s')`` only read it). Goal images and task embeddings are encoded once per row and shared by
+``s`` and ``s'``. Deviation from DrQ: there is no target *encoder*; target heads read the online
+encoder's (detached) ``s'`` embedding, so each image costs one encoder pass per update.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from data_lake.batch import Batch, Observation
+from robot_rl.nets import EncoderConfig, ObservationEncoder, ObservationSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgoConfig:
+    """Fields every algorithm has; algorithm configs subclass it and call ``super().__post_init__()``."""
+
+    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    hidden: tuple[int, ...] = (256, 256)  # MLP sizes of critics, values and actors
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005  # Polyak rate of target networks
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be a non-empty tuple of sizes >= 1, got {self.hidden}")
+        if self.actor_lr <= 0 or self.critic_lr <= 0:
+            raise ValueError(f"learning rates must be > 0, got actor_lr={self.actor_lr}, critic_lr={self.critic_lr}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """A Batch with its embeddings: what every loss reads."""
+
+    batch: Batch
+    features: torch.Tensor  # (B, F) of s, with gradients to the encoder
+    next_features: torch.Tensor | None  # (B, F) of s', no gradients; None when the loss needs no s'
+
+
+def encode(encoder: ObservationEncoder, batch: Batch, next_observations: bool = True) -> Encoded:
+    """Encode s (with grad) and s' (without) once; the goal/task part is computed once and shared."""
+    g = encoder.goal_features(batch.goals, batch.task_ids)  # (B, D_g) or None
+    (f,) = encoder.observation_features([batch.observations], batch.goals)  # (B, D_o)
+    features = f if g is None else torch.cat([f, g], dim=1)  # (B, F)
+    next_features = None
+    if next_observations:
+        with torch.no_grad():
+            (nf,) = encoder.observation_features([batch.next_observations], batch.goals)
+            next_features = nf if g is None else torch.cat([nf, g.detach()], dim=1)  # (B, F)
+    return Encoded(batch, features, next_features)
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """θ̄ ← (1 − τ)·θ̄ + τ·θ for every parameter (one fused foreach op)."""
+    t, o = list(target.parameters()), list(online.parameters())
+    if len(t) != len(o):
+        raise ValueError(f"target has {len(t)} parameters, online {len(o)}")
+    torch._foreach_lerp_(t, o, tau)
+
+
+def make_optimizer(modules: list[nn.Module], lr: float) -> torch.optim.Optimizer:
+    params = [p for m in modules for p in m.parameters()]
+    return torch.optim.Adam(params, lr=lr)
+
+
+class Scalar(nn.Module):
+    """One learnable scalar (log α, log α′) as a module, so state dicts and optimizers treat it like a net."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self) -> torch.Tensor:
+        return self.value
+
+
+class Policy(nn.Module):
+    """What evaluation and deployment need: the encoder and the actor (no critics, no optimizers)."""
+
+    def __init__(self, encoder: ObservationEncoder, actor: nn.Module):
+        super().__init__()
+        self.encoder, self.actor = encoder, actor
+
+    @torch.no_grad()
+    def forward(
+        self,
+        observation: Observation,
+        goal: Observation | None = None,
+        task_ids: torch.Tensor | None = None,
+        deterministic: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        (features,) = self.encoder([observation], goal, task_ids)  # (B, F)
+        dist = self.actor(features)
+        return dist.mode() if deterministic else dist.sample(generator=generator)[0]  # (B, A)
+
+
+class Algorithm(abc.ABC):
+    """Build from (config, spec); ``update(batch) -> metrics``; ``act``; ``state_dict`` of everything."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[AlgoConfig]]
+
+    def __init__(self, cfg: AlgoConfig, spec: ObservationSpec, device: str | torch.device = "cpu"):
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(cfg).__name__}")
+        self.cfg, self.spec, self.device = cfg, spec, torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.nets = nn.ModuleDict(self.build_networks()).to(self.device)
+        for name, module in self.nets.items():
+            if name.startswith("target_"):
+                module.requires_grad_(False)
+        self.optimizers = self.build_optimizers()
+        self.rng = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.step = 0
+
+    # ------------------------------------------------------------ what a subclass supplies
+    @abc.abstractmethod
+    def build_networks(self) -> dict[str, nn.Module]:
+        """Online modules by name; targets are named ``target_<name>`` (frozen, Polyak-updated)."""
+
+    @abc.abstractmethod
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers by name over ``self.nets``."""
+
+    @abc.abstractmethod
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One gradient step on ``batch`` (a device Batch); returns detached metrics."""
+
+    # ------------------------------------------------------------ shared
+    def encoder(self) -> ObservationEncoder:
+        return ObservationEncoder(self.spec, self.cfg.encoder)
+
+    @staticmethod
+    def target(module: nn.Module) -> nn.Module:
+        return copy.deepcopy(module)
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.nets.encoder, self.nets.actor)
+
+    def act(
+        self,
+        observation: Observation,
+        goal: Observation | None = None,
+        task_ids: torch.Tensor | None = None,
+        deterministic: bool = True,
+    ) -> torch.Tensor:
+        """Actions (B, A) in [-1, 1] for a device observation (float images (B, 3, H, W))."""
+        return self.policy(observation, goal, task_ids, deterministic, self.rng)
+
+    @staticmethod
+    def metrics(values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Detached scalars -> floats with one device sync."""
+        return dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist(), strict=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "nets": self.nets.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "step": self.step,
+            "rng": self.rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.nets.load_state_dict(state["nets"])
+        if set(state["optimizers"]) != set(self.optimizers):
+            raise KeyError(f"optimizers {sorted(state['optimizers'])} in the state, {sorted(self.optimizers)} here")
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        self.step = int(state["step"])
+        self.rng.set_state(state["rng"])

@@ -1,0 +1,77 @@
+"""Behaviour cloning and goal-conditioned BC (GCBC; Ghosh et al., 2019 / Lynch et al., 2020 for the goal form).
+
+Objective (``../shared/ALGORITHMS.md``, "BC and goal-conditioned BC")::
+
+    max_π  E_{(s, a, g) ~ D}[ log π(a | s, g) ]
+
+with ``g`` the sampler's relabeled goal (or none, or a task id) and π a tanh-Gaussian on the
+encoder's features. The goal enters through the encoder (early or late fusion, see
+``robot_rl/nets/encoders.py``); with ``Batch.goals`` None it is plain BC.
+
+Choices and deviations:
+- The actor's loss trains the encoder (no critic here), so features are *not* detached.
+- Dataset actions at exactly ±1 are clamped to ±(1 − 1e-6) before ``atanh`` in log π.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from data_lake.batch import Batch
+from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer
+from robot_rl.nets import TanhGaussianActor
+
+
+@dataclasses.dataclass(frozen=True)
+class BCConfig(AlgoConfig):
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.log_std_min < self.log_std_max:
+            raise ValueError(f"log_std_min must be < log_std_max, got {self.log_std_min}, {self.log_std_max}")
+
+
+def bc_loss(enc: Encoded, nets: nn.ModuleDict, cfg: BCConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L(π) = −E[log π(a | s, g)]."""
+    dist = nets.actor(enc.features)
+    actions = enc.batch.actions  # (B, A)
+    log_prob = dist.log_prob(actions)  # (B,)
+    loss = -log_prob.mean()
+    metrics = {
+        "actor/bc_loss": loss.detach(),
+        "actor/log_prob": log_prob.mean().detach(),
+        "actor/mse": (dist.mode() - actions).pow(2).mean().detach(),
+        "actor/log_std": dist.log_std.mean().detach(),
+    }
+    return loss, metrics
+
+
+class BC(Algorithm):
+    name = "bc"
+    config_class = BCConfig
+    cfg: BCConfig
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        encoder = self.encoder()
+        actor = TanhGaussianActor(
+            encoder.out_dim, self.spec.action_dim, self.cfg.hidden, self.cfg.log_std_min, self.cfg.log_std_max
+        )
+        return {"encoder": encoder, "actor": actor}
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor": make_optimizer([self.nets.encoder, self.nets.actor], self.cfg.actor_lr)}
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        enc = encode(self.nets.encoder, batch, next_observations=False)
+        loss, metrics = bc_loss(enc, self.nets, self.cfg)
+        opt = self.optimizers["actor"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        self.step += 1
+        return self.metrics(metrics)

@@ -1,0 +1,145 @@
+"""Implicit Q-Learning (IQL; Kostrikov, Nair & Levine, 2021, "Offline RL with Implicit Q-Learning").
+
+Equations (``../shared/ALGORITHMS.md``, "IQL"), ``u = Q̄(s, a) − V(s)``, ``Q̄ = min_i Q̄_i``::
+
+    L_V(ψ) = E_D[ L₂^τ(Q̄(s, a) − V_ψ(s)) ],            L₂^τ(u) = |τ − 1(u < 0)|·u²      (eq. 5)
+    L_Q(θ) = E_D[ Σ_i (r + γ(1 − d)·V_ψ(s') − Q_θi(s, a))² ]                              (eq. 6)
+    L_π(φ) = −E_D[ min(exp(β·(Q̄(s, a) − V_ψ(s))), w_max) · log π_φ(a | s) ]               (eq. 7)
+
+No action outside the data is ever queried. ``s``, ``g`` and task ids all come through the one
+Batch; the goal-conditioned form (GCIQL, as ogbench ``impls/agents/gciql.py``) is the same
+equations with features of ``(s, g)``.
+
+Choices and deviations:
+- One critic step on ``L_V + L_Q`` (both train the shared encoder); the reference steps V then Q
+  with separate optimizers. Adam is per-parameter, so this differs only in the encoder, which
+  gets the sum of both gradients (as ogbench does with one total loss).
+- The actor is the tanh-Gaussian of ``heads.py`` (reference: a Gaussian with a tanh mean and a
+  state-independent std); it reads detached features (of this update's single encoder pass) and
+  the advantage under V after this step's value update (the reference also steps V first).
+- ``Q̄`` in ``L_V`` and ``L_π`` is the Polyak target ensemble (as the reference), reading the
+  online encoder's features (``base.py``: there is no target encoder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from data_lake.batch import Batch
+from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
+from robot_rl.nets import Critic, TanhGaussianActor, ValueNetwork
+
+
+@dataclasses.dataclass(frozen=True)
+class IQLConfig(AlgoConfig):
+    expectile: float = 0.7  # τ of L₂^τ
+    beta: float = 3.0  # inverse temperature of the advantage weights
+    max_weight: float = 100.0  # w_max: exp-advantage weights are clipped here
+    num_critics: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.expectile < 1:
+            raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
+        if self.beta < 0 or self.max_weight <= 0:
+            raise ValueError(f"beta must be >= 0 and max_weight > 0, got {self.beta}, {self.max_weight}")
+        if self.num_critics < 1:
+            raise ValueError(f"num_critics must be >= 1, got {self.num_critics}")
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """L₂^τ(u) = |τ − 1(u < 0)|·u², elementwise."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return weight * diff.pow(2)
+
+
+def value_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_V = E[L₂^τ(Q̄(s, a) − V(s))] (eq. 5); V trains the encoder."""
+    with torch.no_grad():
+        target_q = nets.target_critic(enc.features.detach(), enc.batch.actions).min(0).values  # (B,)
+    v = nets.value(enc.features)  # (B,)
+    loss = expectile_loss(target_q - v, cfg.expectile).mean()
+    return loss, {"value/loss": loss.detach(), "value/v": v.mean().detach(), "value/target_q": target_q.mean()}
+
+
+def critic_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_Q = E[Σ_i (r + γ(1 − d)·V(s') − Q_i(s, a))²] (eq. 6)."""
+    b = enc.batch
+    with torch.no_grad():
+        next_v = nets.value(enc.next_features)  # (B,)
+        td_target = b.rewards + cfg.gamma * (1.0 - b.terminals) * next_v  # (B,)
+    q = nets.critic(enc.features, b.actions)  # (N, B)
+    td_loss = (q - td_target).pow(2).mean(1).sum()
+    metrics = {
+        "critic/td_loss": td_loss.detach(),
+        "critic/q": q.mean().detach(),
+        "critic/td_target": td_target.mean(),
+    }
+    return td_loss, metrics
+
+
+def actor_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_π = −E[min(exp(β·(Q̄(s, a) − V(s))), w_max)·log π(a | s)] (eq. 7), on detached features."""
+    features, actions = enc.features.detach(), enc.batch.actions  # (B, F), (B, A)
+    with torch.no_grad():
+        advantage = nets.target_critic(features, actions).min(0).values - nets.value(features)  # (B,)
+        weight = torch.exp(cfg.beta * advantage).clamp(max=cfg.max_weight)  # (B,)
+    dist = nets.actor(features)
+    log_prob = dist.log_prob(actions)  # (B,)
+    loss = -(weight * log_prob).mean()
+    metrics = {
+        "actor/loss": loss.detach(),
+        "actor/advantage": advantage.mean(),
+        "actor/weight": weight.mean(),
+        "actor/weight_clipped": (weight >= cfg.max_weight).float().mean(),
+        "actor/log_prob": log_prob.mean().detach(),
+        "actor/mse": (dist.mode() - actions).pow(2).mean().detach(),
+    }
+    return loss, metrics
+
+
+class IQL(Algorithm):
+    name = "iql"
+    config_class = IQLConfig
+    cfg: IQLConfig
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        cfg, spec = self.cfg, self.spec
+        encoder = self.encoder()
+        critic = Critic(encoder.out_dim, spec.action_dim, cfg.hidden, cfg.num_critics)
+        return {
+            "encoder": encoder,
+            "critic": critic,
+            "target_critic": self.target(critic),
+            "value": ValueNetwork(encoder.out_dim, cfg.hidden),
+            "actor": TanhGaussianActor(encoder.out_dim, spec.action_dim, cfg.hidden),
+        }
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        n = self.nets
+        return {
+            "critic": make_optimizer([n.encoder, n.critic, n.value], self.cfg.critic_lr),
+            "actor": make_optimizer([n.actor], self.cfg.actor_lr),
+        }
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        enc = encode(self.nets.encoder, batch)
+        v_loss, v_metrics = value_loss(enc, self.nets, self.cfg)
+        q_loss, q_metrics = critic_loss(enc, self.nets, self.cfg)
+        opt = self.optimizers["critic"]
+        opt.zero_grad(set_to_none=True)
+        (v_loss + q_loss).backward()
+        opt.step()
+
+        pi_loss, pi_metrics = actor_loss(enc, self.nets, self.cfg)
+        opt = self.optimizers["actor"]
+        opt.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        opt.step()
+
+        polyak_update(self.nets.target_critic, self.nets.critic, self.cfg.tau)
+        self.step += 1
+        return self.metrics({**v_metrics, **q_metrics, **pi_metrics})

@@ -1,0 +1,166 @@
+"""Checkpoints of an Algorithm: safetensors for tensors, JSON for everything else; never pickle.
+
+Layout of a checkpoint directory::
+
+    <dir>/
+      tensors.safetensors   nets/<module>.<param>            every network, targets included
+                            optim/<optimizer>/<index>/<key>  optimizer state tensors (Adam exp_avg, step, ...)
+      state.json            {"format", "algo", "config", "spec", "step", "rng", "torch_rng",
+                             "optimizers": {name: {"param_groups", "scalars"}}, "extra"}
+
+``state.json`` is written last (each file via a temporary name and ``os.replace``), so a directory
+with a ``state.json`` is complete. RNG states are stored as lists of byte values. Loading restores
+networks, optimizer state, the step counter and the algorithm's and torch's global RNG, so on the
+CPU training resumes bitwise-equal. ``torch.load`` is never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from robot_rl.algos import ALGOS, Algorithm
+from robot_rl.nets import ObservationSpec
+
+FORMAT = "robot-rl/checkpoint/v1"
+TENSORS, STATE = "tensors.safetensors", "state.json"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _json_value(v: Any, where: str) -> Any:
+    if isinstance(v, torch.Tensor):
+        raise CheckpointError(f"{where} is a tensor in a JSON field; store it in the safetensors file")
+    if isinstance(v, tuple | list):
+        return [_json_value(x, where) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_value(x, f"{where}.{k}") for k, x in v.items()}
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    raise CheckpointError(f"{where} has a value of type {type(v).__name__} that JSON cannot hold: {v!r}")
+
+
+def config_from_json(cls: type, d: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output; lists become tuples."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        v, t = d[f.name], hints[f.name]
+        if dataclasses.is_dataclass(t) and isinstance(v, dict):
+            v = config_from_json(t, v)
+        elif isinstance(v, list):
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        kwargs[f.name] = v
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise CheckpointError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    return cls(**kwargs)
+
+
+def _atomic_write(path: Path, write: typing.Callable[[str], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def save(path: str | os.PathLike[str], algo: Algorithm, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``algo`` (and JSON-able ``extra``: counters, scalars, sampler state) to directory ``path``."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = algo.state_dict()
+    tensors = {f"nets/{k}": v.detach().contiguous().cpu() for k, v in state["nets"].items()}
+    optimizers = {}
+    for name, opt_state in state["optimizers"].items():
+        scalars: dict[str, dict[str, Any]] = {}
+        for idx, entry in opt_state["state"].items():
+            for key, v in entry.items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"optim/{name}/{idx}/{key}"] = v.detach().contiguous().cpu()
+                else:
+                    scalars.setdefault(str(idx), {})[key] = _json_value(v, f"optimizer {name} state {idx}.{key}")
+        groups = _json_value(opt_state["param_groups"], f"optimizer {name} param_groups")
+        optimizers[name] = {"param_groups": groups, "scalars": scalars}
+    meta = {
+        "format": FORMAT,
+        "algo": algo.name,
+        "config": _json_value(dataclasses.asdict(algo.cfg), "config"),
+        "spec": _json_value(algo.spec.to_json(), "spec"),
+        "step": algo.step,
+        "rng": state["rng"].tolist(),
+        "torch_rng": torch.get_rng_state().tolist(),
+        "optimizers": optimizers,
+        "extra": _json_value(extra or {}, "extra"),
+    }
+    _atomic_write(out / TENSORS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+    _atomic_write(out / STATE, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
+    return out
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    d = Path(path)
+    if not (d / STATE).exists() or not (d / TENSORS).exists():
+        raise CheckpointError(f"{d} is not a complete checkpoint: it needs {STATE} and {TENSORS}")
+    meta = json.loads((d / STATE).read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{d / STATE} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    return d, meta
+
+
+def load(path: str | os.PathLike[str], algo: Algorithm) -> dict[str, Any]:
+    """Restore everything ``save`` wrote into an already built ``algo``; returns ``extra``."""
+    d, meta = _read(path)
+    if meta["algo"] != algo.name:
+        raise CheckpointError(f"checkpoint {d} holds {meta['algo']!r}, not {algo.name!r}")
+    tensors = load_file(str(d / TENSORS), device=str(algo.device))
+    nets = {k[len("nets/") :]: v for k, v in tensors.items() if k.startswith("nets/")}
+    live = algo.state_dict()
+    optimizers = {}
+    for name, opt_meta in meta["optimizers"].items():
+        if name not in live["optimizers"]:
+            raise CheckpointError(f"checkpoint has optimizer {name!r}; this algorithm has {sorted(live['optimizers'])}")
+        opt_state: dict[int, dict[str, Any]] = {}
+        prefix = f"optim/{name}/"
+        for k, v in tensors.items():
+            if k.startswith(prefix):
+                idx, key = k[len(prefix) :].split("/", 1)
+                opt_state.setdefault(int(idx), {})[key] = v
+        for idx, entry in opt_meta["scalars"].items():
+            opt_state.setdefault(int(idx), {}).update(entry)
+        groups = []
+        for saved, current in zip(opt_meta["param_groups"], live["optimizers"][name]["param_groups"], strict=True):
+            # JSON turned tuples (Adam's betas) into lists: give them back their live types
+            groups.append({k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()})
+        optimizers[name] = {"state": opt_state, "param_groups": groups}
+    algo.load_state_dict(
+        {
+            "nets": nets,
+            "optimizers": optimizers,
+            "step": meta["step"],
+            "rng": torch.tensor(meta["rng"], dtype=torch.uint8),
+        }
+    )
+    torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
+    return meta["extra"]
+
+
+def load_algorithm(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[Algorithm, dict[str, Any]]:
+    """Build the algorithm a checkpoint was saved from (config and spec from its JSON) and restore it."""
+    _, meta = _read(path)
+    if meta["algo"] not in ALGOS:
+        raise CheckpointError(f"unknown algorithm {meta['algo']!r}; known: {sorted(ALGOS)}")
+    cls = ALGOS[meta["algo"]]
+    algo = cls(config_from_json(cls.config_class, meta["config"]), ObservationSpec.from_json(meta["spec"]), device)
+    return algo, load(path, algo)

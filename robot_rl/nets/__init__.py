@@ -1,0 +1,24 @@
+"""Networks: observation encoders (``encoders.py``) and heads on their features (``heads.py``)."""
+
+from robot_rl.nets.encoders import EncoderConfig, ObservationEncoder, ObservationSpec, SpecError
+from robot_rl.nets.heads import (
+    Critic,
+    DeterministicActor,
+    EnsembleLinear,
+    TanhGaussian,
+    TanhGaussianActor,
+    ValueNetwork,
+)
+
+__all__ = [
+    "Critic",
+    "DeterministicActor",
+    "EncoderConfig",
+    "EnsembleLinear",
+    "ObservationEncoder",
+    "ObservationSpec",
+    "SpecError",
+    "TanhGaussian",
+    "TanhGaussianActor",
+    "ValueNetwork",
+]

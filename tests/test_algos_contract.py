@@ -1,0 +1,171 @@
+"""The contract every algorithm passes, for every mix of observations and conditioning.
+
+One parametrized suite over ALGOS × {state, image} × {no goal, goal, task}: builds from config and
+a spec, an update changes every parameter, outputs are finite, ``act`` gives actions in [-1, 1]
+of the right shape, checkpoints round-trip (outputs identical, training resumes bitwise-equal),
+and the same seed gives the same parameters. Batches come from the real sampler on a small
+memory lake of synthetic 16x16 episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import uuid
+
+import pytest
+import torch
+
+from data_lake import Lake
+from data_lake.batch import Batch
+from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
+from data_lake.synthetic import synthetic_episode
+from robot_rl import checkpoint
+from robot_rl.algos import ALGOS, AlgoConfig, Algorithm, BCConfig, CQLConfig, IQLConfig
+from robot_rl.nets import EncoderConfig, ObservationSpec, SpecError
+
+ENCODER = EncoderConfig(feature_dim=8, conv_channels=4, task_embedding_dim=4)
+TINY = {"encoder": ENCODER, "hidden": (16, 16), "seed": 7}
+CONFIGS: dict[str, tuple[str, AlgoConfig]] = {
+    "bc": ("bc", BCConfig(**TINY)),
+    "iql": ("iql", IQLConfig(**TINY)),
+    "cql": ("cql", CQLConfig(**TINY, num_samples=3)),
+    "cql-lagrange-maxbackup": ("cql", CQLConfig(**TINY, num_samples=3, lagrange=True, max_backup=True)),
+}
+OBS = ["state", "image"]
+COND = ["none", "goal", "task"]
+N_BATCHES = 6
+
+
+@pytest.fixture(scope="module")
+def lake() -> Lake:
+    lake = Lake.create(f"memory://{uuid.uuid4().hex}")
+    tasks = ("synthetic/push", "synthetic/pick")
+    lake.append([synthetic_episode(s, length=10, size=16, task=tasks[s % 2]) for s in range(6)])
+    return lake
+
+
+@pytest.fixture(scope="module")
+def batches(lake: Lake) -> dict[tuple[str, str], tuple[list[Batch], int]]:
+    """Device batches per (observation, conditioning) variant, and the number of tasks to condition on."""
+    out = {}
+    for obs in OBS:
+        for cond in COND:
+            relabel = RelabelConfig() if cond == "goal" else RelabelConfig(future=0, final=0, negative=0, task=1.0)
+            cfg = SamplerConfig(
+                batch_size=8,
+                cameras=() if obs == "state" else ("front",),
+                use_state=obs == "state",
+                relabel=relabel,
+                augment_pad=1,
+                prefetch=1,
+                seed=1,
+            )
+            with Sampler(lake.checkout(), cfg, progress=False) as sampler:
+                out[obs, cond] = [next(sampler) for _ in range(N_BATCHES)], len(sampler.tasks) if cond == "task" else 0
+    return out
+
+
+def build(key: str, batch: Batch, num_tasks: int, seed: int | None = None) -> Algorithm:
+    name, cfg = CONFIGS[key]
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
+    return ALGOS[name](cfg, ObservationSpec.from_batch(batch, num_tasks))
+
+
+def params(algo: Algorithm) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in algo.nets.state_dict().items()}
+
+
+def act(algo: Algorithm, batch: Batch, deterministic: bool = True) -> torch.Tensor:
+    return algo.act(batch.observations, batch.goals, batch.task_ids, deterministic=deterministic)
+
+
+CASES = [(k, o, c) for k in CONFIGS for o in OBS for c in COND]
+IDS = [f"{k}-{o}-{c}" for k, o, c in CASES]
+
+
+def test_every_algorithm_is_covered() -> None:
+    assert {name for name, _ in CONFIGS.values()} == set(ALGOS)
+
+
+@pytest.mark.parametrize(("key", "obs", "cond"), CASES, ids=IDS)
+def test_update_changes_parameters_and_outputs_are_finite(key: str, obs: str, cond: str, batches) -> None:
+    data, num_tasks = batches[obs, cond]
+    algo = build(key, data[0], num_tasks)
+    assert (algo.spec.has_goal, algo.spec.num_tasks > 0) == (cond == "goal", cond == "task")
+    assert bool(algo.spec.cameras) == (obs == "image")
+    before = params(algo)
+    metrics = algo.update(data[0])
+    assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
+    assert all("/" in k for k in metrics)
+    after = params(algo)
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, f"parameters not updated: {unchanged}"
+    assert all(torch.isfinite(v).all() for v in after.values())
+    for b in data[1:3]:
+        assert all(math.isfinite(v) for v in algo.update(b).values())
+    assert algo.step == 3
+
+
+@pytest.mark.parametrize(("key", "obs", "cond"), CASES, ids=IDS)
+def test_act_gives_bounded_actions_of_the_right_shape(key: str, obs: str, cond: str, batches) -> None:
+    data, num_tasks = batches[obs, cond]
+    algo = build(key, data[0], num_tasks)
+    algo.update(data[0])
+    for deterministic in (True, False):
+        a = act(algo, data[1], deterministic)
+        assert a.shape == data[1].actions.shape
+        assert torch.isfinite(a).all() and a.abs().max() <= 1.0
+    assert not torch.equal(act(algo, data[1], False), act(algo, data[1], False)), "stochastic actions must vary"
+
+
+@pytest.mark.parametrize(("key", "obs", "cond"), CASES, ids=IDS)
+def test_checkpoint_round_trip_and_bitwise_resume(key: str, obs: str, cond: str, batches, tmp_path) -> None:
+    data, num_tasks = batches[obs, cond]
+    algo = build(key, data[0], num_tasks)
+    for b in data[:2]:
+        algo.update(b)
+    checkpoint.save(tmp_path / "ckpt", algo, extra={"sampler_batches": 2})
+    restored, extra = checkpoint.load_algorithm(tmp_path / "ckpt")
+    assert extra == {"sampler_batches": 2} and restored.step == algo.step == 2
+    assert restored.cfg == algo.cfg and restored.spec == algo.spec
+    assert torch.equal(act(restored, data[2]), act(algo, data[2]))
+    for name, opt in algo.optimizers.items():
+        ref, got = opt.state_dict(), restored.optimizers[name].state_dict()
+        assert ref["param_groups"] == got["param_groups"]
+        for idx, entry in ref["state"].items():
+            for k, v in entry.items():
+                assert torch.equal(v, got["state"][idx][k]), (name, idx, k)
+    # resume: both continue on the same batches and stay bitwise-equal (stochastic act included)
+    for b in data[2:]:
+        assert algo.update(b) == restored.update(b)
+    assert torch.equal(act(restored, data[0], False), act(algo, data[0], False))
+    p, q = params(algo), params(restored)
+    assert all(torch.equal(p[k], q[k]) for k in p)
+
+
+@pytest.mark.parametrize(("key", "obs", "cond"), CASES, ids=IDS)
+def test_same_seed_same_result(key: str, obs: str, cond: str, batches) -> None:
+    data, num_tasks = batches[obs, cond]
+    runs = []
+    for seed in (3, 3, 4):
+        algo = build(key, data[0], num_tasks, seed=seed)
+        for b in data[:3]:
+            algo.update(b)
+        runs.append(params(algo))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0]), "a different seed must differ"
+
+
+def test_mismatched_batches_fail_loudly(batches) -> None:
+    goal_data, _ = batches["image", "goal"]
+    plain_data, _ = batches["image", "none"]
+    algo = build("iql", goal_data[0], 0)
+    with pytest.raises(SpecError, match="no goal was given"):
+        algo.update(plain_data[0])
+    state_data, _ = batches["state", "none"]
+    with pytest.raises(SpecError, match="cameras"):
+        build("bc", plain_data[0], 0).update(state_data[0])
+    with pytest.raises(TypeError, match="needs a IQLConfig"):
+        ALGOS["iql"](CONFIGS["bc"][1], algo.spec)
