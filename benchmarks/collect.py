@@ -12,7 +12,6 @@ Targets: tabletop raw >= 500 frames/s, overhead <= 15 %, 2 workers >= 1.6x one w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import report
 from sim.collect import CollectConfig, collect
 
 
@@ -46,8 +46,16 @@ def raw_fps(task_name: str, episodes: int, seed: int = 0) -> float:
 
 def collect_fps(task_name: str, episodes: int, workers: int, workdir: Path) -> float:
     lake = workdir / f"lake-{task_name.replace('/', '_')}-{workers}"
-    res = collect(CollectConfig(task=task_name, episodes=episodes, workers=workers, lake=str(lake),
-                                batch_episodes=max(1, episodes // 4), progress=False))
+    res = collect(
+        CollectConfig(
+            task=task_name,
+            episodes=episodes,
+            workers=workers,
+            lake=str(lake),
+            batch_episodes=max(1, episodes // 4),
+            progress=False,
+        )
+    )
     shutil.rmtree(lake)
     return res.frames_per_s
 
@@ -74,14 +82,12 @@ def main() -> None:
     figs["collect_overhead"] = 1 - figs["tabletop_collect_fps_1w"] / figs["tabletop_raw_fps"]
     figs["two_worker_speedup"] = figs["tabletop_collect_fps_2w"] / figs["tabletop_collect_fps_1w"]
     figs["wall_s"] = time.perf_counter() - t0
-    print(f"collect benchmark: tabletop/push_red_to_pad ({n} episodes) and fetch/push ({n_fetch}), "
-          f"64x64, every camera, {os.cpu_count()} cores, MUJOCO_GL={os.environ.get('MUJOCO_GL')}")
+    print(
+        f"collect benchmark: tabletop/push_red_to_pad ({n} episodes) and fetch/push ({n_fetch}), "
+        f"64x64, every camera, {os.cpu_count()} cores, MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
+    )
     targets = {"tabletop_raw_fps": ">= 500", "collect_overhead": "<= 0.15", "two_worker_speedup": ">= 1.6"}
-    print(f"{'figure':28s} {'value':>10s}   target")
-    for k, v in figs.items():
-        print(f"{k:28s} {v:10.2f}   {targets.get(k, '')}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figs, indent=1))
+    report(figs, targets, args.json)
 
 
 if __name__ == "__main__":

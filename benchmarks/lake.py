@@ -12,7 +12,6 @@ Targets on the 2-core dev machine: ingest >= 100 MB/s, read >= 500 MB/s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import report
 from data_lake import Lake
 from data_lake.synthetic import synthetic_episode
 from data_lake.validate import validate_episode
@@ -123,14 +123,8 @@ def main() -> None:
         f"lake benchmark: {figs['episodes']} episodes x 50 steps of 64x64x3 ({figs['frame_mb']} MB of frames), "
         f"{os.cpu_count()} cores"
     )
-    print(f"{'figure':28s} {'value':>10s}   target")
     targets = {"ingest_mb_s": ">= 100", "read_mb_s": ">= 500"}
-    for k, v in figs.items():
-        if k in ("episodes", "frame_mb"):
-            continue
-        print(f"{k:28s} {v:10.2f}   {targets.get(k, '')}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figs, indent=1))
+    report(figs, targets, args.json, skip=("episodes", "frame_mb"))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ step + render >= 500/s on one core at 64x64.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Callable
 
 import numpy as np
 
+from benchmarks.report import report
 from sim.base import RobotEnv
 from sim.robotics import FetchEnv, PointMazeEnv
 from sim.tabletop import TabletopEnv, TabletopGoal
@@ -70,14 +70,11 @@ def main() -> None:
         figs[f"{name}_steps_per_s"] = steps_per_second(make, n)
         figs[f"{name}_physics_steps_per_s"] = steps_per_second(make, n, render=False)
         figs[f"{name}_render_share"] = 1 - figs[f"{name}_steps_per_s"] / figs[f"{name}_physics_steps_per_s"]
-    print(f"step + render at {args.size}x{args.size}, MUJOCO_GL={os.environ.get('MUJOCO_GL')}, "
-          f"{os.cpu_count()} cores (pin with taskset -c 0 for per-core figures)")
-    print(f"{'figure':40s} {'value':>10s}")
-    for k, v in figs.items():
-        print(f"{k:40s} {v:10.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figs, f, indent=1)
+    print(
+        f"step + render at {args.size}x{args.size}, MUJOCO_GL={os.environ.get('MUJOCO_GL')}, "
+        f"{os.cpu_count()} cores (pin with taskset -c 0 for per-core figures)"
+    )
+    report(figs, {"tabletop_front_steps_per_s": ">= 500 (one core)"}, args.json)
 
 
 if __name__ == "__main__":

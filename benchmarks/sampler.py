@@ -12,14 +12,13 @@ cpu) and are reported separately as ``device_batches_per_s``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import zarr
 
+from benchmarks.report import report
 from data_lake import Lake
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
 from data_lake.synthetic import synthetic_episode
@@ -117,14 +116,12 @@ def main() -> None:
         "steps": len(sampler.pool.ep_of),
         "wall_s": time.perf_counter() - t_start,
     }
-    print(f"sampler benchmark: B={B}, 64x64 obs + next obs + goal images, {figs['steps']} steps in RAM, "
-          f"device {args.device}")
+    print(
+        f"sampler benchmark: B={B}, 64x64 obs + next obs + goal images, {figs['steps']} steps in RAM, "
+        f"device {args.device}"
+    )
     targets = {"vs_gather": ">= 0.5", "vs_naive": ">= 30"}
-    print(f"{'figure':28s} {'value':>10s}   target")
-    for k, v in figs.items():
-        print(f"{k:28s} {v:10.2f}   {targets.get(k, '')}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figs, indent=1))
+    report(figs, targets, args.json)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,17 @@
+"""Shared output of every benchmark: a table on stdout and the flat JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def report(figs: dict[str, float], targets: dict[str, str], json_path: str | None, skip: tuple[str, ...] = ()) -> None:
+    """Print ``figure  value  target`` rows (``skip`` keys only go to the JSON), then write JSON."""
+    width = max(28, *(len(k) for k in figs))
+    print(f"{'figure':{width}s} {'value':>10s}   target")
+    for k, v in figs.items():
+        if k not in skip:
+            print(f"{k:{width}s} {v:10.2f}   {targets.get(k, '')}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(figs, indent=1))
