@@ -21,6 +21,7 @@ the episode clock, seeding and the state save/restore used by goal rendering.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -50,7 +51,7 @@ def preserved_state(model: mujoco.MjModel, data: mujoco.MjData) -> Iterator[None
         mujoco.mj_copyData(data, model, saved)
 
 
-class RobotEnv(gym.Env[Observation, np.ndarray]):
+class RobotEnv(gym.Env[Observation, np.ndarray], abc.ABC):
     """Base class: image + proprio + goal observations, sparse success reward, goal rendering.
 
     Args:
@@ -101,28 +102,33 @@ class RobotEnv(gym.Env[Observation, np.ndarray]):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
 
     # ----------------------------------------------------------------- world hooks (subclass)
+    @abc.abstractmethod
     def _reset_world(self, seed: int | None, options: dict[str, Any] | None) -> None:
-        raise NotImplementedError
+        """Randomize the world from ``self.np_random`` and sample the goal."""
 
+    @abc.abstractmethod
     def _apply_action(self, action: np.ndarray) -> None:
-        raise NotImplementedError
+        """Apply a clipped action and advance the physics one control step."""
 
+    @abc.abstractmethod
     def proprio(self) -> np.ndarray:
         """Proprioceptive state vector, float64 (S,)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def achieved_goal(self) -> np.ndarray:
-        raise NotImplementedError
+        """What the task measures, float64 (G,)."""
 
+    @abc.abstractmethod
     def desired_goal(self) -> np.ndarray:
-        raise NotImplementedError
+        """The commanded goal, same layout as :meth:`achieved_goal`."""
 
+    @abc.abstractmethod
     def _success(self) -> bool:
-        raise NotImplementedError
+        """Success of the current simulator state."""
 
+    @abc.abstractmethod
     def _pose_goal(self) -> None:
         """Move ``self.data`` into the goal configuration (the base calls mj_forward after)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------------- Gymnasium API
     @property
