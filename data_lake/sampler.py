@@ -467,6 +467,8 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.batches_produced = 0
+        self.batches_consumed = 0
+        self._rng_after: dict[str, Any] = self._rng.bit_generator.state
         if cfg.streaming_segments:
             self._order = self._rng.permutation(len(view.segment_names()))
             self._next_seg = 0
@@ -523,6 +525,12 @@ class Sampler:
         return self._next_seg if self.cfg.streaming_segments else len(self.view.segment_names())
 
     # ------------------------------------------------------------ sampling
+    def example_batch(self, batch_size: int = 2) -> Batch:
+        """A small host batch from a separate RNG (shapes for building networks); the sampler's
+        own sequence of batches is untouched."""
+        rows = sample_rows(self.pool, self.cfg, np.random.default_rng(0), batch_size)
+        return gather(self.pool, rows, goals=self.cfg.relabel.uses_goals)
+
     def sample_host(self) -> Batch:
         """One host batch (uint8 images on the CPU), drawn synchronously."""
         rows = sample_rows(self.pool, self.cfg, self._rng, self.cfg.batch_size)
@@ -539,9 +547,10 @@ class Sampler:
                 batch = self.sample_host()
                 if pin:
                     batch = batch.pin_memory()
+                item = (batch, self._rng.bit_generator.state)  # the RNG state after this batch (for resume)
                 while not self._stop.is_set():
                     try:
-                        self._queue.put(batch, timeout=0.1)
+                        self._queue.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -560,7 +569,43 @@ class Sampler:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        return self.augment(item.to(self.device, float_images=False)).to(self.device)
+        batch, self._rng_after = item
+        self.batches_consumed += 1
+        return self.augment(batch.to(self.device, float_images=False)).to(self.device)
+
+    # ------------------------------------------------------------ exact resume
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state after the batches consumed so far (not those prefetched ahead).
+
+        ``load_state_dict`` on a sampler built from the same snapshot and config makes the next
+        batches bitwise-equal to those this sampler would have produced.
+        """
+        if self.cfg.streaming_segments:
+            raise SamplerError("exact resume of a streaming sampler (streaming_segments > 0) is not supported")
+        rng = self._rng_after if self._thread is not None else self._rng.bit_generator.state
+        return {
+            "batches": self.batches_consumed if self._thread is not None else self.batches_produced,
+            "numpy_rng": rng,
+            "torch_rng": self._torch_gen.get_state().tolist(),
+            "snapshot_id": self.view.snapshot_id,
+            "rank": self.cfg.rank,
+            "world_size": self.cfg.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``; call before drawing the first batch."""
+        if self._thread is not None or self.batches_produced:
+            raise SamplerError("load_state_dict must be called before the sampler draws any batch")
+        if self.cfg.streaming_segments:
+            raise SamplerError("exact resume of a streaming sampler (streaming_segments > 0) is not supported")
+        mine = (self.view.snapshot_id, self.cfg.rank, self.cfg.world_size)
+        theirs = (state["snapshot_id"], state["rank"], state["world_size"])
+        if mine != theirs:
+            raise SamplerError(f"sampler state is for (snapshot, rank, world_size) {theirs}, this sampler is {mine}")
+        self._rng.bit_generator.state = state["numpy_rng"]
+        self._rng_after = state["numpy_rng"]
+        self._torch_gen.set_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        self.batches_produced = self.batches_consumed = int(state["batches"])
 
     def augment(self, batch: Batch) -> Batch:
         """DrQ random shift per camera (``augment_cameras`` overrides the pad), on the device.

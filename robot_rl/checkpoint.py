@@ -164,3 +164,49 @@ def load_algorithm(
     cls = ALGOS[meta["algo"]]
     algo = cls(config_from_json(cls.config_class, meta["config"]), ObservationSpec.from_json(meta["spec"]), device)
     return algo, load(path, algo)
+
+
+# ---------------------------------------------------------------------------- policies
+POLICY_FORMAT = "robot-rl/policy/v1"
+POLICY_TENSORS, POLICY_META = "policy.safetensors", "policy.json"
+
+
+def save_policy(path: str | os.PathLike[str], algo: Algorithm, meta: dict[str, Any] | None = None) -> Path:
+    """Write what deployment needs to act: the policy's networks (``algo.policy``: encoder and actor,
+    or the critic a CEM policy maximizes) and JSON metadata (algorithm, config, spec, and ``meta``:
+    lake snapshot id, task vocabulary, conditioning). No critics' targets, optimizers or RNGs."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in algo.policy.state_dict().items()}
+    info = {
+        "format": POLICY_FORMAT,
+        "algo": algo.name,
+        "config": _json_value(dataclasses.asdict(algo.cfg), "config"),
+        "spec": _json_value(algo.spec.to_json(), "spec"),
+        "step": algo.step,
+        "meta": _json_value(meta or {}, "meta"),
+    }
+    _atomic_write(out / POLICY_TENSORS, lambda p: save_file(tensors, p, metadata={"format": POLICY_FORMAT}))
+    _atomic_write(out / POLICY_META, lambda p: Path(p).write_text(json.dumps(info, indent=1)))
+    return out
+
+
+def load_policy(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Algorithm, dict[str, Any]]:
+    """An algorithm whose acting networks hold a saved policy (``save_policy``), or the policy part of
+    a full checkpoint; returns it and the metadata. Only ``act``/``policy`` are meaningful on it."""
+    d = Path(path)
+    if (d / STATE).exists():
+        algo, extra = load_algorithm(d, device)
+        return algo, {k: v for k, v in extra.items() if k in ("lake", "tasks", "conditioning")}
+    if not (d / POLICY_META).exists() or not (d / POLICY_TENSORS).exists():
+        raise CheckpointError(f"{d} holds neither a checkpoint ({STATE}) nor a policy ({POLICY_META})")
+    info = json.loads((d / POLICY_META).read_text())
+    if info.get("format") != POLICY_FORMAT:
+        raise CheckpointError(f"{d / POLICY_META} has format {info.get('format')!r}, expected {POLICY_FORMAT!r}")
+    if info["algo"] not in ALGOS:
+        raise CheckpointError(f"unknown algorithm {info['algo']!r}; known: {sorted(ALGOS)}")
+    cls = ALGOS[info["algo"]]
+    algo = cls(config_from_json(cls.config_class, info["config"]), ObservationSpec.from_json(info["spec"]), device)
+    algo.policy.load_state_dict(load_file(str(d / POLICY_TENSORS), device=str(algo.device)))
+    algo.step = int(info["step"])
+    return algo, info["meta"]

@@ -12,6 +12,8 @@ def build_parser() -> argparse.ArgumentParser:
     from data_lake.cli import add_lake_parser
     from robot_rl.collect_cmd import add_collect_parser
     from robot_rl.demo import add_demo_parser
+    from robot_rl.eval_cmd import add_eval_parser
+    from robot_rl.pretrain import add_pretrain_parser
 
     parser = argparse.ArgumentParser(
         prog="robot-rl",
@@ -21,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_lake_parser(sub)
     add_collect_parser(sub)
+    add_pretrain_parser(sub)
+    add_eval_parser(sub)
     add_demo_parser(sub)
     return parser
 

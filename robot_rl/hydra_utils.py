@@ -18,8 +18,14 @@ def compose(name: str, overrides: list[str]) -> dict[str, Any]:
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name=name, overrides=overrides)
+    # an entry point with config groups of its own lives in configs/<name>/ (so that its group names,
+    # e.g. pretrain's task/, do not collide with plain keys of other commands, e.g. collect's task);
+    # groups shared by several entry points (algo/) live in configs/ and are on the search path.
+    root, extra = CONFIG_DIR, []
+    if (CONFIG_DIR / name / f"{name}.yaml").exists():
+        root, extra = CONFIG_DIR / name, [f"hydra.searchpath=[file://{CONFIG_DIR}]"]
+    with initialize_config_dir(config_dir=str(root), version_base="1.3"):
+        cfg = hydra_compose(config_name=name, overrides=[*overrides, *extra])
     try:
         out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:
@@ -40,4 +46,20 @@ def to_dataclass(cls: type[T], values: dict[str, Any]) -> T:
 
 def describe(name: str) -> str:
     """The config file itself: the best --help for its keys."""
-    return (CONFIG_DIR / f"{name}.yaml").read_text()
+    own = CONFIG_DIR / name / f"{name}.yaml"
+    return (own if own.exists() else CONFIG_DIR / f"{name}.yaml").read_text()
+
+
+def dataclass_defaults(cls: type) -> dict[str, Any]:
+    """Every field of a config dataclass with its default, nested dataclasses as dicts, tuples as lists
+    (what a config-group file lists, so each field can be overridden as ``group.field=value``)."""
+    import json
+
+    instance = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.default is not dataclasses.MISSING:
+            instance[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            instance[f.name] = f.default_factory()
+    plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in instance.items()}
+    return json.loads(json.dumps(plain))

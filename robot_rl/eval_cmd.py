@@ -1,0 +1,70 @@
+"""`robot-rl eval ckpt=... task=... episodes=N`: success rate with a confidence interval, per-task
+results, a rollout video and a JSON summary (robot_rl/evaluate.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from robot_rl.hydra_utils import compose, describe
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint or policy in the simulator (success rate, CI, video, JSON)",
+        description=__doc__ + "\nDefaults (configs/eval.yaml):\n\n" + describe("eval"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. ckpt=runs/pretrain/x task=tabletop/reach_red")
+    p.set_defaults(func=lambda a: run_eval(a.overrides))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its best checkpoint (else latest); a checkpoint or policy dir is itself."""
+    d = Path(path)
+    if not d.exists():
+        raise FileNotFoundError(f"ckpt={d} does not exist")
+    for candidate in (d, d / "checkpoints" / "best", d / "checkpoints" / "latest", d / "policy"):
+        if (candidate / "state.json").exists() or (candidate / "policy.json").exists():
+            return candidate
+    raise FileNotFoundError(f"ckpt={d} is neither a checkpoint, a policy nor a run directory with checkpoints/")
+
+
+def run_eval(overrides: list[str]) -> int:
+    from robot_rl.checkpoint import load_policy
+    from robot_rl.evaluate import EvalConfig, evaluate
+
+    c: dict[str, Any] = compose("eval", overrides)
+    ckpt = resolve_checkpoint(c["ckpt"])
+    algo, meta = load_policy(ckpt, c["device"])
+    task = c["task"]
+    ecfg = EvalConfig(
+        tasks=(task,) if isinstance(task, str) else tuple(task),
+        episodes=c["episodes"],
+        seed=c["seed"],
+        num_envs=c["num_envs"],
+        max_steps=c["max_steps"],
+        deterministic=c["deterministic"],
+        video_episodes=c["video_episodes"],
+        video_format=c["video_format"],
+        progress=c["progress"],
+    )
+    run_dir = next((p for p in (ckpt, *ckpt.parents) if (p / "run.json").exists()), None)
+    out = Path(c["out"]) if c["out"] else (run_dir / "eval" if run_dir else Path("runs/eval"))
+
+    def act(obs: Any, goal: Any, task_ids: Any) -> Any:
+        return algo.act(obs, goal, task_ids, deterministic=ecfg.deterministic)
+
+    res = evaluate(act, algo.spec, ecfg, meta.get("tasks", ()), out, algo.device, name=f"eval_{algo.step:07d}")
+    lo, hi = res.summary["success_ci95"]
+    print(f"{ckpt} ({algo.name}, {algo.step} updates, snapshot {meta.get('lake', {}).get('snapshot_id', '?')[:12]})")
+    for t, s in res.per_task.items():
+        print(
+            f"  {t:32s} success {s['success_rate']:.2f} [{s['success_ci95'][0]:.2f}, {s['success_ci95'][1]:.2f}]"
+            f"  return {s['mean_return']:.2f}  ({s['episodes']} episodes)"
+        )
+    print(f"  overall success {res.success_rate:.2f} (95% CI {lo:.2f}-{hi:.2f})")
+    print(f"summary: {out / f'eval_{algo.step:07d}.json'}" + (f"  video: {res.video}" if res.video else ""))
+    return 0

@@ -1,0 +1,502 @@
+"""`robot-rl pretrain`: offline training from a pinned lake snapshot, one short linear loop.
+
+    robot-rl pretrain algo=cql lake.uri=./lake lake.ref=tag:v1 obs=image task=goal_reaching steps=20000
+    torchrun --nproc_per_node=2 -m robot_rl.pretrain algo=iql ...      # data-parallel, one process per rank
+
+The run directory (``run_dir``, default ``runs/pretrain/<algo>-<time>``) holds::
+
+    config.yaml             the resolved config (what ``resume=true`` checks against)
+    run.json                lake URI, ref and snapshot id, git commit, world size, versions, task vocabulary
+    tb/                     TensorBoard: losses, Q statistics, the CQL gap, timings per phase, evaluation
+    checkpoints/latest/     algorithm + optimizers + RNGs + sampler states (exact resume)
+    checkpoints/best/       the best evaluation so far
+    policy/                 what deployment loads (checkpoint.save_policy): acting networks + metadata
+    eval/step_<N>.json      evaluations (and a rollout video); eval.csv the curve
+
+Multi-process: each rank samples its own share of the episodes (``SamplerConfig.rank``); gradients
+are averaged across ranks before every optimizer step (``DataParallel`` below: DDP's semantics,
+gloo on CPU, NCCL on GPU), so every rank holds the same parameters; rank 0 writes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
+
+CONDITIONING = ("goal", "task", "none")
+
+
+# ---------------------------------------------------------------------------- config
+@dataclasses.dataclass(frozen=True)
+class LakeConfig:
+    uri: str = "./lake"
+    ref: str = "main"  # branch:NAME, tag:NAME, snapshot:ID, or a bare branch/tag name
+
+
+@dataclasses.dataclass(frozen=True)
+class ObsConfig:
+    cameras: tuple[str, ...] = ("front",)  # () for state-only
+    use_state: bool = True
+    augment_pad: int = 4  # DrQ random shift (pixels); 0 disables
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """What the model is conditioned on and where it is evaluated."""
+
+    conditioning: str = "goal"  # goal: hindsight-relabeled goal images/states; task: task id; none
+    relabel: RelabelConfig = dataclasses.field(default_factory=RelabelConfig)
+    task_balanced: bool = False
+    eval_tasks: tuple[str, ...] = ()  # registry names; () disables evaluation
+
+    def __post_init__(self) -> None:
+        if self.conditioning not in CONDITIONING:
+            raise ValueError(f"task.conditioning must be one of {CONDITIONING}, got {self.conditioning!r}")
+        if self.conditioning != "goal" and self.relabel.uses_goals:
+            raise ValueError(
+                f"task.conditioning={self.conditioning} draws no goals: set the relabel probabilities "
+                f"future/final/negative/commanded to 0 and task to 1 (got {self.relabel.probabilities})"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    algo: str
+    algo_cfg: dict[str, Any]  # the algorithm's own config fields (built into ALGOS[algo].config_class)
+    lake: LakeConfig = dataclasses.field(default_factory=LakeConfig)
+    obs: ObsConfig = dataclasses.field(default_factory=ObsConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    steps: int = 1000
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | auto
+    amp: bool = False  # bf16 autocast (CUDA)
+    compile: bool = False  # torch.compile the encoder
+    run_dir: str | None = None
+    resume: bool = False
+    log_every: int = 50
+    save_every: int = 500
+    eval_every: int = 0  # 0: evaluate only at the end (when eval_tasks are given)
+    eval_episodes: int = 10
+    eval_envs: int = 4
+    prefetch: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.log_every < 1 or self.save_every < 1:
+            raise ValueError("steps, batch_size, log_every and save_every must be >= 1")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+
+    def algo_config(self) -> Any:
+        from robot_rl.algos import ALGOS
+        from robot_rl.checkpoint import config_from_json
+
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algo {self.algo!r}; known: {sorted(ALGOS)}")
+        values = {**self.algo_cfg, "seed": self.seed}
+        return config_from_json(ALGOS[self.algo].config_class, values)
+
+    def sampler_config(self, rank: int = 0, world_size: int = 1) -> SamplerConfig:
+        return SamplerConfig(
+            batch_size=self.batch_size,
+            cameras=tuple(self.obs.cameras),
+            use_state=self.obs.use_state,
+            relabel=self.task.relabel,
+            task_balanced=self.task.task_balanced,
+            augment_pad=self.obs.augment_pad,
+            prefetch=self.prefetch,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+
+
+def config_from_dict(d: dict[str, Any]) -> PretrainConfig:
+    """The composed Hydra dict -> PretrainConfig (the ``algo`` group's ``name`` picks the algorithm)."""
+    from robot_rl.hydra_utils import to_dataclass
+
+    d = dict(d)
+    algo = dict(d.pop("algo"))
+    name = algo.pop("name")
+    task = dict(d.pop("task", {}))
+    relabel = RelabelConfig(**task.pop("relabel", {}))
+    return to_dataclass(
+        PretrainConfig,
+        {
+            **d,
+            "algo": name,
+            "algo_cfg": algo,
+            "lake": to_dataclass(LakeConfig, d.pop("lake", {})),
+            "obs": to_dataclass(ObsConfig, d.pop("obs", {})),
+            "task": to_dataclass(TaskConfig, {**task, "relabel": relabel}),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------- helpers
+@dataclasses.dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: join the group (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class DataParallel:
+    """Average gradients across ranks before every optimizer step (DDP's synchronous semantics).
+
+    An update runs several losses through shared modules with one optimizer each, so instead of
+    wrapping modules in ``DistributedDataParallel`` a step pre-hook on every optimizer all-reduces
+    its gradients in one flat bucket. Parameters start equal (broadcast from rank 0) and every rank
+    applies the same averaged gradient, so they stay equal.
+    """
+
+    def __init__(self, algo: Any):
+        import torch.distributed as dist
+
+        self.world = dist.get_world_size()
+        with torch.no_grad():
+            for t in algo.nets.state_dict().values():
+                dist.broadcast(t, src=0)
+        for opt in algo.optimizers.values():
+            opt.register_step_pre_hook(self._all_reduce)
+
+    def _all_reduce(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat.div_(self.world)
+        for g, f in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+            g.copy_(f)
+
+
+def parameter_digest(algo: Any) -> str:
+    """sha256 over every network tensor's bytes (targets included), in state-dict order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in algo.nets.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_ranks_in_sync(algo: Any, run: Path, dist: Dist) -> None:
+    """Gather every rank's parameter digest; rank 0 writes ``ranks.json`` and fails loudly on a mismatch."""
+    import torch.distributed as tdist
+
+    digests: list[Any] = [None] * dist.world_size
+    tdist.all_gather_object(digests, {"digest": parameter_digest(algo), "step": algo.step})
+    if dist.main:
+        (run / "ranks.json").write_text(json.dumps({"world_size": dist.world_size, "ranks": digests}, indent=1))
+        if len({d["digest"] for d in digests}) != 1:
+            raise RuntimeError(f"ranks diverged: parameter digests {digests}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} but CUDA is not available here (torch {torch.__version__}); use device=cpu")
+    return torch.device(name)
+
+
+def git_commit() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
+        return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resumed run must share with the original (everything that shapes training)."""
+    skip = {"steps", "resume", "progress", "run_dir", "log_every", "save_every", "eval_every", "eval_episodes"}
+    return {k: v for k, v in config.items() if k not in skip}
+
+
+def prepare_run_dir(cfg: PretrainConfig, resolved: dict[str, Any], kind: str = "pretrain") -> Path:
+    import yaml
+
+    run = Path(cfg.run_dir or f"runs/{kind}/{cfg.algo}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    saved = run / "config.yaml"
+    if cfg.resume:
+        if not (run / "checkpoints" / "latest" / "state.json").exists():
+            raise FileNotFoundError(f"resume=true but {run}/checkpoints/latest holds no checkpoint")
+        before = yaml.safe_load(saved.read_text())
+        if _comparable(before) != _comparable(resolved):
+            diff = sorted(k for k in {*before, *resolved} if before.get(k) != resolved.get(k))
+            raise ValueError(f"resume=true with settings that differ from {saved}: {diff}")
+    elif saved.exists():
+        raise FileExistsError(f"{run} already holds a run; pass resume=true to continue it or another run_dir")
+    run.mkdir(parents=True, exist_ok=True)
+    saved.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return run
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+
+
+def accelerate(algo: Any, cfg: PretrainConfig) -> None:
+    """GPU paths: channels_last parameters and an optional in-place ``torch.compile`` of the encoder."""
+    if algo.device.type == "cuda":
+        algo.nets.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        algo.nets.encoder.compile()
+
+
+def autocast(cfg: PretrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if not cfg.amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class Logger:
+    """TensorBoard scalars and the evaluation curve (rank 0 only)."""
+
+    def __init__(self, run: Path, enabled: bool):
+        self.enabled, self.run = enabled, run
+        self.tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run / "tb"))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+
+    def eval_row(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        path = self.run / "eval.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def run_evaluation(algo: Any, cfg: PretrainConfig, vocab: tuple[str, ...], run: Path, step: int) -> dict[str, Any]:
+    from robot_rl.evaluate import EvalConfig, evaluate
+
+    ecfg = EvalConfig(
+        tasks=tuple(cfg.task.eval_tasks),
+        episodes=cfg.eval_episodes,
+        num_envs=cfg.eval_envs,
+        video_episodes=2,
+        progress=cfg.progress,
+    )
+
+    def act(obs: Any, goal: Any, task_ids: Any) -> torch.Tensor:
+        return algo.act(obs, goal, task_ids, deterministic=True)
+
+    res = evaluate(act, algo.spec, ecfg, vocab, run / "eval", algo.device, name=f"step_{step:07d}")
+    return {"step": step, **{k: res.summary[k] for k in ("success_rate", "mean_return")}} | {
+        f"success/{t}": s["success_rate"] for t, s in res.per_task.items()
+    }
+
+
+# ---------------------------------------------------------------------------- the loop
+def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Path:
+    """Train ``cfg.steps`` updates (continuing ``run_dir`` when ``resume``); returns the run directory."""
+    from tqdm import tqdm
+
+    from data_lake import Lake
+    from robot_rl import checkpoint
+    from robot_rl.algos import ALGOS
+    from robot_rl.nets import ObservationSpec
+
+    resolved = json.loads(json.dumps(resolved if resolved is not None else dataclasses.asdict(cfg)))  # plain lists
+    dist = init_distributed(cfg.device)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    run = prepare_run_dir(cfg, resolved) if dist.main else Path(cfg.run_dir or "")
+    algo_cfg = cfg.algo_config()
+    view = Lake.open(cfg.lake.uri).checkout(cfg.lake.ref)
+    sampler = Sampler(view, cfg.sampler_config(dist.rank, dist.world_size), device, progress=cfg.progress and dist.main)
+    vocab = sampler.tasks
+    num_tasks = len(vocab) if cfg.task.conditioning == "task" else 0
+    spec = ObservationSpec.from_batch(sampler.example_batch(), num_tasks)
+    torch.manual_seed(cfg.seed)
+    algo = ALGOS[cfg.algo](algo_cfg, spec, device)
+    accelerate(algo, cfg)
+    meta = {
+        "lake": {"uri": cfg.lake.uri, "ref": cfg.lake.ref, "snapshot_id": view.snapshot_id},
+        "tasks": list(vocab),
+        "conditioning": cfg.task.conditioning,
+    }
+    best, history = -1.0, []
+    if cfg.resume:
+        extra = checkpoint.load(Path(cfg.run_dir or "") / "checkpoints" / "latest", algo)
+        if extra["lake"]["snapshot_id"] != view.snapshot_id:
+            raise ValueError(
+                f"resume: the run trained on snapshot {extra['lake']['snapshot_id']}, "
+                f"{cfg.lake.ref} is now {view.snapshot_id}; pin lake.ref=snapshot:{extra['lake']['snapshot_id']}"
+            )
+        sampler.load_state_dict(extra["samplers"][dist.rank])
+        best, history = extra["best"], extra["history"]
+    if dist.world_size > 1:
+        DataParallel(algo)
+    if dist.main:
+        (run / "run.json").write_text(
+            json.dumps(
+                {
+                    **meta,
+                    "algo": cfg.algo,
+                    "git": git_commit(),
+                    "world_size": dist.world_size,
+                    "device": str(device),
+                    "torch": torch.__version__,
+                    "python": sys.version.split()[0],
+                    "started": dt.datetime.now().isoformat(timespec="seconds"),
+                    "spec": spec.to_json(),
+                },
+                indent=1,
+            )
+        )
+    log = Logger(run, dist.main)
+
+    def save(name: str) -> None:
+        states = [sampler.state_dict()]
+        if dist.world_size > 1:
+            import torch.distributed as tdist
+
+            states = [None] * dist.world_size
+            tdist.all_gather_object(states, sampler.state_dict())
+        if dist.main:
+            extra = {**meta, "samplers": states, "best": best, "history": history}
+            checkpoint.save(run / "checkpoints" / name, algo, extra=extra)
+            if name == "latest":
+                checkpoint.save_policy(run / "policy", algo, meta)
+
+    def evaluate_now(step: int) -> None:
+        nonlocal best
+        if not cfg.task.eval_tasks or not dist.main:
+            return
+        row = run_evaluation(algo, cfg, vocab, run, step)
+        history.append(row)
+        log.eval_row(row)
+        log.scalars({f"eval/{k}": v for k, v in row.items() if k != "step"}, step)
+        if row["success_rate"] > best:
+            best = row["success_rate"]
+            checkpoint.save(run / "checkpoints" / "best", algo, extra={**meta, "best": best, "history": history})
+
+    timings: dict[str, float] = {}
+    bar = tqdm(total=cfg.steps, initial=algo.step, desc=f"pretrain {cfg.algo}", unit="upd", disable=not cfg.progress)
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        while algo.step < cfg.steps:
+            with _timed(timings, "time/sample_s"):
+                batch = next(sampler)
+            with _timed(timings, "time/update_s"), autocast(cfg, device):
+                metrics = algo.update(batch)
+            step, window_steps = algo.step, window_steps + 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - window_start
+                rate = window_steps / elapsed
+                timing = {k: v / window_steps for k, v in timings.items()}
+                log.scalars({**metrics, **timing, "time/updates_per_s": rate}, step)
+                bar.set_postfix({"upd/s": f"{rate:.1f}", **{k: f"{v:.3g}" for k, v in list(metrics.items())[:2]}})
+                timings, window_start, window_steps = {}, time.perf_counter(), 0
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                t0 = time.perf_counter()
+                evaluate_now(step)
+                log.scalars({"time/eval_s": time.perf_counter() - t0}, step)
+                window_start = time.perf_counter()
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save("latest")
+    finally:
+        bar.close()
+        sampler.close()
+        log.close()
+    if dist.world_size > 1:
+        check_ranks_in_sync(algo, run, dist)
+    if dist.main:
+        print(f"run directory: {run}  (snapshot {view.snapshot_id[:12]}, {algo.step} updates)")
+    return run
+
+
+# ---------------------------------------------------------------------------- entry point
+def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from robot_rl.hydra_utils import describe
+
+    p = sub.add_parser(
+        "pretrain",
+        help="train an offline algorithm on a pinned lake snapshot (Hydra overrides key=value)",
+        description=__doc__
+        + "\nDefaults (configs/pretrain.yaml; groups algo/, obs/, task/, lake/):\n\n"
+        + describe("pretrain"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. algo=iql obs=state steps=2000")
+    p.set_defaults(func=lambda a: main(a.overrides))
+
+
+def main(overrides: list[str] | None = None) -> int:
+    from robot_rl.hydra_utils import compose
+
+    overrides = sys.argv[1:] if overrides is None else overrides
+    resolved = compose("pretrain", overrides)
+    try:
+        pretrain(config_from_dict(resolved), resolved)
+    finally:
+        import torch.distributed as tdist
+
+        if tdist.is_available() and tdist.is_initialized():
+            tdist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
