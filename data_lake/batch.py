@@ -103,3 +103,34 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
+
+
+def _cat_obs(parts: list[Observation]) -> Observation:
+    cams = set(parts[0].images)
+    if any(set(p.images) != cams or (p.state is None) != (parts[0].state is None) for p in parts):
+        raise ValueError("batches to concatenate have different cameras or state presence")
+    return Observation(
+        {c: torch.cat([p.images[c] for p in parts]) for c in sorted(cams)},
+        None if parts[0].state is None else torch.cat([p.state for p in parts if p.state is not None]),
+    )
+
+
+def cat_batches(batches: list[Batch]) -> Batch:
+    """Rows of several batches with the same structure, in order (mixing replay sources)."""
+    if not batches:
+        raise ValueError("cat_batches needs at least one batch")
+    if len(batches) == 1:
+        return batches[0]
+    if len({b.goals is None for b in batches}) != 1:
+        raise ValueError("batches to concatenate must all have goals or all have none")
+    return Batch(
+        observations=_cat_obs([b.observations for b in batches]),
+        actions=torch.cat([b.actions for b in batches]),
+        rewards=torch.cat([b.rewards for b in batches]),
+        terminals=torch.cat([b.terminals for b in batches]),
+        next_observations=_cat_obs([b.next_observations for b in batches]),
+        goals=None if batches[0].goals is None else _cat_obs([b.goals for b in batches if b.goals is not None]),
+        task_ids=torch.cat([b.task_ids for b in batches]),
+        mc_returns=torch.cat([b.mc_returns for b in batches]),
+        goal_source=torch.cat([b.goal_source for b in batches]),
+    )

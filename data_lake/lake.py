@@ -306,6 +306,17 @@ class LakeView:
         }
 
 
+def _stored_ref(name: str) -> str:
+    """Branch and tag names may contain '/' (``finetune/<run>``); Icechunk's may not: store it as '@'."""
+    if "@" in name:
+        raise LakeError(f"branch and tag names may not contain '@' (it stands for '/' in storage): {name!r}")
+    return name.replace("/", "@")
+
+
+def _user_ref(stored: str) -> str:
+    return stored.replace("@", "/")
+
+
 def _arrays(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Array]]:
     if prefix not in group:
         return []
@@ -390,15 +401,16 @@ class Lake:
 
     # ------------------------------------------------------------ refs
     def branches(self) -> list[str]:
-        return sorted(self.repo.list_branches())
+        return sorted(_user_ref(b) for b in self.repo.list_branches())
 
     def tags(self) -> list[str]:
-        return sorted(self.repo.list_tags())
+        return sorted(_user_ref(t) for t in self.repo.list_tags())
 
     def resolve(self, ref: str = "main") -> str:
         """A snapshot id for ``ref``: ``branch:NAME``, ``tag:NAME``, ``snapshot:ID``, or a bare
         branch, tag or snapshot id (tried in that order)."""
         kind, _, name = ref.partition(":") if ":" in ref else ("", "", ref)
+        name = _stored_ref(name) if kind != "snapshot" else name
         try:
             if kind in ("", "branch") and (kind == "branch" or name in self.repo.list_branches()):
                 return self.repo.lookup_branch(name)
@@ -420,16 +432,18 @@ class Lake:
 
     def tag(self, name: str, ref: str = "main") -> str:
         snap = self.resolve(ref)
-        if name in self.repo.list_tags():
-            raise LakeError(f"tag {name!r} already exists (at {self.repo.lookup_tag(name)}); tags are immutable")
-        self.repo.create_tag(name, snap)
+        if _stored_ref(name) in self.repo.list_tags():
+            raise LakeError(
+                f"tag {name!r} already exists (at {self.repo.lookup_tag(_stored_ref(name))}); tags are immutable"
+            )
+        self.repo.create_tag(_stored_ref(name), snap)
         return snap
 
     def branch(self, name: str, ref: str = "main") -> str:
         snap = self.resolve(ref)
-        if name in self.repo.list_branches():
-            raise LakeError(f"branch {name!r} already exists (at {self.repo.lookup_branch(name)})")
-        self.repo.create_branch(name, snap)
+        if _stored_ref(name) in self.repo.list_branches():
+            raise LakeError(f"branch {name!r} already exists (at {self.repo.lookup_branch(_stored_ref(name))})")
+        self.repo.create_branch(_stored_ref(name), snap)
         return snap
 
     def log(self, ref: str = "main", limit: int | None = None) -> list[CommitInfo]:
@@ -760,10 +774,10 @@ class Lake:
         rebased onto the tip and, for appends, re-checked for episodes a concurrent writer added
         meanwhile (then rewritten without them) before the commit.
         """
-        if branch not in self.repo.list_branches():
+        if _stored_ref(branch) not in self.repo.list_branches():
             raise UnknownRefError(f"no branch {branch!r}; branches: {self.branches()}")
         for _attempt in range(MAX_WRITE_ATTEMPTS):
-            session = self.repo.writable_session(branch)
+            session = self.repo.writable_session(_stored_ref(branch))
             root = zarr.open_group(session.store, mode="r+")
             base_ids = set(_root_view(root).episode_ids()) if dedup else set()
             stats = write(root, base_ids)

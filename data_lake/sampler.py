@@ -25,6 +25,9 @@ with the configured probabilities (they must sum to 1), then a transition eligib
     commanded  the episode's stored goal (only episodes that have one), task reward r_t,
                d = is_terminal[t+1], mc_return = discounted return-to-go within the episode
     task       as commanded but with a blank (zero) goal: plain task-reward learning
+               (``success_terminal``: for both, a reward > 0 also ends the episode, d = 1, and
+               mc_return = gamma^(m - t) to the first rewarded transition m, as when an episode
+               stops at success)
 
 MT-Opt task relabeling: with probability ``p_task`` a row is given another task ``k`` (one with
 stored success labels) and ``r = d = label_k[t+1]``, ``mc_return`` the labels' return-to-go.
@@ -73,6 +76,7 @@ class RelabelConfig:
     epsilon: float = 0.05
     gamma: float = 0.99
     p_task: float = 0.0  # MT-Opt task relabeling
+    success_terminal: bool = False  # commanded/task rows: a reward > 0 ends the episode (success is absorbing)
 
     def __post_init__(self) -> None:
         probs = self.probabilities
@@ -117,6 +121,7 @@ class SamplerConfig:
     streaming_segments: int = 0  # 0: load everything into RAM
     swap_every: int = 50
     load_threads: int = 4
+    episode_ids: tuple[str, ...] | None = None  # sample only these episodes (None: every episode)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -148,6 +153,7 @@ class EpisodePool:
     task_of: np.ndarray  # (E,) int task id
     success: np.ndarray  # (E,) int8: 1, 0, -1 unknown
     mc_task: np.ndarray  # (N,) discounted task return-to-go
+    mc_success: np.ndarray  # (N,) gamma^(m - t) to the first rewarded transition m >= t (success_terminal)
     labels: dict[int, np.ndarray]  # task id -> (N,) float32 stored success labels
     label_mc: dict[int, np.ndarray]  # task id -> (N,) their return-to-go
 
@@ -229,6 +235,7 @@ def build_pool(
         task_of=np.array([task_index[t] for t in data.table["task"]], np.int64),
         success=success,
         mc_task=_return_to_go(reward, starts, ends, gamma),
+        mc_success=_first_success_return(reward, starts, ends, gamma),
         labels=lab,
         label_mc={k: _first_success_return(v, starts, ends, gamma) for k, v in lab.items()},
     )
@@ -323,6 +330,9 @@ def sample_rows(pool: EpisodePool, cfg: SamplerConfig, rng: np.random.Generator,
     reward[own] = pool.reward[t[own]]
     terminal[own] = pool.is_terminal[t[own] + 1]
     mc[own] = pool.mc_task[t[own]]
+    if rc.success_terminal:
+        terminal[own] = np.maximum(terminal[own], reward[own] > 0)
+        mc[own] = pool.mc_success[t[own]]
     task_id = pool.task_of[ep].copy()
 
     # MT-Opt task relabeling from stored success labels
@@ -448,6 +458,13 @@ class Sampler:
         records = view.episodes()
         if not records:
             raise SamplerError(f"snapshot {view.snapshot_id} ({view.ref}) holds no episodes")
+        if cfg.episode_ids is not None:
+            missing = set(cfg.episode_ids) - {r.episode_id for r in records}
+            if missing:
+                raise SamplerError(
+                    f"{len(missing)} selected episode ids are not in snapshot {view.snapshot_id}, "
+                    f"e.g. {sorted(missing)[0]}"
+                )
         schema = view.schema or {"step": {}, "goal": {}}
         lake_cams = sorted(k.split("/", 1)[1] for k in schema["step"] if k.startswith("images/"))
         self.cameras = tuple(cfg.cameras) if cfg.cameras is not None else tuple(lake_cams)
@@ -481,23 +498,26 @@ class Sampler:
         else:
             data = view.load(self.fields, progress=progress, threads=cfg.load_threads)
             self.pool = self._pool_from([data])
-        if cfg.batch_size > len(self.pool.valid):
+        if len(self.pool.valid) == 0:  # rows are drawn with replacement: any number of transitions > 0 will do
             raise SamplerError(
-                f"batch_size {cfg.batch_size} is larger than the {len(self.pool.valid)} transitions available"
-                f" (rank {cfg.rank} of {cfg.world_size})"
+                f"the sampled episodes hold no transitions (rank {cfg.rank} of {cfg.world_size}, "
+                f"snapshot {view.snapshot_id})"
             )
 
     # ------------------------------------------------------------ data
     def _pool_from(self, datas: list[SegmentData]) -> EpisodePool:
         cfg = self.cfg
-        shares = [
-            _subset(d, np.array([_episode_in_share(e, cfg.rank, cfg.world_size) for e in d.table["episode_id"]], bool))
-            for d in datas
-        ]
+        allowed = None if cfg.episode_ids is None else set(cfg.episode_ids)
+
+        def keep(e: str) -> bool:
+            return _episode_in_share(e, cfg.rank, cfg.world_size) and (allowed is None or e in allowed)
+
+        shares = [_subset(d, np.array([keep(e) for e in d.table["episode_id"]], bool)) for d in datas]
         shares = [s for s in shares if len(s.episode_ends)]
         if not shares:
+            which = "" if allowed is None else f" among the {len(allowed)} selected episode ids"
             raise SamplerError(
-                f"rank {cfg.rank} of {cfg.world_size} owns no episodes of snapshot {self.view.snapshot_id}"
+                f"rank {cfg.rank} of {cfg.world_size} owns no episodes{which} of snapshot {self.view.snapshot_id}"
             )
         data = concat_segments(shares, self.view.snapshot_id)
         return build_pool(data, cfg, self.tasks, self.cameras, self.goal_cameras, data.labels)

@@ -195,9 +195,20 @@ def load_policy(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     """An algorithm whose acting networks hold a saved policy (``save_policy``), or the policy part of
     a full checkpoint; returns it and the metadata. Only ``act``/``policy`` are meaningful on it."""
     d = Path(path)
-    if (d / STATE).exists():
-        algo, extra = load_algorithm(d, device)
-        return algo, {k: v for k, v in extra.items() if k in ("lake", "tasks", "conditioning")}
+    if (d / STATE).exists():  # a full checkpoint: its networks, without optimizers or auxiliary heads
+        _, meta = _read(d)
+        if meta["algo"] not in ALGOS:
+            raise CheckpointError(f"unknown algorithm {meta['algo']!r}; known: {sorted(ALGOS)}")
+        cls = ALGOS[meta["algo"]]
+        algo = cls(config_from_json(cls.config_class, meta["config"]), ObservationSpec.from_json(meta["spec"]), device)
+        tensors = load_file(str(d / TENSORS), device=str(algo.device))
+        nets = {
+            k[len("nets/") :]: v for k, v in tensors.items() if k.startswith("nets/") and not k.startswith("nets/aux_")
+        }
+        algo.nets.load_state_dict(nets)
+        algo.step = int(meta["step"])
+        extra = meta["extra"]
+        return algo, {k: v for k, v in extra.items() if k in ("lake", "tasks", "conditioning", "finetune")}
     if not (d / POLICY_META).exists() or not (d / POLICY_TENSORS).exists():
         raise CheckpointError(f"{d} holds neither a checkpoint ({STATE}) nor a policy ({POLICY_META})")
     info = json.loads((d / POLICY_META).read_text())

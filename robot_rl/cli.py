@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     from robot_rl.collect_cmd import add_collect_parser
     from robot_rl.demo import add_demo_parser
     from robot_rl.eval_cmd import add_eval_parser
+    from robot_rl.finetune import add_finetune_parser
     from robot_rl.pretrain import add_pretrain_parser
 
     parser = argparse.ArgumentParser(
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_collect_parser(sub)
     add_pretrain_parser(sub)
     add_eval_parser(sub)
+    add_finetune_parser(sub)
     add_demo_parser(sub)
     return parser
 

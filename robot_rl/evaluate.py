@@ -97,7 +97,7 @@ class EvalResult:
         return {**self.summary, "per_task": self.per_task, "video": self.video, "episode_results": self.episodes}
 
 
-def _to_device_obs(
+def to_device_observation(
     frames: list[dict[str, np.ndarray]], states: list[np.ndarray] | None, spec_cams: Sequence[str], device: torch.device
 ) -> Observation:
     images = {}
@@ -154,7 +154,7 @@ def evaluate(
                             f"the agent's goal state has {spec.goal_state_dim} dims; {task_name}'s scene goal has "
                             f"{goal_states[0].shape[0]}"
                         )
-                    goal = _to_device_obs(goal_frames, goal_states, spec.goal_cameras, device)
+                    goal = to_device_observation(goal_frames, goal_states, spec.goal_cameras, device)
                 else:
                     goal_frames = [{} for _ in active]
                 task_ids = None
@@ -178,7 +178,7 @@ def evaluate(
                             raise SpecError(
                                 f"the agent's state has {spec.state_dim} dims; {task_name}'s has {states[0].shape[0]}"
                             )
-                        o_t = _to_device_obs([o["images"] for o in obs], states, spec.cameras, device)
+                        o_t = to_device_observation([o["images"] for o in obs], states, spec.cameras, device)
                         a = act(o_t, goal, task_ids).float().cpu().numpy()  # (B, A)
                     for j, env in enumerate(active):
                         if done[j]:

@@ -249,7 +249,17 @@ def git_commit() -> dict[str, Any]:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The settings a resumed run must share with the original (everything that shapes training)."""
-    skip = {"steps", "resume", "progress", "run_dir", "log_every", "save_every", "eval_every", "eval_episodes"}
+    skip = {
+        "steps",
+        "online_steps",
+        "resume",
+        "progress",
+        "run_dir",
+        "log_every",
+        "save_every",
+        "eval_every",
+        "eval_episodes",
+    }
     return {k: v for k, v in config.items() if k not in skip}
 
 

@@ -23,7 +23,7 @@ import dataclasses
 import multiprocessing as mp
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,21 @@ def _sim_state(env: Any) -> np.ndarray:
     return out
 
 
-def rollout(cfg: CollectConfig, index: int) -> Episode:
-    """Episode ``index`` of the run ``cfg`` (deterministic)."""
+# an agent acting online: (observation, goal images, goal state) of one env -> action (A,) in [-1, 1]
+Agent = Callable[[dict[str, Any], dict[str, np.ndarray], np.ndarray], np.ndarray]
+
+
+def rollout(
+    cfg: CollectConfig,
+    index: int,
+    agent: Agent | None = None,
+    stop_on_success: bool = False,
+    source: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Episode:
+    """Episode ``index`` of the run ``cfg`` (deterministic): the scripted/random policy of ``cfg``, or
+    ``agent`` (online finetuning). ``stop_on_success`` ends the episode at the first success
+    (``is_terminal``: success is absorbing)."""
     import tasks
 
     task = tasks.get(cfg.task)
@@ -125,6 +138,7 @@ def rollout(cfg: CollectConfig, index: int) -> Episode:
     goal_images = task.goal_images(env)
     goal_state = env.scene_goal()
     steps = cfg.max_steps or task.max_episode_steps
+    ended = False  # terminated (or succeeded with stop_on_success) before the step limit
     frames: dict[str, list[np.ndarray]] = {c: [] for c in obs["images"]}
     state, achieved, sim, actions, rewards = [], [], [], [], []
     for _ in range(steps + 1):
@@ -133,14 +147,13 @@ def rollout(cfg: CollectConfig, index: int) -> Episode:
         state.append(obs["state"])
         achieved.append(env.scene_state())
         sim.append(_sim_state(env))
-        if len(actions) == steps:
+        if len(actions) == steps or ended:  # the final observation closes the episode
             break
-        action = policy.act(env)
+        action = policy.act(env) if agent is None else agent(obs, goal_images, goal_state)
         obs, reward, terminated, _truncated, info = env.step(action)
         actions.append(action)
         rewards.append(reward)
-        if terminated:
-            break
+        ended = bool(terminated or (stop_on_success and info["is_success"]))
     T = len(state)
     action_arr = np.zeros((T, env.action_space.shape[0]), np.float32)
     action_arr[: len(actions)] = actions
@@ -153,15 +166,15 @@ def rollout(cfg: CollectConfig, index: int) -> Episode:
         action=action_arr,
         reward=reward_arr,
         timestamp_ns=(np.arange(T) * round(control_dt * 1e9)).astype(np.int64),
-        is_terminal=bool(len(actions) < steps),
+        is_terminal=ended,
         achieved_goal=np.stack(achieved).astype(np.float32),
         goal_images=goal_images,
         goal_state=goal_state.astype(np.float32),
         task=cfg.task,
         success=bool(info["is_success"]),
-        source=f"collect:{cfg.task}:{cfg.policy}:seed={cfg.seed}:i={index}",
+        source=source or f"collect:{cfg.task}:{cfg.policy}:seed={cfg.seed}:i={index}",
         robot=cfg.task.split("/")[0],
-        metadata={**cfg.run_params(), "index": index, "env_seed": int(env_seed)},
+        metadata={**cfg.run_params(), "index": index, "env_seed": int(env_seed), **(metadata or {})},
     )
     return episode.replace(steps={**episode.steps, "sim_state": np.stack(sim)})
 

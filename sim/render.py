@@ -66,6 +66,19 @@ def choose_backend() -> str:
 
 BACKEND = choose_backend()
 
+
+def _preload_triton() -> None:
+    """Load Triton (PyTorch's compiler, bundled with its own LLVM) before Mesa's llvmpipe creates a GL
+    context. Importing Triton *after* a software-rendered EGL/OSMesa context exists crashes the process
+    (segmentation fault), and torchvision and ``torch._dynamo`` import it; loaded first, both work."""
+    import importlib.util
+
+    if BACKEND in ("egl", "osmesa") and importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
+_preload_triton()
+
 import mujoco  # noqa: E402  (must follow choose_backend)
 import numpy as np  # noqa: E402
 

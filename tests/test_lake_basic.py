@@ -435,3 +435,18 @@ def test_short_scripts_exit_cleanly(tmp_path: Path) -> None:
         for i in range(16)
     ]
     assert codes == [0] * 16
+
+
+def test_branch_and_tag_names_may_contain_slashes() -> None:
+    """finetune/<run> branches: Icechunk forbids '/', the lake stores it escaped and shows it as given."""
+    import uuid
+
+    lake = Lake.create(f"memory://{uuid.uuid4().hex}")
+    lake.append([synthetic_episode(0, length=5, size=8)])
+    lake.branch("finetune/run-1")
+    res = lake.append([synthetic_episode(1, length=5, size=8)], branch="finetune/run-1")
+    assert res.added == 1 and "finetune/run-1" in lake.branches()
+    assert len(lake.checkout("branch:finetune/run-1").episodes()) == 2 and len(lake.checkout("main").episodes()) == 1
+    lake.tag("exp/v1", "finetune/run-1")
+    assert "exp/v1" in lake.tags() and lake.resolve("tag:exp/v1") == lake.resolve("finetune/run-1")
+    assert lake.log("finetune/run-1")[0].message

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -83,8 +84,10 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 
 
 def make_optimizer(modules: list[nn.Module], lr: float) -> torch.optim.Optimizer:
+    """Adam over the modules' parameters; the fused CUDA kernel when they live on a GPU."""
     params = [p for m in modules for p in m.parameters()]
-    return torch.optim.Adam(params, lr=lr)
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
 
 
 class Scalar(nn.Module):
@@ -138,6 +141,7 @@ class Algorithm(abc.ABC):
         self.optimizers = self.build_optimizers()
         self.rng = torch.Generator(self.device).manual_seed(cfg.seed)
         self.step = 0
+        self.auxiliary: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
 
     # ------------------------------------------------------------ what a subclass supplies
     @abc.abstractmethod
@@ -151,6 +155,43 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on ``batch`` (a device Batch); returns detached metrics."""
+
+    # ------------------------------------------------------------ auxiliary losses (finetuning)
+    def with_auxiliary(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``loss + aux`` where ``aux`` is ``self.auxiliary()`` (already weighted, e.g. ξ·L_g), else ``loss``.
+
+        Every update passes the loss whose optimizer trains the encoder through this, so an auxiliary
+        objective shares the encoder and one backward pass with the task loss (L = L_task + ξ·L_g).
+        """
+        if self.auxiliary is None:
+            return loss
+        aux, aux_metrics = self.auxiliary()
+        metrics.update(aux_metrics)
+        return loss + aux
+
+    def encoder_optimizer(self) -> str:
+        """The name of the optimizer that holds the encoder's parameters."""
+        first = next(self.nets.encoder.parameters())
+        for name, opt in self.optimizers.items():
+            if any(p is first for g in opt.param_groups for p in g["params"]):
+                return name
+        raise RuntimeError(f"no optimizer of {self.name} holds the encoder")
+
+    def attach_auxiliary(self, modules: dict[str, nn.Module]) -> None:
+        """Add ``modules`` (named ``aux_*``; ``aux_target_*`` frozen) to ``nets`` (so checkpoints hold them)
+        and their trainable parameters, as a new group, to the optimizer that trains the encoder."""
+        params = []
+        for name, module in modules.items():
+            if not name.startswith("aux_"):
+                raise ValueError(f"auxiliary modules are named aux_*, got {name!r}")
+            self.nets[name] = module.to(self.device)
+            if name.startswith("aux_target_"):
+                module.requires_grad_(False)
+            else:
+                params += [p for p in module.parameters() if p.requires_grad]
+        if params:
+            opt = self.optimizers[self.encoder_optimizer()]
+            opt.add_param_group({"params": params})
 
     # ------------------------------------------------------------ shared
     def encoder(self) -> ObservationEncoder:

@@ -1,0 +1,606 @@
+"""`robot-rl finetune`: learn a task online in MuJoCo from a pretrained model, with few rewards, and
+write every new episode back into the lake (the flywheel).
+
+    robot-rl finetune ckpt=runs/pretrain/am task=tabletop/push_red_to_pad algo=calql online_steps=5000 aux.xi=0.1
+
+The loop, one episode at a time (an episode-level schedule, as in QT-Opt's collect/train split)::
+
+    roll out one episode with the current policy (exploration: its stochastic action)
+    commit every ``commit_every`` episodes to branch finetune/<run> -> the online replay is rebuilt
+    run round(utd · env steps) − updates done gradient updates on mixed batches:
+        rows from online replay (online_ratio; None = the data proportion, Cal-QL's default)
+      + rows from the lake's reward-labeled episodes of this task (at most reward_budget of them)
+      + if aux.xi > 0: L = L_task + ξ·L_g, with L_g the Actionable Models goal-reaching loss on
+        hindsight-relabeled lake batches, through the shared encoder (one backward pass)
+    evaluate every ``eval_every`` env steps (success rate with a Wilson CI; curve CSV/JSON/PNG)
+    checkpoint at every commit (exact resume: networks, optimizers, RNGs, sampler states, counters)
+
+Conditioning: the finetuned policy sees what the pretrained one saw. A goal-conditioned model gets
+the task's goal image (and goal state) as its goal — which is why a pretrained goal-reaching model
+can act zero-shot; a model without goals gets none. Rewards are the task's sparse success; an episode
+ends at success (success is absorbing: ``success_terminal`` rows). ``ckpt=null`` trains from scratch
+with the same networks and data, for comparison.
+
+Transfer: every parameter of the pretrained checkpoint whose name and shape match one of the new
+algorithm's networks is copied (the encoder always matches: the encoder config comes from the
+checkpoint); the pretrained Actionable Models critic becomes the auxiliary goal-reaching head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_lake.batch import Batch, cat_batches
+from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
+from robot_rl.pretrain import LakeConfig, Logger, ObsConfig, autocast, git_commit, prepare_run_dir, resolve_device
+
+AUX_ALGO = "actionable_models"
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxConfig:
+    """The auxiliary goal-reaching loss ξ·L_g on hindsight-relabeled lake batches."""
+
+    xi: float = 0.0  # ξ; 0 disables L_g
+    batch_size: int = 64
+    relabel: RelabelConfig = dataclasses.field(default_factory=RelabelConfig)
+
+    def __post_init__(self) -> None:
+        if self.xi < 0 or self.batch_size < 1:
+            raise ValueError(f"aux.xi must be >= 0 and aux.batch_size >= 1, got {self.xi}, {self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    task: str
+    algo: str
+    algo_cfg: dict[str, Any]
+    ckpt: str | None = None  # a pretrain run dir or checkpoint; None: from scratch
+    lake: LakeConfig = dataclasses.field(default_factory=lambda: LakeConfig(ref=""))  # ref "": the ckpt's snapshot
+    obs: ObsConfig = dataclasses.field(default_factory=ObsConfig)  # used only from scratch
+    aux: AuxConfig = dataclasses.field(default_factory=AuxConfig)
+    online_steps: int = 2000  # environment steps
+    batch_size: int = 256
+    online_ratio: float | None = 0.5  # online rows per batch; None: the online share of all task transitions
+    reward_budget: int | None = None  # reward-labeled lake episodes of the task revealed; None: all
+    utd: float = 1.0  # gradient updates per environment step
+    commit_every: int = 2  # episodes per flywheel commit (and checkpoint)
+    branch: str | None = None  # None: finetune/<run name>
+    eval_every: int = 500  # environment steps; 0: only at the end
+    eval_episodes: int = 10
+    eval_envs: int = 4
+    max_steps: int | None = None  # episode length; None: the task's
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = False
+    run_dir: str | None = None
+    resume: bool = False
+    prefetch: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.online_steps < 1 or self.batch_size < 2 or self.commit_every < 1 or self.utd < 0:
+            raise ValueError("online_steps >= 1, batch_size >= 2, commit_every >= 1 and utd >= 0 are required")
+        if self.online_ratio is not None and not 0 < self.online_ratio <= 1:
+            raise ValueError(f"online_ratio must be in (0, 1] or null (data proportion), got {self.online_ratio}")
+        if self.reward_budget is not None and self.reward_budget < 0:
+            raise ValueError(f"reward_budget must be >= 0 or null, got {self.reward_budget}")
+
+
+def config_from_dict(d: dict[str, Any]) -> FinetuneConfig:
+    from robot_rl.hydra_utils import to_dataclass
+
+    d = dict(d)
+    algo = dict(d.pop("algo"))
+    aux = dict(d.pop("aux", {}))
+    aux_cfg = AuxConfig(**{**aux, "relabel": RelabelConfig(**aux.get("relabel", {}))})
+    return to_dataclass(
+        FinetuneConfig,
+        {
+            **d,
+            "algo": algo.pop("name"),
+            "algo_cfg": algo,
+            "lake": to_dataclass(LakeConfig, d.pop("lake", {})),
+            "obs": to_dataclass(ObsConfig, d.pop("obs", {})),
+            "aux": aux_cfg,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------- building blocks
+def task_relabel(gamma: float, goals: bool) -> RelabelConfig:
+    """Task rows: the episode's commanded goal (or none) and its own sparse reward; success ends it."""
+    if goals:
+        return RelabelConfig(future=0, final=0, negative=0, commanded=1.0, task=0, gamma=gamma, success_terminal=True)
+    return RelabelConfig(future=0, final=0, negative=0, commanded=0, task=1.0, gamma=gamma, success_terminal=True)
+
+
+def transfer(source: Any, target: Any) -> list[str]:
+    """Copy every tensor of ``source.nets`` whose name and shape match in ``target.nets``; returns the names."""
+    src, dst = source.nets.state_dict(), target.nets.state_dict()
+    copied = {k: v for k, v in src.items() if k in dst and dst[k].shape == v.shape}
+    target.nets.load_state_dict({**dst, **copied})
+    return sorted(copied)
+
+
+def revealed_episodes(view: Any, task: str, budget: int | None, seed: int) -> list[str]:
+    """The reward-labeled lake episodes of ``task`` the run may use: all, or ``budget`` drawn with ``seed``."""
+    ids = sorted(r.episode_id for r in view.episodes(task))
+    if budget is None or budget >= len(ids):
+        return ids
+    pick = np.random.default_rng(seed).permutation(len(ids))[:budget]
+    return sorted(ids[i] for i in pick)
+
+
+def batch_split(cfg: FinetuneConfig, online_transitions: int, offline_transitions: int) -> tuple[int, int]:
+    """(online rows, offline rows) of each task batch."""
+    if offline_transitions == 0:
+        return cfg.batch_size, 0
+    if online_transitions == 0:
+        return 0, cfg.batch_size
+    ratio = cfg.online_ratio
+    if ratio is None:
+        ratio = online_transitions / (online_transitions + offline_transitions)
+    n_online = min(cfg.batch_size - 1, max(1, round(cfg.batch_size * ratio)))
+    return n_online, cfg.batch_size - n_online
+
+
+class Agent:
+    """The algorithm acting in one environment: numpy observation -> action."""
+
+    def __init__(self, algo: Any, deterministic: bool = False):
+        self.algo, self.deterministic = algo, deterministic
+
+    def __call__(self, obs: dict[str, Any], goal_images: dict[str, np.ndarray], goal_state: np.ndarray) -> np.ndarray:
+        from robot_rl.evaluate import to_device_observation
+
+        spec, dev = self.algo.spec, self.algo.device
+        o = to_device_observation([obs["images"]], [obs["state"]] if spec.state_dim else None, spec.cameras, dev)
+        g = None
+        if spec.has_goal:
+            gs = [goal_state.astype(np.float32)] if spec.goal_state_dim else None
+            g = to_device_observation([goal_images], gs, spec.goal_cameras, dev)
+        return self.algo.act(o, g, None, deterministic=self.deterministic)[0].float().cpu().numpy()
+
+
+def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = [r["env_step"] for r in rows]
+    ax.plot(x, [r["success_rate"] for r in rows], marker="o")
+    ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.2)
+    ax.set(xlabel="environment steps", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- the run
+class Finetuner:
+    """State of one finetuning run; ``run()`` is the loop. Helpers keep ``run`` short and linear."""
+
+    def __init__(self, cfg: FinetuneConfig, resolved: dict[str, Any] | None = None):
+        from data_lake import Lake
+        from robot_rl import checkpoint
+        from robot_rl.algos import ALGOS
+        from robot_rl.nets import ObservationSpec
+
+        self.cfg = cfg
+        resolved = json.loads(json.dumps(resolved if resolved is not None else dataclasses.asdict(cfg)))
+        self.device = resolve_device(cfg.device)
+        self.run_dir = prepare_run_dir(cfg, resolved, kind="finetune")  # type: ignore[arg-type]
+        self.name = self.run_dir.name
+        self.branch = cfg.branch or f"finetune/{self.name}"
+        self.pretrained, meta = (None, {})
+        if cfg.ckpt:
+            from robot_rl.eval_cmd import resolve_checkpoint
+
+            path = resolve_checkpoint(cfg.ckpt)
+            self.pretrained, meta = checkpoint.load_policy(path, self.device)
+            if meta.get("conditioning") == "task":
+                raise ValueError(f"{path} is task-conditioned; finetuning supports goal-conditioned or plain models")
+        self.lake = Lake.open(cfg.lake.uri)
+        ref = cfg.lake.ref or (f"snapshot:{meta['lake']['snapshot_id']}" if meta.get("lake") else "main")
+        self.view = self.lake.checkout(ref)
+        goals = self.pretrained.spec.has_goal if self.pretrained else True
+        self.goals = goals
+        algo_cls = ALGOS[cfg.algo] if cfg.algo in ALGOS else None
+        if algo_cls is None:
+            raise ValueError(f"unknown algo {cfg.algo!r}; known: {sorted(ALGOS)}")
+        values = {**cfg.algo_cfg, "seed": cfg.seed}
+        if self.pretrained is not None:
+            values["encoder"] = dataclasses.asdict(self.pretrained.cfg.encoder)
+        algo_cfg = checkpoint.config_from_json(algo_cls.config_class, values)
+        self.gamma = algo_cfg.gamma
+        # offline task data: the revealed reward-labeled episodes of this task
+        self.revealed = revealed_episodes(self.view, cfg.task, cfg.reward_budget, cfg.seed)
+        if self.pretrained is not None:
+            spec = self.pretrained.spec
+        else:
+            probe = self._sampler(self.view, None, 2, seed=0, relabel=task_relabel(self.gamma, True), pad=0)
+            spec = ObservationSpec.from_batch(probe.example_batch(), 0)
+            probe.close()
+        self.algo = algo_cls(algo_cfg, spec, self.device)
+        self.transferred = transfer(self.pretrained, self.algo) if self.pretrained is not None else []
+        self.aux_sampler: Sampler | None = None
+        if cfg.aux.xi > 0:
+            self._attach_aux()
+        self.offline: Sampler | None = None
+        self.online: Sampler | None = None
+        self.online_ids: list[str] = []
+        self.counters = {"episodes": 0, "env_steps": 0, "updates": 0, "commits": 0, "successes": 0}
+        self.history: list[dict[str, Any]] = []
+        self.best = -1.0
+        self.pending: list[Any] = []
+        self.log = Logger(self.run_dir, True)
+        self.meta = {
+            "lake": {"uri": cfg.lake.uri, "ref": ref, "snapshot_id": self.view.snapshot_id},
+            "tasks": [cfg.task],
+            "conditioning": "goal" if goals else "none",
+            "finetune": {
+                "task": cfg.task,
+                "branch": self.branch,
+                "ckpt": cfg.ckpt,
+                "transferred": len(self.transferred),
+            },
+        }
+
+    # ------------------------------------------------------------ data
+    def _sampler(
+        self,
+        view: Any,
+        ids: list[str] | None,
+        batch_size: int,
+        seed: int,
+        relabel: RelabelConfig,
+        pad: int | None = None,
+    ) -> Sampler:
+        spec_cams = tuple(self.pretrained.spec.cameras) if self.pretrained else tuple(self.cfg.obs.cameras)
+        use_state = bool(self.pretrained.spec.state_dim) if self.pretrained else self.cfg.obs.use_state
+        goal_cams = tuple(self.pretrained.spec.goal_cameras) if self.pretrained else spec_cams
+        scfg = SamplerConfig(
+            batch_size=batch_size,
+            cameras=spec_cams,
+            goal_cameras=goal_cams,
+            use_state=use_state,
+            relabel=relabel,
+            augment_pad=self.cfg.obs.augment_pad if pad is None else pad,
+            prefetch=self.cfg.prefetch,
+            seed=seed,
+            episode_ids=None if ids is None else tuple(ids),
+        )
+        return Sampler(view, scfg, self.device, progress=False)
+
+    def _attach_aux(self) -> None:
+        from robot_rl.algos import ALGOS, encode
+        from robot_rl.algos.actionable_models import goal_reaching_loss
+        from robot_rl.checkpoint import config_from_json
+
+        if not self.algo.spec.has_goal:
+            raise ValueError("aux.xi > 0 needs a goal-conditioned model (the goal-reaching loss conditions on goals)")
+        cls = ALGOS[AUX_ALGO]
+        if self.pretrained is not None and self.pretrained.name == AUX_ALGO:
+            am = self.pretrained
+        else:
+            values = {"encoder": dataclasses.asdict(self.algo.cfg.encoder), "seed": self.cfg.seed}
+            am = cls(config_from_json(cls.config_class, values), self.algo.spec, self.device)
+        heads = {f"aux_{k}": m for k, m in am.nets.items() if k != "encoder"}
+        self.algo.attach_auxiliary(heads)
+        aux_nets = torch.nn.ModuleDict({"encoder": self.algo.nets.encoder, **{k[4:]: m for k, m in heads.items()}})
+        self.aux_cfg = am.cfg
+        self.aux_sampler = self._sampler(
+            self.view, None, self.cfg.aux.batch_size, self.cfg.seed + 1, self.cfg.aux.relabel
+        )
+        xi = self.cfg.aux.xi
+
+        def aux_term() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            assert self.aux_sampler is not None
+            enc = encode(aux_nets.encoder, next(self.aux_sampler))
+            loss, metrics = goal_reaching_loss(enc, aux_nets, self.aux_cfg, self.algo.rng)
+            return xi * loss, {f"aux/{k.split('/')[-1]}": v for k, v in metrics.items()} | {"aux/L_g": loss.detach()}
+
+        self.algo.auxiliary = aux_term
+        self.aux_nets = aux_nets
+
+    def _rebuild_samplers(self) -> None:
+        """After a commit: the online replay from the branch (seeded by the commit count); the offline
+        task sampler keeps its sequence unless the batch split changed (data-proportion mode)."""
+        cfg, k = self.cfg, self.counters["commits"]
+        view = self.lake.checkout(f"branch:{self.branch}")
+        online_n = sum(r.length - 1 for r in view.episodes() if r.episode_id in set(self.online_ids))
+        offline_n = sum(r.length - 1 for r in self.view.episodes() if r.episode_id in set(self.revealed))
+        n_on, n_off = batch_split(cfg, online_n, offline_n)
+        relabel = task_relabel(self.gamma, self.goals)
+        if self.online is not None:
+            self.online.close()
+        self.online = (
+            self._sampler(view, self.online_ids, n_on, seed=cfg.seed * 7919 + k, relabel=relabel) if n_on else None
+        )
+        if n_off and (self.offline is None or self.offline.cfg.batch_size != n_off):
+            if self.offline is not None:
+                self.offline.close()
+            self.offline = self._sampler(
+                self.view, self.revealed, n_off, seed=cfg.seed * 7919 + 10_000 + k, relabel=relabel
+            )
+        self.split = (n_on, n_off)
+
+    def next_batch(self) -> Batch:
+        parts = [s for s in (self.online, self.offline) if s is not None]
+        return cat_batches([next(s) for s in parts])
+
+    # ------------------------------------------------------------ phases
+    def collect_episode(self) -> Any:
+        from sim.collect import CollectConfig, rollout
+
+        cfg, i = self.cfg, self.counters["episodes"]
+        ccfg = CollectConfig(
+            task=cfg.task,
+            episodes=i + 1,
+            lake=cfg.lake.uri,
+            branch=self.branch,
+            policy="random",
+            seed=cfg.seed,
+            image_size=self._image_size(),
+            cameras=self._env_cameras(),
+            max_steps=cfg.max_steps,
+            progress=False,
+        )
+        ep = rollout(
+            ccfg,
+            i,
+            agent=Agent(self.algo),
+            stop_on_success=True,
+            source=f"finetune:{self.name}:i={i}",
+            metadata={"run": self.name, "kind": "finetune", "algo": self.cfg.algo, "ckpt": self.cfg.ckpt},
+        )
+        self.counters["episodes"] += 1
+        self.counters["env_steps"] += len(ep) - 1
+        self.counters["successes"] += bool(ep.success)
+        self.pending.append(ep)
+        return ep
+
+    def _lake_images(self) -> dict[str, list[int]]:
+        """Camera -> (H, W, 3) of the lake's schema: flywheel episodes must match it to be appended."""
+        step = (self.view.schema or {}).get("step", {})
+        return {k.split("/", 1)[1]: v["shape"] for k, v in step.items() if k.startswith("images/")}
+
+    def _image_size(self) -> int:
+        shapes = list(self._lake_images().values())
+        sizes = self.algo.spec.image_sizes or ((shapes[0][0], shapes[0][1]) if shapes else (64, 64),)
+        return int(sizes[0][0])
+
+    def _env_cameras(self) -> tuple[str, ...]:
+        spec = self.algo.spec
+        cams = tuple(sorted(self._lake_images())) or tuple(dict.fromkeys([*spec.cameras, *spec.goal_cameras]))
+        missing = set(spec.cameras) | set(spec.goal_cameras)
+        if not missing <= set(cams):
+            raise ValueError(f"the model needs cameras {sorted(missing)}; the lake has {list(cams)}")
+        return cams
+
+    def commit(self) -> None:
+        if not self.pending:
+            return
+        first = self.counters["episodes"] - len(self.pending)
+        res = self.lake.append(
+            self.pending,
+            branch=self.branch,
+            message=f"finetune {self.name}: {self.cfg.task} episodes {first}-{self.counters['episodes'] - 1} "
+            f"({self.cfg.algo}, ckpt={self.cfg.ckpt}, {self.counters['env_steps']} env steps)",
+            metadata={"run": self.name, "kind": "finetune", "task": self.cfg.task, "algo": self.cfg.algo},
+        )
+        self.online_ids += [ep.episode_id for ep in self.pending]
+        self.pending = []
+        self.counters["commits"] += 1
+        self._rebuild_samplers()
+        if res.snapshot_id is None:
+            raise RuntimeError(f"flywheel commit to {self.branch} added nothing (duplicate episodes?)")
+
+    def train(self) -> dict[str, float]:
+        due = int(self.cfg.utd * self.counters["env_steps"]) - self.counters["updates"]
+        metrics: dict[str, float] = {}
+        if self.online is None and self.offline is None:
+            return metrics
+        for _ in range(max(0, due)):
+            with autocast(self.cfg, self.device):  # type: ignore[arg-type]
+                metrics = self.algo.update(self.next_batch())
+            if self.aux_sampler is not None:
+                self._polyak_aux()
+            self.counters["updates"] += 1
+        return metrics
+
+    def _polyak_aux(self) -> None:
+        from robot_rl.algos import polyak_update
+
+        for name, module in self.aux_nets.items():
+            if name.startswith("target_") and name[len("target_") :] in self.aux_nets:
+                polyak_update(module, self.aux_nets[name[len("target_") :]], self.aux_cfg.tau)
+
+    def evaluate(self) -> dict[str, Any]:
+        from robot_rl.evaluate import EvalConfig, evaluate
+
+        cfg = self.cfg
+        ecfg = EvalConfig(
+            tasks=(cfg.task,),
+            episodes=cfg.eval_episodes,
+            num_envs=cfg.eval_envs,
+            max_steps=cfg.max_steps,
+            video_episodes=2,
+            progress=False,
+        )
+
+        def act(obs: Any, goal: Any, task_ids: Any) -> torch.Tensor:
+            return self.algo.act(obs, goal, None, deterministic=True)
+
+        step = self.counters["env_steps"]
+        res = evaluate(act, self.algo.spec, ecfg, (), self.run_dir / "eval", self.device, name=f"env_{step:07d}")
+        lo, hi = res.summary["success_ci95"]
+        row = {
+            "env_step": step,
+            "updates": self.counters["updates"],
+            "success_rate": res.success_rate,
+            "ci_low": lo,
+            "ci_high": hi,
+            "mean_return": res.summary["mean_return"],
+            "eval_json": str(self.run_dir / "eval" / f"env_{step:07d}.json"),
+        }
+        self.history.append(row)
+        self.log.eval_row(row)
+        self.log.scalars({"eval/success_rate": res.success_rate}, step)
+        (self.run_dir / "curve.json").write_text(json.dumps(self.history, indent=1))
+        plot_curve(self.history, self.run_dir / "curve.png", f"{cfg.task} ({cfg.algo}, {self.name})")
+        return row
+
+    # ------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            **self.meta,
+            "counters": self.counters,
+            "online_ids": self.online_ids,
+            "history": self.history,
+            "best": self.best,
+            "offline": None if self.offline is None else self.offline.state_dict(),
+            "online": None if self.online is None else self.online.state_dict(),
+            "aux": None if self.aux_sampler is None else self.aux_sampler.state_dict(),
+        }
+
+    def save(self) -> None:
+        from robot_rl import checkpoint
+
+        checkpoint.save(self.run_dir / "checkpoints" / "latest", self.algo, extra=self.state())
+        checkpoint.save_policy(self.run_dir / "policy", self.algo, self.meta)
+
+    def restore(self) -> None:
+        from robot_rl import checkpoint
+
+        extra = checkpoint.load(self.run_dir / "checkpoints" / "latest", self.algo)
+        self.counters, self.online_ids = extra["counters"], extra["online_ids"]
+        self.history, self.best = extra["history"], extra["best"]
+        self._rebuild_samplers()  # as after the last commit; then their RNG states as at the save
+        for sampler, key in ((self.offline, "offline"), (self.online, "online"), (self.aux_sampler, "aux")):
+            if sampler is not None and extra[key] is not None:
+                sampler.load_state_dict(extra[key])
+
+    def close(self) -> None:
+        for s in (self.online, self.offline, self.aux_sampler):
+            if s is not None:
+                s.close()
+        self.log.close()
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> Path:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        if cfg.resume:
+            self.restore()
+        else:
+            self.lake.branch(self.branch, f"snapshot:{self.view.snapshot_id}")
+            self._write_run_json()
+            self.evaluate()  # before any update: the starting point (zero-shot for a pretrained model)
+        bar = tqdm(
+            total=cfg.online_steps,
+            initial=self.counters["env_steps"],
+            desc=f"finetune {cfg.algo}",
+            unit="step",
+            disable=not cfg.progress,
+        )
+        next_eval = (self.counters["env_steps"] // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
+        try:
+            while self.counters["env_steps"] < cfg.online_steps:
+                t0 = time.perf_counter()
+                ep = self.collect_episode()
+                t1 = time.perf_counter()
+                if len(self.pending) >= cfg.commit_every:
+                    self.commit()
+                t2 = time.perf_counter()
+                metrics = self.train()
+                t3 = time.perf_counter()
+                step = self.counters["env_steps"]
+                self.log.scalars(
+                    {
+                        **metrics,
+                        "time/collect_s": t1 - t0,
+                        "time/commit_s": t2 - t1,
+                        "time/update_s": t3 - t2,
+                        "online/success": float(bool(ep.success)),
+                    },
+                    step,
+                )
+                bar.update(len(ep) - 1)
+                bar.set_postfix(
+                    upd=self.counters["updates"], succ=f"{self.counters['successes']}/{self.counters['episodes']}"
+                )
+                if next_eval is not None and step >= next_eval:
+                    self.evaluate()
+                    next_eval += cfg.eval_every
+                if not self.pending:  # a commit just landed: a consistent point to resume from
+                    self.save()
+            self.commit()
+            if not self.history or self.history[-1]["env_step"] != self.counters["env_steps"]:
+                self.evaluate()
+            self.save()
+        finally:
+            bar.close()
+            self.close()
+        return self.run_dir
+
+    def _write_run_json(self) -> None:
+        (self.run_dir / "run.json").write_text(
+            json.dumps(
+                {
+                    **self.meta,
+                    "algo": self.cfg.algo,
+                    "git": git_commit(),
+                    "torch": torch.__version__,
+                    "python": sys.version.split()[0],
+                    "device": str(self.device),
+                    "transferred": self.transferred,
+                    "revealed_episodes": self.revealed,
+                    "spec": self.algo.spec.to_json(),
+                },
+                indent=1,
+            )
+        )
+
+
+def finetune(cfg: FinetuneConfig, resolved: dict[str, Any] | None = None) -> Path:
+    """Run (or resume) one finetuning run; returns its directory."""
+    return Finetuner(cfg, resolved).run()
+
+
+# ---------------------------------------------------------------------------- entry point
+def add_finetune_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from robot_rl.hydra_utils import describe
+
+    p = sub.add_parser(
+        "finetune",
+        help="finetune a task online in MuJoCo from a pretrained model; new episodes go back to the lake",
+        description=__doc__ + "\nDefaults (configs/finetune/finetune.yaml):\n\n" + describe("finetune"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. ckpt=runs/pretrain/x task=tabletop/reach_red")
+    p.set_defaults(func=lambda a: main(a.overrides))
+
+
+def main(overrides: list[str]) -> int:
+    from robot_rl.hydra_utils import compose
+
+    resolved = compose("finetune", overrides)
+    run = finetune(config_from_dict(resolved), resolved)
+    hist = json.loads((run / "curve.json").read_text())
+    print(f"run directory: {run}  (success {hist[0]['success_rate']:.2f} -> {hist[-1]['success_rate']:.2f})")
+    return 0
