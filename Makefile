@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.sampler --quick
 	$(VENV)/bin/python -m benchmarks.collect --quick
 	$(VENV)/bin/python -m benchmarks.render --quick
+	$(VENV)/bin/python -m benchmarks.finetune --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

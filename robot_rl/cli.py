@@ -11,6 +11,7 @@ from robot_rl import __version__
 def build_parser() -> argparse.ArgumentParser:
     from data_lake.cli import add_lake_parser
     from robot_rl.collect_cmd import add_collect_parser
+    from robot_rl.compare import add_compare_parser
     from robot_rl.demo import add_demo_parser
     from robot_rl.eval_cmd import add_eval_parser
     from robot_rl.finetune import add_finetune_parser
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(sub)
     add_eval_parser(sub)
     add_finetune_parser(sub)
+    add_compare_parser(sub)
     add_demo_parser(sub)
     return parser
 

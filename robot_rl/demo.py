@@ -1,18 +1,27 @@
-"""`robot-rl demo`: what the platform does today, end to end and for real, in about a minute.
+"""`robot-rl demo`: the whole data flywheel on this machine, for real, with a report.
 
-1. collect unlabeled play and a scripted task in the MuJoCo tabletop world (2 worker processes)
-   into a fresh lake, one commit per batch; tag the snapshot;
-2. label a task's success on every stored step (MT-Opt data sharing);
-3. draw goal-relabeled batches from the pinned tag and save a picture of one;
-4. branch, delete, compact, verify every hash, diff and export — the lake's version control;
-5. print the lake log and the stage timings.
+1. collect multi-task play data in the MuJoCo tabletop world (scripted experts with noise, and
+   unlabeled play) into a fresh local lake, one commit per batch; tag it ``v1``;
+2. pretrain a goal-conditioned model (Actionable Models) from images with hindsight goal
+   relabeling — no task reward is used;
+3. finetune a task online (QT-Opt from the pretrained critic, with the auxiliary goal-reaching loss
+   ξ·L_g) with few rewards: only ``reward_budget`` reward-labeled lake episodes of the task are
+   revealed, plus the sparse success of its own online episodes; and the same finetuning from
+   scratch with the same budget and seeds;
+4. the online episodes land in the lake on ``finetune/<run>`` branches (the flywheel);
+5. ``<out>/report.md``: success rates (pretrained zero-shot with the task's goal image, after
+   finetuning, from scratch), each from the evaluation JSON it cites; plots; a rollout gif; the
+   lake log; the stage timings.
 
-Pretraining and finetuning join this script as they land.
+Settings: ``configs/demo/demo.yaml`` with ``scale=cpu`` (default, about 15 min on 2 cores),
+``scale=gpu`` (CUDA, larger) or ``scale=tiny`` (a smoke run).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -23,22 +32,18 @@ import numpy as np
 
 from data_lake import Lake
 from data_lake.batch import GOAL_SOURCES, Batch
-from data_lake.cli import _human_bytes
-
-PLAY, PUSH = "tabletop/play", "tabletop/push_red_to_pad"
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from robot_rl.hydra_utils import describe
+
     p = sub.add_parser(
         "demo",
-        help="run the end-to-end demo (today: collect -> lake -> sampler)",
-        description=__doc__,
+        help="run the whole flywheel: collect -> lake -> pretrain -> finetune -> lake, with a report",
+        description=__doc__ + "\nDefaults (configs/demo/demo.yaml; scale=cpu|gpu|tiny):\n\n" + describe("demo"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default="runs/demo", help="output directory (recreated)")
-    p.add_argument("--play-episodes", type=int, default=16)
-    p.add_argument("--task-episodes", type=int, default=12)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. scale=tiny out=/tmp/demo")
     p.set_defaults(func=run_demo)
 
 
@@ -83,91 +88,256 @@ def save_batch_picture(batch: Batch, path: Path, rows: int = 8) -> Path:
     return path
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
-    from sim.collect import CollectConfig, collect
-    from tasks.label import detector_over_states
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    out: str
+    finetune_task: str
+    play_tasks: tuple[str, ...]
+    seed: int
+    progress: bool
+    device: str
+    workers: int
+    image_size: int
+    play_episodes: int
+    task_episodes: int
+    pretrain_steps: int
+    pretrain_batch: int
+    finetune_steps: int
+    finetune_utd: float
+    finetune_batch: int
+    reward_budget: int
+    aux_xi: float
+    eval_episodes: int
+    eval_every: int
+    feature_dim: int
+    conv_channels: int
 
-    out = Path(args.out)
+    def __post_init__(self) -> None:
+        if self.finetune_task in self.play_tasks:
+            raise ValueError(f"finetune_task {self.finetune_task} must not be one of the play tasks")
+
+
+def stage_collect(cfg: DemoConfig, uri: str) -> dict[str, Any]:
+    from sim.collect import CollectConfig, collect
+
+    out = {}
+    runs = [(t, cfg.play_episodes, "noisy") for t in cfg.play_tasks] + [(cfg.finetune_task, cfg.task_episodes, "noisy")]
+    for k, (task, n, policy) in enumerate(runs):
+        res = collect(
+            CollectConfig(
+                task=task,
+                episodes=n,
+                lake=uri,
+                policy=policy,
+                workers=cfg.workers,
+                seed=cfg.seed * 100 + k,
+                image_size=cfg.image_size,
+                cameras=("front",),
+                batch_episodes=12,
+                progress=cfg.progress,
+            )
+        )
+        out[task] = {
+            "episodes": res.added,
+            "frames": res.frames,
+            "successes": res.successes,
+            "frames_per_s": res.frames_per_s,
+        }
+    return out
+
+
+def stage_pretrain(cfg: DemoConfig, uri: str, run: Path) -> Path:
+    from data_lake.sampler import RelabelConfig
+    from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
+
+    pcfg = PretrainConfig(
+        algo="actionable_models",
+        algo_cfg={"encoder": {"feature_dim": cfg.feature_dim, "conv_channels": cfg.conv_channels}, "gamma": 0.9},
+        lake=LakeConfig(uri, "tag:v1"),
+        obs=ObsConfig(cameras=("front",), use_state=True, augment_pad=2),
+        task=TaskConfig(
+            conditioning="goal",
+            relabel=RelabelConfig(future=0.6, final=0.1, negative=0.3, commanded=0.0, task=0.0, gamma=0.9),
+            eval_tasks=(cfg.finetune_task,),
+        ),
+        steps=cfg.pretrain_steps,
+        batch_size=cfg.pretrain_batch,
+        seed=cfg.seed,
+        device=cfg.device,
+        amp=cfg.device.startswith("cuda"),
+        run_dir=str(run),
+        log_every=max(1, min(50, cfg.pretrain_steps // 10)),
+        save_every=cfg.pretrain_steps,
+        eval_episodes=cfg.eval_episodes,
+        progress=cfg.progress,
+    )
+    return pretrain(pcfg)
+
+
+def stage_finetune(cfg: DemoConfig, uri: str, ckpt: Path, out: Path) -> dict[str, Any]:
+    from robot_rl.compare import compare
+    from robot_rl.finetune import AuxConfig, FinetuneConfig
+    from robot_rl.hydra_utils import compose
+    from robot_rl.pretrain import LakeConfig
+
+    qtopt = {k: v for k, v in compose("pretrain", ["algo=qtopt"])["algo"].items() if k != "name"}
+    base = FinetuneConfig(
+        task=cfg.finetune_task,
+        algo="qtopt",
+        algo_cfg={**qtopt, "gamma": 0.9},
+        ckpt=str(ckpt),
+        lake=LakeConfig(uri, ""),
+        aux=AuxConfig(xi=cfg.aux_xi, batch_size=max(8, cfg.finetune_batch // 2)),
+        online_steps=cfg.finetune_steps,
+        batch_size=cfg.finetune_batch,
+        online_ratio=0.5,
+        reward_budget=cfg.reward_budget,
+        utd=cfg.finetune_utd,
+        commit_every=2,
+        eval_every=cfg.eval_every,
+        eval_episodes=cfg.eval_episodes,
+        seed=cfg.seed,
+        device=cfg.device,
+        amp=cfg.device.startswith("cuda"),
+        progress=cfg.progress,
+    )
+    return compare(base, [cfg.seed], cfg.aux_xi, out, variants=("pretrained_aux", "scratch"))
+
+
+def _rate(path: str) -> tuple[float, float, float]:
+    ev = json.loads(Path(path).read_text())
+    return ev["success_rate"], ev["success_ci95"][0], ev["success_ci95"][1]
+
+
+def plot_pretrain(run: Path, path: Path) -> Path | None:
+    """Pretraining losses from the run's scalars.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (run / "scalars.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "critic/td_loss" in r]
+    if not rows:
+        return None
+    keys = [k for k in ("critic/td_loss", "am/negative_loss", "am/q_gap", "time/updates_per_s") if k in rows[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8))
+    for ax, k in zip(np.atleast_1d(axes), keys, strict=True):
+        ax.plot([r["step"] for r in rows], [r[k] for r in rows])
+        ax.set(title=k, xlabel="update")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    cfg: DemoConfig,
+    out: Path,
+    uri: str,
+    collected: dict[str, Any],
+    pre_run: Path,
+    summary: dict[str, Any],
+    timings: dict[str, float],
+) -> Path:
+    lake = Lake.open(uri)
+    v = summary["variants"]
+    aux_curve, scratch_curve = v["pretrained_aux"]["curves"][0], v["scratch"]["curves"][0]
+    rows = [
+        ("pretrained, zero-shot (task goal image)", aux_curve[0]["eval_json"], aux_curve[0]["env_step"]),
+        ("pretrained + finetuning (ξ·L_g)", aux_curve[-1]["eval_json"], aux_curve[-1]["env_step"]),
+        ("from scratch, same budget and seed", scratch_curve[-1]["eval_json"], scratch_curve[-1]["env_step"]),
+    ]
+    lines = [
+        "# robot-rl demo report",
+        "",
+        f"Task finetuned online: **{cfg.finetune_task}** (no task reward used in pretraining; "
+        f"{cfg.reward_budget} reward-labeled lake episodes revealed). Device: {cfg.device}. "
+        f"Images {cfg.image_size}x{cfg.image_size}, one camera. Seed {cfg.seed}.",
+        "",
+        "## Success rates",
+        "",
+        "Every number is read from the evaluation JSON it cites "
+        f"({cfg.eval_episodes} episodes on held-out reset seeds; 95% Wilson interval).",
+        "",
+        "| Policy | Success | 95% CI | Env steps of finetuning | Evaluation |",
+        "|---|---|---|---|---|",
+    ]
+    for name, path, step in rows:
+        s, lo, hi = _rate(path)
+        lines.append(f"| {name} | {s:.3f} | [{lo:.3f}, {hi:.3f}] | {step} | `{Path(path).relative_to(out)}` |")
+    pre_eval = sorted((pre_run / "eval").glob("step_*.json"))
+    if pre_eval:
+        s, lo, hi = _rate(str(pre_eval[-1]))
+        lines.append(
+            f"| pretrained, end of pretraining eval | {s:.3f} | [{lo:.3f}, {hi:.3f}] | 0 | "
+            f"`{pre_eval[-1].relative_to(out)}` |"
+        )
+    lines += ["", "## Curves", "", "![finetuning curves](finetune/compare.png)", ""]
+    if (out / "pretrain_losses.png").exists():
+        lines += ["![pretraining losses](pretrain_losses.png)", ""]
+    gifs = sorted((out / "finetune" / "pretrained_aux").rglob("*.gif"))
+    if gifs:
+        lines += [
+            "## Rollouts (observation | goal image; green border: success)",
+            "",
+            f"![rollouts after finetuning]({gifs[-1].relative_to(out)})",
+            "",
+        ]
+    lines += ["## Data", "", "| Collected | Episodes | Frames | Scripted successes |", "|---|---|---|---|"]
+    for task, c in collected.items():
+        lines.append(f"| {task} | {c['episodes']} | {c['frames']} | {c['successes']} |")
+    lines += ["", "![a goal-relabeled batch: s_t, s_t+1, goal](batch.png)", "", "## Lake log", "", "```"]
+    for ref in ["main", *[b for b in lake.branches() if b.startswith("finetune/")]]:
+        lines.append(f"{ref}:")
+        for c in lake.log(ref)[:6]:
+            lines.append(
+                f"  {c.snapshot_id[:12]} {c.operation or '-':7s} +{c.episodes_added:<3d} = "
+                f"{c.episodes_total:<4d} {c.message[:100]}"
+            )
+    lines += ["```", "", "## Stage timings", "", "| Stage | Seconds |", "|---|---|"]
+    lines += [f"| {k} | {t:.1f} |" for k, t in timings.items()]
+    lines += [f"| total | {sum(timings.values()):.1f} |", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from data_lake.sampler import Sampler, SamplerConfig
+    from robot_rl.hydra_utils import compose, to_dataclass
+
+    cfg = to_dataclass(DemoConfig, compose("demo", args.overrides))
+    out = Path(cfg.out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     uri = str(out / "lake")
     t: dict[str, float] = {}
 
-    def run(task: str, n: int, policy: str, seed: int) -> Any:
-        return collect(
-            CollectConfig(
-                task=task,
-                episodes=n,
-                lake=uri,
-                policy=policy,
-                workers=args.workers,
-                seed=seed,
-                batch_episodes=8,
-                cameras=("front",),
-            )
-        )
-
-    print(f"1. collecting into {uri} with {args.workers} workers")
-    r1 = _stage("collect play", t, lambda: run(PLAY, args.play_episodes, "expert", 0))
-    r2 = _stage("collect task", t, lambda: run(PUSH, args.task_episodes, "noisy", 1))
+    print(f"1/5 collecting {', '.join(cfg.play_tasks)} and {cfg.finetune_task} into {uri}")
+    collected = _stage("collect", t, lambda: stage_collect(cfg, uri))
     lake = Lake.open(uri)
-    again = run(PUSH, args.task_episodes, "noisy", 1)
-    print(
-        f"   play: {r1.added} episodes at {r1.frames_per_s:.0f} frames/s; {PUSH} (noisy expert): {r2.added} "
-        f"episodes, success {r2.successes}/{r2.added}; re-running it added {again.added} (resumed, no duplicates)"
-    )
-    v1 = lake.tag("v1")
-    print(f"   tagged v1 -> {v1}")
-    print(f"2. labelling {PUSH} success on every stored step (its detector over stored simulator states)")
-    _stage("label", t, lambda: lake.label(PUSH, detector_over_states(PUSH)))
-    lake.tag("v1-labelled")
+    print(f"    tagged v1 -> {lake.tag('v1')}: {len(lake.checkout('v1'))} episodes")
+    with Sampler(lake.checkout("v1"), SamplerConfig(batch_size=64, cameras=("front",)), progress=False) as s:
+        save_batch_picture(s.sample_host(), out / "batch.png")
 
-    print("3. sampling goal-relabeled batches from the pinned tag v1-labelled")
-    rc = RelabelConfig(future=0.5, final=0.1, negative=0.2, commanded=0.1, task=0.1, p_task=0.2)
-    sampler = _stage(
-        "sampler load",
-        t,
-        lambda: Sampler(lake.checkout("v1-labelled"), SamplerConfig(batch_size=256, relabel=rc), progress=False),
-    )
-    batches = _stage("sample 50 batches", t, lambda: [sampler.sample_host() for _ in range(50)])
-    b = batches[0]
-    counts = np.bincount(np.concatenate([x.goal_source.numpy() for x in batches]), minlength=5)
-    share = ", ".join(f"{k} {c / counts.sum():.0%}" for k, c in zip(GOAL_SOURCES, counts, strict=True))
-    print(
-        f"   50 batches of 256 in {t['sample 50 batches']:.2f}s; goal sources: {share}; "
-        f"reward rate {np.mean([x.rewards.mean().item() for x in batches]):.1%}"
-    )
-    pic = save_batch_picture(b, out / "batch.png")
-    print(f"   picture of a batch (s_t, s_t+1, goal per row): {pic}")
+    print("2/5 pretraining Actionable Models from images (hindsight goals, no task rewards)")
+    pre_run = _stage("pretrain", t, lambda: stage_pretrain(cfg, uri, out / "pretrain"))
+    plot_pretrain(pre_run, out / "pretrain_losses.png")
 
-    print("4. version control")
-    lake.branch("no-play")
-    rd = lake.delete(task=PLAY, branch="no-play", message="drop play episodes")
-    rc2 = _stage("compact", t, lambda: lake.compact(target_steps=10**6))
-    rep = _stage("verify", t, lambda: lake.verify("v1"))
-    d = lake.diff("v1", "no-play")
-    files = lake.export(out / "export", ref="v1", task=PUSH)
-    print(f"   branch no-play: deleted {rd.removed} play episodes (main keeps {len(lake.checkout('main'))})")
-    print(f"   compacted main: {rc2.segments_before} segments -> {rc2.segments_after}")
-    print(f"   verify v1: {rep.episodes_checked} episode hashes recomputed: {'OK' if rep.ok else rep.problems}")
     print(
-        f"   diff v1 -> no-play: +{len(d['added'])} -{len(d['removed'])} episodes; "
-        f"exported {len(files)} {PUSH} episodes to {out / 'export'}"
+        f"3/5 finetuning {cfg.finetune_task} online: pretrained + aux vs scratch ({cfg.finetune_steps} env steps each)"
     )
+    summary = _stage("finetune", t, lambda: stage_finetune(cfg, uri, pre_run, out / "finetune"))
 
-    info = lake.info("main")
-    print(
-        f"\nlake (main): {info['episodes']} episodes, {info['steps']} steps, raw {_human_bytes(info['raw_bytes'])}, "
-        f"stored {_human_bytes(info['stored_bytes'])} for all history; tasks {info['tasks']}"
-    )
-    print("lake log (main):")
-    for c in lake.log("main"):
-        print(
-            f"  {c.snapshot_id}  {c.operation or '-':8s} +{c.episodes_added:<3d} -{c.episodes_removed:<3d} "
-            f"= {c.episodes_total:3d}  {c.message[:90]}"
-        )
-    print("\nstage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
-    print(f"explore: robot-rl lake info --lake {uri}; robot-rl lake log --lake {uri} --ref no-play")
-    return 0 if rep.ok else 1
+    branches = [b for b in Lake.open(uri).branches() if b.startswith("finetune/")]
+    print(f"4/5 flywheel: online episodes committed to {', '.join(branches)}")
+    print("5/5 writing the report")
+    report = write_report(cfg, out, uri, collected, pre_run, summary, t)
+    for name, v in summary["variants"].items():
+        print(f"    {name:16s} success {v['first_success']:.2f} -> {v['final_success']:.2f}")
+    print("\nstage timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
+    print(f"report: {report}")
+    return 0

@@ -439,6 +439,7 @@ class Finetuner:
             num_envs=cfg.eval_envs,
             max_steps=cfg.max_steps,
             video_episodes=2,
+            video_format="gif",  # embeddable in markdown reports
             progress=False,
         )
 
@@ -509,6 +510,7 @@ class Finetuner:
             self.restore()
         else:
             self.lake.branch(self.branch, f"snapshot:{self.view.snapshot_id}")
+            self._rebuild_samplers()  # revealed lake episodes train from the start; online rows join at the first commit
             self._write_run_json()
             self.evaluate()  # before any update: the starting point (zero-shot for a pretrained model)
         bar = tqdm(

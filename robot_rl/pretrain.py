@@ -315,9 +315,12 @@ class Logger:
             self.tb = SummaryWriter(str(run / "tb"))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
+        """TensorBoard, and one JSON line per call in ``scalars.jsonl`` (for plots without TensorBoard)."""
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
+            with (self.run / "scalars.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
 
     def eval_row(self, row: dict[str, Any]) -> None:
         if not self.enabled:

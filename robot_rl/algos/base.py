@@ -170,8 +170,11 @@ class Algorithm(abc.ABC):
         return loss + aux
 
     def encoder_optimizer(self) -> str:
-        """The name of the optimizer that holds the encoder's parameters."""
-        first = next(self.nets.encoder.parameters())
+        """The name of the optimizer that holds the encoder's parameters (a parameter-free state-only
+        encoder: the critic's, else the first)."""
+        first = next(self.nets.encoder.parameters(), None)
+        if first is None:
+            return "critic" if "critic" in self.optimizers else next(iter(self.optimizers))
         for name, opt in self.optimizers.items():
             if any(p is first for g in opt.param_groups for p in g["params"]):
                 return name
