@@ -29,6 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint --config .hadolint.yaml docker/Dockerfile
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.lake --quick
