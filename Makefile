@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.sampler --quick
 	$(VENV)/bin/python -m benchmarks.collect --quick
 	$(VENV)/bin/python -m benchmarks.render --quick
+	$(VENV)/bin/python -m benchmarks.ingest --quick
 	$(VENV)/bin/python -m benchmarks.goal_reaching --quick
 	$(VENV)/bin/python -m benchmarks.finetune --quick
 

@@ -106,6 +106,50 @@ def cmd_append(a: argparse.Namespace) -> None:
     _emit(a, d, text)
 
 
+def cmd_ingest(a: argparse.Namespace) -> None:
+    from data_lake.ingest import IngestRejected, ingest, load_mapping, write_report
+
+    mapping = load_mapping(a.mapping)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    try:
+        rep = ingest(
+            a.paths,
+            mapping,
+            Lake.open(a.lake),
+            fmt=a.format,
+            branch=a.branch,
+            message=a.message,
+            author=a.author,
+            skip_invalid=a.skip_invalid,
+            allow_new_fields=a.allow_new_fields,
+            progress=not (a.json or a.quiet),
+        )
+    except IngestRejected as e:
+        if a.quarantine:
+            write_report(a.quarantine, e.notes)
+        raise
+    d = rep.to_json()
+    added = rep.result.added if rep.result else 0
+    dups = rep.result.skipped_duplicates if rep.result else 0
+    text = (
+        f"ingested {rep.frames} steps in {rep.episodes} episodes from {len(rep.files)} {rep.format} source(s) "
+        f"in {rep.seconds:.1f} s: added {added} to {a.branch} (snapshot {rep.snapshot_id}); "
+        f"skipped {dups} duplicate episodes and {len(rep.skipped_files)} already-ingested source(s)"
+    )
+    if rep.warnings:
+        text += f"; {len(rep.warnings)} warning(s) (in each episode's metadata.ingest.warnings)"
+    if rep.quarantined:
+        report = write_report(a.quarantine or f"quarantine-{stamp}.json", rep.quarantined)
+        d["quarantine_report"] = str(report)
+        text += f"; quarantined {len(rep.quarantined)} problem(s) (report: {report})"
+    if rep.sync:
+        text += "\nsync error per stream (age of the sample used at each tick; ticks dropped as stale)"
+        for name, s in rep.sync.items():
+            ages = f"mean {s['age_ms_mean']:8.2f} ms  max {s['age_ms_max']:8.2f} ms"
+            text += f"\n  {name:32s} {ages}  {s['stale_ticks']} stale"
+    _emit(a, d, text)
+
+
 def cmd_export(a: argparse.Namespace) -> None:
     out = Lake.open(a.lake).export(a.out_dir, ref=a.ref, task=a.task, episode_ids=a.episode or None)
     _emit(a, [str(p) for p in out], f"exported {len(out)} episodes to {a.out_dir}")
@@ -222,6 +266,26 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--quarantine", default=None, help="quarantine report path (default: quarantine-<utc>.json)")
     p.add_argument("--allow-new-fields", action="store_true", help="let these episodes add fields to the schema")
+    p = add("ingest", cmd_ingest, "ingest robot logs (MCAP, ROS bags, HDF5, LeRobot, Minari) in one commit")
+    p.add_argument("paths", nargs="+", help="log files, dataset directories, or directories of them")
+    p.add_argument("--mapping", required=True, help="mapping YAML (docs/ingest.md; examples in configs/ingest/)")
+    p.add_argument(
+        "--format",
+        default=None,
+        choices=["mcap", "ros1", "ros2", "robomimic", "aloha", "lerobot", "minari"],
+        help="input format (default: the mapping's 'format')",
+    )
+    p.add_argument("--branch", default="main")
+    p.add_argument("-m", "--message", default=None)
+    p.add_argument("--author", default=None)
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="commit the valid episodes and write a quarantine report for the others",
+    )
+    p.add_argument("--quarantine", default=None, help="quarantine report path (default: quarantine-<utc>.json)")
+    p.add_argument("--allow-new-fields", action="store_true", help="let these episodes add fields to the schema")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p = add("export", cmd_export, "write episodes as .npz files (the append format)")
     p.add_argument("out_dir")
     p.add_argument("--ref", default="main")

@@ -485,7 +485,7 @@ class Sampler:
         self._stop = threading.Event()
         self.batches_produced = 0
         self.batches_consumed = 0
-        self._rng_after: dict[str, Any] = self._rng.bit_generator.state
+        self._rng_after: dict[str, Any] = dict(self._rng.bit_generator.state)
         if cfg.streaming_segments:
             self._order = self._rng.permutation(len(view.segment_names()))
             self._next_seg = 0
