@@ -34,6 +34,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.lake --quick
 	$(VENV)/bin/python -m benchmarks.sampler --quick
+	$(VENV)/bin/python -m benchmarks.learner --quick
+	$(VENV)/bin/python -m benchmarks.cem --quick
 	$(VENV)/bin/python -m benchmarks.collect --quick
 	$(VENV)/bin/python -m benchmarks.render --quick
 	$(VENV)/bin/python -m benchmarks.ingest --quick

@@ -93,7 +93,7 @@ def compare(
         },
     }
     (out / "compare.json").write_text(json.dumps(summary, indent=1))
-    plot_comparison(curves, out / "compare.png", f"{base.task}: {base.algo}, {len(seeds)} seeds")
+    plot_comparison(curves, out / "compare.png", f"{base.task}: {base.algo}, seeds {seeds}")
     return summary
 
 

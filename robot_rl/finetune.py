@@ -510,7 +510,7 @@ class Finetuner:
             self.restore()
         else:
             self.lake.branch(self.branch, f"snapshot:{self.view.snapshot_id}")
-            self._rebuild_samplers()  # revealed lake episodes train from the start; online rows join at the first commit
+            self._rebuild_samplers()  # revealed lake episodes train from the start; online rows join later
             self._write_run_json()
             self.evaluate()  # before any update: the starting point (zero-shot for a pretrained model)
         bar = tqdm(

@@ -21,16 +21,50 @@ from data_lake.batch import Batch
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
 from data_lake.synthetic import synthetic_episode
 from robot_rl import checkpoint
-from robot_rl.algos import ALGOS, AlgoConfig, Algorithm, BCConfig, CQLConfig, IQLConfig
+from robot_rl.algos import (
+    ALGOS,
+    ActionableModelsConfig,
+    AlgoConfig,
+    Algorithm,
+    AWACConfig,
+    BCConfig,
+    CalQLConfig,
+    CEMConfig,
+    CQLConfig,
+    IQLConfig,
+    MTOptConfig,
+    QTOptConfig,
+    SACConfig,
+    TD3BCConfig,
+)
 from robot_rl.nets import EncoderConfig, ObservationSpec, SpecError
 
 ENCODER = EncoderConfig(feature_dim=8, conv_channels=4, task_embedding_dim=4)
 TINY = {"encoder": ENCODER, "hidden": (16, 16), "seed": 7}
+CEM = CEMConfig(samples=8, elites=2)  # QT-Opt family: a small CEM
 CONFIGS: dict[str, tuple[str, AlgoConfig]] = {
     "bc": ("bc", BCConfig(**TINY)),
     "iql": ("iql", IQLConfig(**TINY)),
     "cql": ("cql", CQLConfig(**TINY, num_samples=3)),
     "cql-lagrange-maxbackup": ("cql", CQLConfig(**TINY, num_samples=3, lagrange=True, max_backup=True)),
+    "calql": ("calql", CalQLConfig(**TINY, num_samples=3)),
+    "awac": ("awac", AWACConfig(**TINY, num_v_samples=2)),
+    "td3bc": ("td3bc", TD3BCConfig(**TINY)),  # policy_freq 2: the delayed actor path
+    "sac": ("sac", SACConfig(**TINY)),
+    "qtopt": ("qtopt", QTOptConfig(**TINY, cem=CEM)),
+    "actionable_models": ("actionable_models", ActionableModelsConfig(**TINY, cem=CEM, num_negatives=2)),
+    "actionable_models-expq-linear-gripper": (
+        "actionable_models",
+        ActionableModelsConfig(
+            **TINY,
+            cem=dataclasses.replace(CEM, discrete_gripper=True),
+            q_output="linear",
+            negative_sampling="exp_q",
+            negative_candidates=4,
+            num_negatives=2,
+        ),
+    ),
+    "mt_opt": ("mt_opt", MTOptConfig(**TINY, cem=CEM, task_balanced_loss=True)),
 }
 OBS = ["state", "image"]
 COND = ["none", "goal", "task"]

@@ -3,25 +3,59 @@
 ``ALGOS[name].config_class`` is its config dataclass; build with ``ALGOS[name](cfg, spec, device)``.
 """
 
+from robot_rl.algos.actionable_models import ActionableModels, ActionableModelsConfig
+from robot_rl.algos.awac import AWAC, AWACConfig
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, Policy, encode, polyak_update
 from robot_rl.algos.bc import BC, BCConfig
+from robot_rl.algos.calql import CalQL, CalQLConfig
 from robot_rl.algos.cql import CQL, CQLConfig
 from robot_rl.algos.iql import IQL, IQLConfig
+from robot_rl.algos.mt_opt import MTOpt, MTOptConfig
+from robot_rl.algos.qtopt import CEMConfig, CEMPolicy, QTOpt, QTOptConfig
+from robot_rl.algos.sac import SAC, SACConfig
+from robot_rl.algos.td3bc import TD3BC, TD3BCConfig
 
-ALGOS: dict[str, type[Algorithm]] = {"bc": BC, "iql": IQL, "cql": CQL}
+ALGOS: dict[str, type[Algorithm]] = {
+    "bc": BC,
+    "iql": IQL,
+    "cql": CQL,
+    "calql": CalQL,
+    "awac": AWAC,
+    "td3bc": TD3BC,
+    "sac": SAC,
+    "qtopt": QTOpt,
+    "actionable_models": ActionableModels,
+    "mt_opt": MTOpt,
+}
 
 __all__ = [
     "ALGOS",
+    "AWAC",
     "BC",
     "CQL",
     "IQL",
+    "SAC",
+    "TD3BC",
+    "AWACConfig",
+    "ActionableModels",
+    "ActionableModelsConfig",
     "AlgoConfig",
     "Algorithm",
     "BCConfig",
+    "CEMConfig",
+    "CEMPolicy",
     "CQLConfig",
+    "CalQL",
+    "CalQLConfig",
     "Encoded",
     "IQLConfig",
+    "MTOpt",
+    "MTOptConfig",
     "Policy",
+    "QTOpt",
+    "QTOptConfig",
+    "SACConfig",
+    "TD3BCConfig",
     "encode",
     "polyak_update",
 ]

@@ -69,6 +69,7 @@ class BC(Algorithm):
     def update(self, batch: Batch) -> dict[str, float]:
         enc = encode(self.nets.encoder, batch, next_observations=False)
         loss, metrics = bc_loss(enc, self.nets, self.cfg)
+        loss = self.with_auxiliary(loss, metrics)  # BC's loss trains the encoder
         opt = self.optimizers["actor"]
         opt.zero_grad(set_to_none=True)
         loss.backward()

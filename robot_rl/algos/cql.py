@@ -25,6 +25,9 @@ Choices and deviations:
   critic call on the cached embedding of ``s``; π(·|s') samples come from the cached ``s'`` embedding.
   Sampled actions are drawn without gradient (the reference detaches their log-probs too).
 - No BC warm-up phase (the reference's ``policy_eval_start``).
+- The SAC parts (config fields, networks, soft backup, ``actor_loss``, ``temperature_loss``) come from
+  ``sac.py``; ``critic_loss`` takes Cal-QL's optional lower bound on the policy-sampled Q-values
+  (``calql.py``), so Cal-QL is this file plus one ``max``.
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, Scalar, encode, make_optimizer, polyak_update
-from robot_rl.nets import Critic, TanhGaussianActor
+from robot_rl.algos.base import Encoded, Scalar, encode, make_optimizer, polyak_update
+from robot_rl.algos.sac import SAC, SACConfig, actor_loss, soft_td_target, temperature_loss
 
 
 @dataclasses.dataclass(frozen=True)
-class CQLConfig(AlgoConfig):
-    num_critics: int = 2
+class CQLConfig(SACConfig):
+    """SAC's fields (``num_critics``, ``backup_entropy``, ``auto_entropy``, ``alpha_*``, ``target_entropy``) plus:"""
+
     cql_alpha: float = 5.0  # α′ when not using the Lagrange form
     lagrange: bool = False  # tune α′ so the gap stays at target_gap
     target_gap: float = 5.0  # τ_gap of the Lagrange form
@@ -51,41 +55,39 @@ class CQLConfig(AlgoConfig):
     num_samples: int = 10  # M actions per proposal (uniform, π(·|s), π(·|s'))
     temperature: float = 1.0  # T of the log-sum-exp
     max_backup: bool = False
-    backup_entropy: bool = True  # −α_ent·log π(a'|s') in the SAC backup
-    auto_entropy: bool = True  # tune α_ent towards target_entropy
-    alpha_init: float = 1.0
-    alpha_lr: float = 3e-4
-    target_entropy: float | None = None  # None: −dim(A)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_critics < 1 or self.num_samples < 1:
-            raise ValueError(f"num_critics and num_samples must be >= 1, got {self.num_critics}, {self.num_samples}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.cql_alpha < 0 or self.temperature <= 0:
             raise ValueError(f"cql_alpha must be >= 0 and temperature > 0, got {self.cql_alpha}, {self.temperature}")
-        if self.alpha_init <= 0 or self.alpha_prime_init <= 0 or self.alpha_lr <= 0 or self.alpha_prime_lr <= 0:
-            raise ValueError("alpha_init, alpha_prime_init, alpha_lr and alpha_prime_lr must be > 0")
+        if self.alpha_prime_init <= 0 or self.alpha_prime_lr <= 0:
+            raise ValueError(
+                f"alpha_prime_init and alpha_prime_lr must be > 0, got {self.alpha_prime_init}, {self.alpha_prime_lr}"
+            )
 
 
 def critic_loss(
-    enc: Encoded, nets: nn.ModuleDict, cfg: CQLConfig, rng: torch.Generator
+    enc: Encoded,
+    nets: nn.ModuleDict,
+    cfg: CQLConfig,
+    rng: torch.Generator,
+    q_lower_bound: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_Q: the TD loss to the SAC (or max-) backup plus α′ times the CQL(H) gap, summed over critics."""
+    """L_Q: the TD loss to the SAC (or max-) backup plus α′ times the CQL(H) gap, summed over critics.
+
+    ``q_lower_bound`` (B,): Cal-QL's calibration, the Q-values of the policy-sampled actions (π(·|s) and
+    π(·|s') proposals) enter the log-sum-exp as ``max(Q(s, ã), bound(s))``; uniform actions are not bounded.
+    """
     b = enc.batch
     B, A = b.actions.shape
     M, T = cfg.num_samples, cfg.temperature
     with torch.no_grad():
-        alpha = nets.log_alpha().exp()
-        next_dist = nets.actor(enc.next_features)
-        if cfg.max_backup:
-            next_a, _ = next_dist.sample(M, rng)  # (B, M, A)
-            next_v = nets.target_critic.q_values(enc.next_features, next_a).min(0).values.max(-1).values  # (B,)
-        else:
-            next_a, next_log_prob = next_dist.sample(generator=rng)  # (B, A), (B,)
-            next_v = nets.target_critic(enc.next_features, next_a).min(0).values  # (B,)
-            if cfg.backup_entropy:
-                next_v = next_v - alpha * next_log_prob
-        td_target = b.rewards + cfg.gamma * (1.0 - b.terminals) * next_v  # (B,)
+        alpha = nets.log_alpha().exp() if cfg.backup_entropy else None
+        td_target, next_dist = soft_td_target(
+            enc, nets, cfg.gamma, rng, alpha, max_backup_samples=M if cfg.max_backup else 0
+        )  # (B,)
         # proposals for the log-sum-exp: uniform, π(·|s), π(·|s')
         uniform_a = torch.rand((B, M, A), generator=rng, device=b.actions.device) * 2 - 1  # (B, M, A)
         pi_a, pi_log_prob = nets.actor(enc.features.detach()).sample(M, rng)  # (B, M, A), (B, M)
@@ -96,7 +98,15 @@ def critic_loss(
     actions = torch.cat([b.actions.unsqueeze(1), uniform_a, pi_a, next_pi_a], dim=1)  # (B, 1 + 3M, A)
     q_all = nets.critic.q_values(enc.features, actions)  # (N, B, 1 + 3M), one call on the cached embedding
     q_data = q_all[..., 0]  # (N, B)
-    logsumexp = T * torch.logsumexp((q_all[..., 1:] - log_density) / T, dim=-1) - T * math.log(3 * M)  # (N, B)
+    q_sampled = q_all[..., 1:]  # (N, B, 3M)
+    metrics: dict[str, torch.Tensor] = {}
+    if q_lower_bound is not None:
+        bound = q_lower_bound.view(1, B, 1)  # (1, B, 1)
+        q_policy = q_sampled[..., M:]  # (N, B, 2M)
+        metrics["calql/bound_rate"] = (q_policy < bound).float().mean().detach()
+        metrics["calql/mc_return"] = q_lower_bound.float().mean().detach()
+        q_sampled = torch.cat([q_sampled[..., :M], torch.maximum(q_policy, bound)], dim=-1)  # (N, B, 3M)
+    logsumexp = T * torch.logsumexp((q_sampled - log_density) / T, dim=-1) - T * math.log(3 * M)  # (N, B)
     cql_gap = logsumexp.mean(1) - q_data.mean(1)  # (N,)
     td_loss = 0.5 * (q_data - td_target).pow(2).mean(1).sum()
     if cfg.lagrange:
@@ -114,6 +124,7 @@ def critic_loss(
         "cql/q_uniform": q_all[..., 1 : 1 + M].mean().detach(),
         "cql/q_policy": q_all[..., 1 + M :].mean().detach(),
         "cql/alpha_prime": alpha_prime,
+        **metrics,
     }
     return td_loss + cql_loss, metrics
 
@@ -124,76 +135,34 @@ def lagrange_loss(cql_gap: torch.Tensor, nets: nn.ModuleDict, cfg: CQLConfig) ->
     return -alpha_prime * (cql_gap.detach() - cfg.target_gap)
 
 
-def actor_loss(
-    enc: Encoded, nets: nn.ModuleDict, cfg: CQLConfig, rng: torch.Generator
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_π = E[α_ent·log π(ã|s) − min_i Q_i(s, ã)], ã ~ π(·|s) reparameterized, on detached features."""
-    features = enc.features.detach()  # (B, F)
-    actions, log_prob = nets.actor(features).sample(generator=rng)  # (B, A), (B,)
-    q = nets.critic(features, actions).min(0).values  # (B,)
-    alpha = nets.log_alpha().exp().detach()
-    loss = (alpha * log_prob - q).mean()
-    metrics = {
-        "actor/loss": loss.detach(),
-        "actor/q": q.mean().detach(),
-        "actor/entropy": -log_prob.mean().detach(),
-        "actor/alpha": alpha,
-    }
-    return loss, metrics
+class CQL(SAC):
+    """SAC's networks, actor and temperature steps; the critic loss adds the conservative gap."""
 
-
-def temperature_loss(entropy: torch.Tensor, nets: nn.ModuleDict, target_entropy: float) -> torch.Tensor:
-    """L_ent = −log α_ent·(log π + H_target) = log α_ent·(H − H_target), with H = −E[log π] detached."""
-    return nets.log_alpha() * (entropy.detach() - target_entropy)
-
-
-class CQL(Algorithm):
     name = "cql"
     config_class = CQLConfig
     cfg: CQLConfig
 
-    @property
-    def target_entropy(self) -> float:
-        return -float(self.spec.action_dim) if self.cfg.target_entropy is None else self.cfg.target_entropy
-
     def build_networks(self) -> dict[str, nn.Module]:
-        cfg, spec = self.cfg, self.spec
-        encoder = self.encoder()
-        critic = Critic(encoder.out_dim, spec.action_dim, cfg.hidden, cfg.num_critics)
-        nets = {
-            "encoder": encoder,
-            "critic": critic,
-            "target_critic": self.target(critic),
-            "actor": TanhGaussianActor(encoder.out_dim, spec.action_dim, cfg.hidden),
-            "log_alpha": Scalar(math.log(cfg.alpha_init)),
-        }
-        if cfg.lagrange:
-            nets["log_alpha_prime"] = Scalar(math.log(cfg.alpha_prime_init))
+        nets = super().build_networks()
+        if self.cfg.lagrange:
+            nets["log_alpha_prime"] = Scalar(math.log(self.cfg.alpha_prime_init))
         return nets
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        n, cfg = self.nets, self.cfg
-        opts = {
-            "critic": make_optimizer([n.encoder, n.critic], cfg.critic_lr),
-            "actor": make_optimizer([n.actor], cfg.actor_lr),
-        }
-        if cfg.auto_entropy:
-            opts["alpha"] = make_optimizer([n.log_alpha], cfg.alpha_lr)
-        if cfg.lagrange:
-            opts["alpha_prime"] = make_optimizer([n.log_alpha_prime], cfg.alpha_prime_lr)
+        opts = super().build_optimizers()
+        if self.cfg.lagrange:
+            opts["alpha_prime"] = make_optimizer([self.nets.log_alpha_prime], self.cfg.alpha_prime_lr)
         return opts
 
-    def _step(self, name: str, loss: torch.Tensor) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def q_lower_bound(self, batch: Batch) -> torch.Tensor | None:
+        """The bound on policy-sampled Q-values in the log-sum-exp: none for CQL (Cal-QL overrides it)."""
+        return None
 
     def update(self, batch: Batch) -> dict[str, float]:
         cfg, nets = self.cfg, self.nets
         enc = encode(nets.encoder, batch)
-        q_loss, metrics = critic_loss(enc, nets, cfg, self.rng)
-        self._step("critic", q_loss)
+        q_loss, metrics = critic_loss(enc, nets, cfg, self.rng, self.q_lower_bound(batch))
+        self._step("critic", self.with_auxiliary(q_loss, metrics))
         if cfg.lagrange:
             self._step("alpha_prime", lagrange_loss(metrics["cql/gap"], nets, cfg))
 

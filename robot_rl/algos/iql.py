@@ -131,7 +131,7 @@ class IQL(Algorithm):
         q_loss, q_metrics = critic_loss(enc, self.nets, self.cfg)
         opt = self.optimizers["critic"]
         opt.zero_grad(set_to_none=True)
-        (v_loss + q_loss).backward()
+        self.with_auxiliary(v_loss + q_loss, q_metrics).backward()
         opt.step()
 
         pi_loss, pi_metrics = actor_loss(enc, self.nets, self.cfg)

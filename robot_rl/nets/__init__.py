@@ -3,8 +3,10 @@
 from robot_rl.nets.encoders import EncoderConfig, ObservationEncoder, ObservationSpec, SpecError
 from robot_rl.nets.heads import (
     Critic,
+    Deterministic,
     DeterministicActor,
     EnsembleLinear,
+    NoisyDeterministicActor,
     TanhGaussian,
     TanhGaussianActor,
     ValueNetwork,
@@ -12,9 +14,11 @@ from robot_rl.nets.heads import (
 
 __all__ = [
     "Critic",
+    "Deterministic",
     "DeterministicActor",
     "EncoderConfig",
     "EnsembleLinear",
+    "NoisyDeterministicActor",
     "ObservationEncoder",
     "ObservationSpec",
     "SpecError",

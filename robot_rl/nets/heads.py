@@ -1,5 +1,8 @@
 """Heads on encoder features: a batched critic ensemble, tanh-Gaussian and deterministic actors, a value net.
 
+Actors called by ``Policy`` return a distribution-like object with ``mode()`` and ``sample()``:
+``TanhGaussian``, or ``Deterministic`` (TD3's action plus Gaussian exploration noise when sampled).
+
 The critic ensemble is ONE module: every layer is an ``EnsembleLinear`` with weights (N, in, out),
 evaluated for all N members with one ``torch.baddbmm``, so N critics cost one batched matmul per
 layer, not N module calls. ``Critic.q_values`` evaluates M actions per state on a cached embedding
@@ -146,3 +149,34 @@ class DeterministicActor(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(features))  # (B, A)
+
+
+class Deterministic:
+    """A deterministic action ``μ(s)`` behind the TanhGaussian interface that ``Policy`` calls.
+
+    ``mode()`` is ``μ(s)``; ``sample`` adds TD3's Gaussian exploration noise ``N(0, noise_std²)`` and
+    clips to [-1, 1] (Fujimoto et al., 2018). There is no density: the log-probs are None.
+    """
+
+    def __init__(self, action: torch.Tensor, noise_std: float):
+        self.action, self.noise_std = action, noise_std  # (B, A)
+
+    def sample(self, num: int | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, None]:
+        """Noisy actions (B, A) or, with ``num``, (B, M, A); no log-probs."""
+        a = self.action if num is None else self.action.unsqueeze(1).expand(-1, num, -1)  # (B, [M,] A)
+        eps = torch.randn(a.shape, generator=generator, device=a.device, dtype=a.dtype)
+        return (a + self.noise_std * eps).clamp(-1.0, 1.0), None
+
+    def mode(self) -> torch.Tensor:
+        return self.action  # (B, A)
+
+
+class NoisyDeterministicActor(DeterministicActor):
+    """A DeterministicActor that returns a ``Deterministic`` (explores with ``exploration_noise`` when sampled)."""
+
+    def __init__(self, feature_dim: int, action_dim: int, hidden: tuple[int, ...], exploration_noise: float = 0.1):
+        super().__init__(feature_dim, action_dim, hidden)
+        self.exploration_noise = exploration_noise
+
+    def forward(self, features: torch.Tensor) -> Deterministic:  # type: ignore[override]
+        return Deterministic(super().forward(features), self.exploration_noise)  # (B, A)
