@@ -247,8 +247,11 @@ def test_bad_input_errors(small_lake: Lake) -> None:
         Sampler(empty.checkout(), SamplerConfig(), progress=False)
     with pytest.raises(SamplerError, match=r"camera 'wrist' is not in the lake; it has \['front'\]"):
         Sampler(small_lake.checkout(), SamplerConfig(cameras=("wrist",)), progress=False)
-    with pytest.raises(SamplerError, match="batch_size 100000 is larger than"):
-        Sampler(small_lake.checkout(), SamplerConfig(batch_size=100_000), progress=False)
+    with pytest.raises(SamplerError, match="selected episode ids are not in snapshot"):
+        Sampler(small_lake.checkout(), SamplerConfig(episode_ids=("0" * 64,)), progress=False)
+    # rows are drawn with replacement: a batch larger than the data is allowed (small online replays)
+    with Sampler(small_lake.checkout(), SamplerConfig(batch_size=5000, augment_pad=0), progress=False) as big:
+        assert len(big.sample_host()) == 5000
     with pytest.raises(SamplerError, match="rank must be in"):
         SamplerConfig(rank=2, world_size=2)
     lake = Lake.create(f"memory://{uuid.uuid4().hex}")
