@@ -36,7 +36,7 @@ from torch import nn
 from data_lake.batch import Batch
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
 from robot_rl.algos.sac import soft_bellman_loss
-from robot_rl.nets import Critic, TanhGaussianActor
+from robot_rl.nets import TanhGaussianActor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +105,8 @@ class AWAC(Algorithm):
 
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
-        encoder = self.encoder()
-        critic = Critic(encoder.out_dim, spec.action_dim, cfg.hidden, cfg.num_critics)
-        return {
-            "encoder": encoder,
-            "critic": critic,
-            "target_critic": self.target(critic),
-            "actor": TanhGaussianActor(encoder.out_dim, spec.action_dim, cfg.hidden),
-        }
+        nets = self.encoder_and_critic(cfg.num_critics)
+        return {**nets, "actor": TanhGaussianActor(nets["encoder"].out_dim, spec.action_dim, cfg.hidden)}
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         n = self.nets

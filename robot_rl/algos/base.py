@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch, Observation
-from robot_rl.nets import EncoderConfig, ObservationEncoder, ObservationSpec
+from robot_rl.nets import Critic, EncoderConfig, ObservationEncoder, ObservationSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +199,13 @@ class Algorithm(abc.ABC):
     # ------------------------------------------------------------ shared
     def encoder(self) -> ObservationEncoder:
         return ObservationEncoder(self.spec, self.cfg.encoder)
+
+    def encoder_and_critic(self, num_critics: int) -> dict[str, nn.Module]:
+        """``encoder``, a ``critic`` ensemble of ``num_critics`` heads on its features and ``target_critic``,
+        built in this order (so every algorithm initializes them alike); algorithms add their actors."""
+        encoder = self.encoder()
+        critic = Critic(encoder.out_dim, self.spec.action_dim, self.cfg.hidden, num_critics)
+        return {"encoder": encoder, "critic": critic, "target_critic": self.target(critic)}
 
     @staticmethod
     def target(module: nn.Module) -> nn.Module:

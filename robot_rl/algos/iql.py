@@ -30,7 +30,7 @@ from torch import nn
 
 from data_lake.batch import Batch
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
-from robot_rl.nets import Critic, TanhGaussianActor, ValueNetwork
+from robot_rl.nets import TanhGaussianActor, ValueNetwork
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,14 +108,12 @@ class IQL(Algorithm):
 
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
-        encoder = self.encoder()
-        critic = Critic(encoder.out_dim, spec.action_dim, cfg.hidden, cfg.num_critics)
+        nets = self.encoder_and_critic(cfg.num_critics)
+        f = nets["encoder"].out_dim
         return {
-            "encoder": encoder,
-            "critic": critic,
-            "target_critic": self.target(critic),
-            "value": ValueNetwork(encoder.out_dim, cfg.hidden),
-            "actor": TanhGaussianActor(encoder.out_dim, spec.action_dim, cfg.hidden),
+            **nets,
+            "value": ValueNetwork(f, cfg.hidden),
+            "actor": TanhGaussianActor(f, spec.action_dim, cfg.hidden),
         }
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -237,9 +237,7 @@ class QTOpt(Algorithm):
     cfg: QTOptConfig
 
     def build_networks(self) -> dict[str, nn.Module]:
-        encoder = self.encoder()
-        critic = Critic(encoder.out_dim, self.spec.action_dim, self.cfg.hidden, self.cfg.num_critics)
-        return {"encoder": encoder, "critic": critic, "target_critic": self.target(critic)}
+        return self.encoder_and_critic(self.cfg.num_critics)
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": make_optimizer([self.nets.encoder, self.nets.critic], self.cfg.critic_lr)}

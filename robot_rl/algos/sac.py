@@ -34,7 +34,7 @@ from torch import nn
 
 from data_lake.batch import Batch
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, Scalar, encode, make_optimizer, polyak_update
-from robot_rl.nets import Critic, TanhGaussian, TanhGaussianActor
+from robot_rl.nets import TanhGaussian, TanhGaussianActor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,13 +140,10 @@ class SAC(Algorithm):
 
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
-        encoder = self.encoder()
-        critic = Critic(encoder.out_dim, spec.action_dim, cfg.hidden, cfg.num_critics)
+        nets = self.encoder_and_critic(cfg.num_critics)
         return {
-            "encoder": encoder,
-            "critic": critic,
-            "target_critic": self.target(critic),
-            "actor": TanhGaussianActor(encoder.out_dim, spec.action_dim, cfg.hidden),
+            **nets,
+            "actor": TanhGaussianActor(nets["encoder"].out_dim, spec.action_dim, cfg.hidden),
             "log_alpha": Scalar(math.log(cfg.alpha_init)),
         }
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from data_lake.batch import Batch
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
-from robot_rl.nets import Critic, NoisyDeterministicActor
+from robot_rl.nets import NoisyDeterministicActor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,16 +102,9 @@ class TD3BC(Algorithm):
 
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
-        encoder = self.encoder()
-        critic = Critic(encoder.out_dim, spec.action_dim, cfg.hidden, cfg.num_critics)
-        actor = NoisyDeterministicActor(encoder.out_dim, spec.action_dim, cfg.hidden, cfg.exploration_noise)
-        return {
-            "encoder": encoder,
-            "critic": critic,
-            "target_critic": self.target(critic),
-            "actor": actor,
-            "target_actor": self.target(actor),
-        }
+        nets = self.encoder_and_critic(cfg.num_critics)
+        actor = NoisyDeterministicActor(nets["encoder"].out_dim, spec.action_dim, cfg.hidden, cfg.exploration_noise)
+        return {**nets, "actor": actor, "target_actor": self.target(actor)}
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         n = self.nets
