@@ -46,7 +46,7 @@ class Budget:
 
 
 QUICK = Budget((0,), 6, 2, 150, 120, 0.5, 60, 5, 64, 2)
-FULL = Budget((0, 1, 2), 30, 10, 3000, 1500, 0.5, 250, 20, 128, 4)
+FULL = Budget((0, 1, 2), 20, 6, 1500, 800, 0.5, 200, 10, 128, 4)
 
 
 def build_lake(root: Path, task: str, b: Budget) -> str:
