@@ -48,7 +48,7 @@ def main() -> None:
     from data_lake import Lake
     from data_lake.sampler import RelabelConfig
     from robot_rl.checkpoint import load_policy
-    from robot_rl.evaluate import EvalConfig, evaluate
+    from robot_rl.evaluate import EvalConfig, evaluate, policy_act
     from robot_rl.hydra_utils import compose
     from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
     from sim.collect import CollectConfig, collect
@@ -105,7 +105,7 @@ def main() -> None:
                 )
             )
             trained, _ = load_policy(run / "checkpoints" / "latest")
-            res = evaluate(lambda o, g, k, m=trained: m.act(o, g, k, deterministic=True), trained.spec, ecfg)
+            res = evaluate(policy_act(trained), trained.spec, ecfg)
             figs[f"{key}_success"] = res.success_rate
             figs |= {f"{key}_{t.split('/')[1]}": s["success_rate"] for t, s in res.per_task.items()}
             figs[f"{key}_train_eval_s"] = time.perf_counter() - t1

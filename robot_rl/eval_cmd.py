@@ -34,7 +34,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def run_eval(overrides: list[str]) -> int:
     from robot_rl.checkpoint import load_policy
-    from robot_rl.evaluate import EvalConfig, evaluate
+    from robot_rl.evaluate import EvalConfig, evaluate, policy_act
 
     c: dict[str, Any] = compose("eval", overrides)
     ckpt = resolve_checkpoint(c["ckpt"])
@@ -54,9 +54,7 @@ def run_eval(overrides: list[str]) -> int:
     run_dir = next((p for p in (ckpt, *ckpt.parents) if (p / "run.json").exists()), None)
     out = Path(c["out"]) if c["out"] else (run_dir / "eval" if run_dir else Path("runs/eval"))
 
-    def act(obs: Any, goal: Any, task_ids: Any) -> Any:
-        return algo.act(obs, goal, task_ids, deterministic=ecfg.deterministic)
-
+    act = policy_act(algo, ecfg.deterministic, ecfg.seed)
     res = evaluate(act, algo.spec, ecfg, meta.get("tasks", ()), out, algo.device, name=f"eval_{algo.step:07d}")
     lo, hi = res.summary["success_ci95"]
     print(f"{ckpt} ({algo.name}, {algo.step} updates, snapshot {meta.get('lake', {}).get('snapshot_id', '?')[:12]})")

@@ -56,6 +56,19 @@ class EvalConfig:
             raise ValueError(f"video_format must be 'mp4' or 'gif', got {self.video_format!r}")
 
 
+def policy_act(algo: Any, deterministic: bool = True, seed: int = 0) -> ActFn:
+    """``algo``'s policy as an ``ActFn`` with an RNG of its own: evaluating never consumes the training
+    RNG (so an evaluation does not change the run around it), and sampling policies (CEM draws
+    candidates even when deterministic) act the same way at every evaluation."""
+    policy = algo.policy
+    generator = torch.Generator(algo.device).manual_seed(seed)
+
+    def act(obs: Observation, goal: Observation | None, task_ids: torch.Tensor | None) -> torch.Tensor:
+        return policy(obs, goal, task_ids, deterministic, generator)
+
+    return act
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a binomial proportion."""
     if n == 0:

@@ -430,7 +430,7 @@ class Finetuner:
                 polyak_update(module, self.aux_nets[name[len("target_") :]], self.aux_cfg.tau)
 
     def evaluate(self) -> dict[str, Any]:
-        from robot_rl.evaluate import EvalConfig, evaluate
+        from robot_rl.evaluate import EvalConfig, evaluate, policy_act
 
         cfg = self.cfg
         ecfg = EvalConfig(
@@ -443,11 +443,10 @@ class Finetuner:
             progress=False,
         )
 
-        def act(obs: Any, goal: Any, task_ids: Any) -> torch.Tensor:
-            return self.algo.act(obs, goal, None, deterministic=True)
-
         step = self.counters["env_steps"]
-        res = evaluate(act, self.algo.spec, ecfg, (), self.run_dir / "eval", self.device, name=f"env_{step:07d}")
+        res = evaluate(
+            policy_act(self.algo), self.algo.spec, ecfg, (), self.run_dir / "eval", self.device, name=f"env_{step:07d}"
+        )
         lo, hi = res.summary["success_ci95"]
         row = {
             "env_step": step,

@@ -339,7 +339,7 @@ class Logger:
 
 
 def run_evaluation(algo: Any, cfg: PretrainConfig, vocab: tuple[str, ...], run: Path, step: int) -> dict[str, Any]:
-    from robot_rl.evaluate import EvalConfig, evaluate
+    from robot_rl.evaluate import EvalConfig, evaluate, policy_act
 
     ecfg = EvalConfig(
         tasks=tuple(cfg.task.eval_tasks),
@@ -349,10 +349,7 @@ def run_evaluation(algo: Any, cfg: PretrainConfig, vocab: tuple[str, ...], run: 
         progress=cfg.progress,
     )
 
-    def act(obs: Any, goal: Any, task_ids: Any) -> torch.Tensor:
-        return algo.act(obs, goal, task_ids, deterministic=True)
-
-    res = evaluate(act, algo.spec, ecfg, vocab, run / "eval", algo.device, name=f"step_{step:07d}")
+    res = evaluate(policy_act(algo), algo.spec, ecfg, vocab, run / "eval", algo.device, name=f"step_{step:07d}")
     return {"step": step, **{k: res.summary[k] for k in ("success_rate", "mean_return")}} | {
         f"success/{t}": s["success_rate"] for t, s in res.per_task.items()
     }

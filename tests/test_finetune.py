@@ -139,15 +139,22 @@ def test_flywheel_commits_curves_and_checkpoints(lake_uri: str, tmp_path: Path) 
     assert state["extra"]["counters"]["updates"] == int(0.2 * state["extra"]["counters"]["env_steps"])
 
 
-def test_resume_continues_exactly(lake_uri: str, tmp_path: Path) -> None:
-    finetune(config(lake_uri, tmp_path / "a", online_steps=40))
-    part = config(lake_uri, tmp_path / "b", online_steps=20)
-    finetune(part)
-    finetune(config(lake_uri, tmp_path / "b", online_steps=40, resume=True))
-    a = load_file(str(tmp_path / "a" / "checkpoints" / "latest" / "tensors.safetensors"))
-    b = load_file(str(tmp_path / "b" / "checkpoints" / "latest" / "tensors.safetensors"))
-    sa = json.loads((tmp_path / "a" / "checkpoints" / "latest" / "state.json").read_text())["extra"]["counters"]
-    sb = json.loads((tmp_path / "b" / "checkpoints" / "latest" / "state.json").read_text())["extra"]["counters"]
+QTOPT_TINY = {"hidden": [16, 16], "encoder": TINY["encoder"], "cem": {"samples": 8, "elites": 2}}
+
+
+@pytest.mark.parametrize(("algo", "algo_cfg"), [("cql", TINY), ("qtopt", QTOPT_TINY)], ids=["cql", "qtopt-cem"])
+def test_resume_continues_exactly(lake_uri: str, tmp_path: Path, algo: str, algo_cfg: dict) -> None:
+    """Stop after 20 env steps and resume to 40 == 40 in one go (the extra evaluation at the stop, which
+    samples CEM candidates, must not disturb the training RNG)."""
+    kw = {"algo": algo, "algo_cfg": algo_cfg}
+    ra, rb = tmp_path / f"{algo}-a", tmp_path / f"{algo}-b"  # run names are branch names in the shared lake
+    finetune(config(lake_uri, ra, online_steps=40, **kw))
+    finetune(config(lake_uri, rb, online_steps=20, **kw))
+    finetune(config(lake_uri, rb, online_steps=40, resume=True, **kw))
+    a = load_file(str(ra / "checkpoints" / "latest" / "tensors.safetensors"))
+    b = load_file(str(rb / "checkpoints" / "latest" / "tensors.safetensors"))
+    sa = json.loads((ra / "checkpoints" / "latest" / "state.json").read_text())["extra"]["counters"]
+    sb = json.loads((rb / "checkpoints" / "latest" / "state.json").read_text())["extra"]["counters"]
     assert sa == sb and sa["updates"] > 0
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
 
