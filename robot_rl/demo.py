@@ -13,7 +13,7 @@
    finetuning, from scratch), each from the evaluation JSON it cites; plots; a rollout gif; the
    lake log; the stage timings.
 
-Settings: ``configs/demo/demo.yaml`` with ``scale=cpu`` (default, about 15 min on 2 cores),
+Settings: ``configs/demo/demo.yaml`` with ``scale=cpu`` (default, about 12 min on 2 cores),
 ``scale=gpu`` (CUDA, larger) or ``scale=tiny`` (a smoke run).
 """
 
