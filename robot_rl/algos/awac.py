@@ -35,6 +35,7 @@ from torch import nn
 
 from data_lake.batch import Batch
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
+from robot_rl.algos.iql import weighted_log_likelihood
 from robot_rl.algos.sac import soft_bellman_loss
 from robot_rl.nets import TanhGaussianActor
 
@@ -84,18 +85,8 @@ def actor_loss(
         q_data, v_pi = q_all[:, 0], q_all[:, 1:].mean(1)  # (B,), (B,)  q_all: (B, 1 + K)
         advantage = q_data - v_pi  # (B,)
         weight = advantage_weights(advantage, cfg)  # (B,)
-    log_prob = dist.log_prob(actions)  # (B,)
-    loss = -(weight * log_prob).mean()
-    metrics = {
-        "actor/loss": loss.detach(),
-        "actor/advantage": advantage.mean(),
-        "actor/v_pi": v_pi.mean(),
-        "actor/weight": weight.mean(),
-        "actor/weight_clipped": (weight >= cfg.max_weight).float().mean(),
-        "actor/log_prob": log_prob.mean().detach(),
-        "actor/mse": (dist.mode() - actions).pow(2).mean().detach(),
-    }
-    return loss, metrics
+    loss, metrics = weighted_log_likelihood(dist, actions, weight, advantage, cfg.max_weight)
+    return loss, {**metrics, "actor/v_pi": v_pi.mean()}
 
 
 class AWAC(Algorithm):

@@ -24,6 +24,7 @@ Choices and deviations:
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,14 +88,20 @@ def actor_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch
     with torch.no_grad():
         advantage = nets.target_critic(features, actions).min(0).values - nets.value(features)  # (B,)
         weight = torch.exp(cfg.beta * advantage).clamp(max=cfg.max_weight)  # (B,)
-    dist = nets.actor(features)
+    return weighted_log_likelihood(nets.actor(features), actions, weight, advantage, cfg.max_weight)
+
+
+def weighted_log_likelihood(
+    dist: Any, actions: torch.Tensor, weight: torch.Tensor, advantage: torch.Tensor, max_weight: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """−E[w·log π(a | s)] with the advantage-weighting metrics (IQL eq. 7, AWAC's actor loss)."""
     log_prob = dist.log_prob(actions)  # (B,)
     loss = -(weight * log_prob).mean()
     metrics = {
         "actor/loss": loss.detach(),
         "actor/advantage": advantage.mean(),
         "actor/weight": weight.mean(),
-        "actor/weight_clipped": (weight >= cfg.max_weight).float().mean(),
+        "actor/weight_clipped": (weight >= max_weight).float().mean(),
         "actor/log_prob": log_prob.mean().detach(),
         "actor/mse": (dist.mode() - actions).pow(2).mean().detach(),
     }
