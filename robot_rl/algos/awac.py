@@ -109,16 +109,10 @@ class AWAC(Algorithm):
     def update(self, batch: Batch) -> dict[str, float]:
         enc = encode(self.nets.encoder, batch)
         q_loss, metrics = critic_loss(enc, self.nets, self.cfg, self.rng)
-        opt = self.optimizers["critic"]
-        opt.zero_grad(set_to_none=True)
-        self.with_auxiliary(q_loss, metrics).backward()
-        opt.step()
+        self.optimize("critic", self.with_auxiliary(q_loss, metrics))
 
         pi_loss, pi_metrics = actor_loss(enc, self.nets, self.cfg, self.rng)
-        opt = self.optimizers["actor"]
-        opt.zero_grad(set_to_none=True)
-        pi_loss.backward()
-        opt.step()
+        self.optimize("actor", pi_loss)
 
         polyak_update(self.nets.target_critic, self.nets.critic, self.cfg.tau)
         self.step += 1

@@ -117,7 +117,11 @@ class Policy(nn.Module):
         deterministic: bool = True,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        (features,) = self.encoder([observation], goal, task_ids)  # (B, F)
+        (features,) = self.encoder([observation], goal, task_ids)  # (B, F), encoded once
+        return self.act_on(features, deterministic, generator)
+
+    def act_on(self, features: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> torch.Tensor:
+        """Actions (B, A) from encoded observations (B, F): the actor's mode or a sample."""
         dist = self.actor(features)
         return dist.mode() if deterministic else dist.sample(generator=generator)[0]  # (B, A)
 
@@ -155,6 +159,13 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on ``batch`` (a device Batch); returns detached metrics."""
+
+    def optimize(self, name: str, loss: torch.Tensor) -> None:
+        """One step of optimizer ``name`` on ``loss`` (zero grads, backward, step)."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
     # ------------------------------------------------------------ auxiliary losses (finetuning)
     def with_auxiliary(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> torch.Tensor:

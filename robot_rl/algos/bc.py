@@ -70,9 +70,6 @@ class BC(Algorithm):
         enc = encode(self.nets.encoder, batch, next_observations=False)
         loss, metrics = bc_loss(enc, self.nets, self.cfg)
         loss = self.with_auxiliary(loss, metrics)  # BC's loss trains the encoder
-        opt = self.optimizers["actor"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimize("actor", loss)
         self.step += 1
         return self.metrics(metrics)

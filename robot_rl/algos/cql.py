@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import Encoded, Scalar, encode, make_optimizer, polyak_update
-from robot_rl.algos.sac import SAC, SACConfig, actor_loss, soft_td_target, temperature_loss
+from robot_rl.algos.base import Encoded, Scalar, make_optimizer
+from robot_rl.algos.sac import SAC, SACConfig, soft_td_target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,19 +158,9 @@ class CQL(SAC):
         """The bound on policy-sampled Q-values in the log-sum-exp: none for CQL (Cal-QL overrides it)."""
         return None
 
-    def update(self, batch: Batch) -> dict[str, float]:
-        cfg, nets = self.cfg, self.nets
-        enc = encode(nets.encoder, batch)
-        q_loss, metrics = critic_loss(enc, nets, cfg, self.rng, self.q_lower_bound(batch))
-        self._step("critic", self.with_auxiliary(q_loss, metrics))
-        if cfg.lagrange:
-            self._step("alpha_prime", lagrange_loss(metrics["cql/gap"], nets, cfg))
+    def critic_objective(self, enc: Encoded) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return critic_loss(enc, self.nets, self.cfg, self.rng, self.q_lower_bound(enc.batch))
 
-        pi_loss, pi_metrics = actor_loss(enc, nets, cfg, self.rng)
-        self._step("actor", pi_loss)
-        if cfg.auto_entropy:
-            self._step("alpha", temperature_loss(pi_metrics["actor/entropy"], nets, self.target_entropy))
-
-        polyak_update(nets.target_critic, nets.critic, cfg.tau)
-        self.step += 1
-        return self.metrics({**metrics, **pi_metrics})
+    def after_critic_step(self, metrics: dict[str, torch.Tensor]) -> None:
+        if self.cfg.lagrange:
+            self.optimize("alpha_prime", lagrange_loss(metrics["cql/gap"], self.nets, self.cfg))

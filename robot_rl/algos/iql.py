@@ -134,16 +134,10 @@ class IQL(Algorithm):
         enc = encode(self.nets.encoder, batch)
         v_loss, v_metrics = value_loss(enc, self.nets, self.cfg)
         q_loss, q_metrics = critic_loss(enc, self.nets, self.cfg)
-        opt = self.optimizers["critic"]
-        opt.zero_grad(set_to_none=True)
-        self.with_auxiliary(v_loss + q_loss, q_metrics).backward()
-        opt.step()
+        self.optimize("critic", self.with_auxiliary(v_loss + q_loss, q_metrics))
 
         pi_loss, pi_metrics = actor_loss(enc, self.nets, self.cfg)
-        opt = self.optimizers["actor"]
-        opt.zero_grad(set_to_none=True)
-        pi_loss.backward()
-        opt.step()
+        self.optimize("actor", pi_loss)
 
         polyak_update(self.nets.target_critic, self.nets.critic, self.cfg.tau)
         self.step += 1

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_lake.batch import Batch, Observation
+from data_lake.batch import Batch
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, Policy, encode, make_optimizer, polyak_update
 from robot_rl.nets import Critic, ObservationEncoder
 
@@ -212,16 +212,8 @@ class CEMPolicy(Policy):
         nn.Module.__init__(self)
         self.encoder, self.critic, self.cfg = encoder, critic, cfg
 
-    @torch.no_grad()
-    def forward(
-        self,
-        observation: Observation,
-        goal: Observation | None = None,
-        task_ids: torch.Tensor | None = None,
-        deterministic: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        (features,) = self.encoder([observation], goal, task_ids)  # (B, F), encoded once for every sample
+    def act_on(self, features: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> torch.Tensor:
+        """CEM over Q(s, ·) on the features encoded once for every sample."""
         result = cem_on_critic(features, self.critic, self.encoder.spec.action_dim, self.cfg, generator)
         return result.action if deterministic else result.sample(self.cfg, generator)  # (B, A)
 
@@ -249,10 +241,7 @@ class QTOpt(Algorithm):
         enc = encode(self.nets.encoder, batch)
         loss, metrics = self.loss(enc)
         loss = self.with_auxiliary(loss, metrics)
-        opt = self.optimizers["critic"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimize("critic", loss)
         polyak_update(self.nets.target_critic, self.nets.critic, self.cfg.tau)
         self.step += 1
         return self.metrics(metrics)

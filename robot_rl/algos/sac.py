@@ -157,22 +157,24 @@ class SAC(Algorithm):
             opts["alpha"] = make_optimizer([n.log_alpha], cfg.alpha_lr)
         return opts
 
-    def _step(self, name: str, loss: torch.Tensor) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def critic_objective(self, enc: Encoded) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The critic's loss (CQL adds its conservative term here)."""
+        return critic_loss(enc, self.nets, self.cfg, self.rng)
+
+    def after_critic_step(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Steps that follow the critic's (CQL: the Lagrange multiplier)."""
 
     def update(self, batch: Batch) -> dict[str, float]:
         cfg, nets = self.cfg, self.nets
         enc = encode(nets.encoder, batch)
-        q_loss, metrics = critic_loss(enc, nets, cfg, self.rng)
-        self._step("critic", self.with_auxiliary(q_loss, metrics))
+        q_loss, metrics = self.critic_objective(enc)
+        self.optimize("critic", self.with_auxiliary(q_loss, metrics))
+        self.after_critic_step(metrics)
 
         pi_loss, pi_metrics = actor_loss(enc, nets, cfg, self.rng)
-        self._step("actor", pi_loss)
+        self.optimize("actor", pi_loss)
         if cfg.auto_entropy:
-            self._step("alpha", temperature_loss(pi_metrics["actor/entropy"], nets, self.target_entropy))
+            self.optimize("alpha", temperature_loss(pi_metrics["actor/entropy"], nets, self.target_entropy))
 
         polyak_update(nets.target_critic, nets.critic, cfg.tau)
         self.step += 1

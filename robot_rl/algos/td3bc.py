@@ -117,17 +117,11 @@ class TD3BC(Algorithm):
         cfg, nets = self.cfg, self.nets
         enc = encode(nets.encoder, batch)
         q_loss, metrics = critic_loss(enc, nets, cfg, self.rng)
-        opt = self.optimizers["critic"]
-        opt.zero_grad(set_to_none=True)
-        self.with_auxiliary(q_loss, metrics).backward()
-        opt.step()
+        self.optimize("critic", self.with_auxiliary(q_loss, metrics))
 
         if self.step % cfg.policy_freq == 0:  # delayed policy update (step 0 included)
             pi_loss, pi_metrics = actor_loss(enc, nets, cfg)
-            opt = self.optimizers["actor"]
-            opt.zero_grad(set_to_none=True)
-            pi_loss.backward()
-            opt.step()
+            self.optimize("actor", pi_loss)
             metrics.update(pi_metrics)
             polyak_update(nets.target_critic, nets.critic, cfg.tau)
             polyak_update(nets.target_actor, nets.actor, cfg.tau)
