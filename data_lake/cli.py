@@ -233,6 +233,20 @@ def cmd_label(a: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------- parser
+def _add_write_options(p: argparse.ArgumentParser) -> None:
+    """The options of commands that append episodes in one commit (append, ingest)."""
+    p.add_argument("--branch", default="main")
+    p.add_argument("-m", "--message", default=None)
+    p.add_argument("--author", default=None)
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="commit the valid episodes and write a quarantine report for the others",
+    )
+    p.add_argument("--quarantine", default=None, help="quarantine report path (default: quarantine-<utc>.json)")
+    p.add_argument("--allow-new-fields", action="store_true", help="let these episodes add fields to the schema")
+
+
 def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lake = sub.add_parser(
         "lake",
@@ -256,16 +270,7 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("-n", type=int, default=None, help="show at most N commits")
     p = add("append", cmd_append, "append episodes (.npz files or episode directories) in one commit")
     p.add_argument("paths", nargs="+", help="episode .npz files, episode directories, or directories of them")
-    p.add_argument("--branch", default="main")
-    p.add_argument("-m", "--message", default=None)
-    p.add_argument("--author", default=None)
-    p.add_argument(
-        "--skip-invalid",
-        action="store_true",
-        help="commit the valid episodes and write a quarantine report for the others",
-    )
-    p.add_argument("--quarantine", default=None, help="quarantine report path (default: quarantine-<utc>.json)")
-    p.add_argument("--allow-new-fields", action="store_true", help="let these episodes add fields to the schema")
+    _add_write_options(p)
     p = add("ingest", cmd_ingest, "ingest robot logs (MCAP, ROS bags, HDF5, LeRobot, Minari) in one commit")
     p.add_argument("paths", nargs="+", help="log files, dataset directories, or directories of them")
     p.add_argument("--mapping", required=True, help="mapping YAML (docs/ingest.md; examples in configs/ingest/)")
@@ -275,16 +280,7 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         choices=["mcap", "ros1", "ros2", "robomimic", "aloha", "lerobot", "minari"],
         help="input format (default: the mapping's 'format')",
     )
-    p.add_argument("--branch", default="main")
-    p.add_argument("-m", "--message", default=None)
-    p.add_argument("--author", default=None)
-    p.add_argument(
-        "--skip-invalid",
-        action="store_true",
-        help="commit the valid episodes and write a quarantine report for the others",
-    )
-    p.add_argument("--quarantine", default=None, help="quarantine report path (default: quarantine-<utc>.json)")
-    p.add_argument("--allow-new-fields", action="store_true", help="let these episodes add fields to the schema")
+    _add_write_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p = add("export", cmd_export, "write episodes as .npz files (the append format)")
     p.add_argument("out_dir")
