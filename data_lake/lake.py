@@ -563,30 +563,26 @@ class Lake:
         if len(labels) != len(eps):
             raise ValueError(f"{len(labels)} labels for {len(eps)} episodes")
         quarantined: list[Quarantined] = []
-        good: list[tuple[str, str, Episode]] = []
+        good: list[tuple[str, Episode]] = []
         for label, ep in zip(labels, eps, strict=True):
             probs = validate_episode(ep)
             if probs:
                 quarantined.append(Quarantined(label, None, probs))
             else:
-                good.append((label, ep.episode_id, ep))
+                good.append((label, ep))
         if quarantined and not skip_invalid:
             q = quarantined[0]
             raise EpisodeValidationError(q.label, q.problems)
+        ids = _Hashing([ep for _, ep in good])
 
         def write(root: zarr.Group, view_ids: set[str]) -> dict[str, Any]:
             schema = attrs_of(root)[MARKER].get("schema")
             first = schema is None
             changed = False
             schema = schema or {"step": {}, "goal": {}}
-            keep: list[tuple[str, Episode]] = []
+            cand: list[int] = []  # positions in good, in order
             schema_q: list[Quarantined] = []
-            seen = set(view_ids)
-            dup = 0
-            for label, eid, ep in good:
-                if eid in seen:
-                    dup += 1
-                    continue
+            for k, (label, ep) in enumerate(good):
                 es = schema_of(ep)
                 if first:
                     schema, first = es, False
@@ -598,16 +594,28 @@ class Lake:
                         changed = True
                     else:
                         probs += new_field_problems(additions)
-                if probs:
-                    schema_q.append(Quarantined(label, eid, probs))
+                if probs and ids[k] not in view_ids:  # a duplicate is skipped below, not quarantined
+                    schema_q.append(Quarantined(label, ids[k], probs))
                     continue
-                seen.add(eid)
-                keep.append((eid, ep))
+                cand.append(k)
             if schema_q and not skip_invalid:
                 raise EpisodeValidationError(schema_q[0].label, schema_q[0].problems)
-            if keep and changed:
+            if cand and changed:
                 root.attrs[MARKER] = {**attrs_of(root)[MARKER], "schema": schema}
-            segments = _write_batched(root, keep, schema, segment_steps)
+            # the arrays are written while the ids are still being hashed (optimistically: few
+            # appends hold duplicates); then the duplicates, if any, are taken out again
+            segments = _write_batched(root, [good[k][1] for k in cand], ids.at(cand), schema, segment_steps)
+            seen = set(view_ids)
+            keep = []
+            for k in cand:
+                if ids[k] not in seen:
+                    seen.add(ids[k])
+                    keep.append(k)
+            if len(keep) < len(cand):
+                for name in segments:
+                    del root[f"segments/{name}"]
+                segments = _write_batched(root, [good[k][1] for k in keep], ids.at(keep), schema, segment_steps)
+            dup = len(cand) - len(keep)
             return {"added": len(keep), "skipped_duplicates": dup, "quarantined": schema_q, "segments": segments}
 
         res = self._transaction(branch, "append", message, metadata, author, write, dedup=True)
@@ -640,11 +648,11 @@ class Lake:
             for name in touched:
                 seg = view.read_segment(name)
                 keep = [i for i, eid in enumerate(seg.table["episode_id"]) if eid not in doomed]
-                rest = [(seg.table["episode_id"][i], seg.episode(i)) for i in keep]
                 del root[f"segments/{name}"]
-                if rest:
+                if keep:
+                    eps, kept_ids = [seg.episode(i) for i in keep], [seg.table["episode_id"][i] for i in keep]
                     labels = [seg.episode_labels(i) for i in keep]
-                    _write_batched(root, rest, view.schema, 10**12, name_like=name, labels=labels)
+                    _write_batched(root, eps, kept_ids, view.schema, 10**12, name_like=name, labels=labels)
             return {"removed": len(doomed)}
 
         return self._transaction(branch, "delete", message, None, author, write)
@@ -678,14 +686,16 @@ class Lake:
                 return {"nothing": True}
             before = view.episode_ids()
             for group in merges:
-                eps: list[tuple[str, Episode]] = []
+                eps: list[Episode] = []
+                ids: list[str] = []
                 labels: list[dict[str, np.ndarray]] = []
                 for n in group:
                     seg = view.read_segment(n)
-                    eps += [(eid, seg.episode(i)) for i, eid in enumerate(seg.table["episode_id"])]
+                    eps += seg.episodes()
+                    ids += seg.table["episode_id"]
                     labels += [seg.episode_labels(i) for i in range(len(seg.episode_ends))]
                     del root[f"segments/{n}"]
-                _write_batched(root, eps, view.schema, 10**12, name_like=group[0], labels=labels)
+                _write_batched(root, eps, ids, view.schema, 10**12, name_like=group[0], labels=labels)
             after_view = _root_view(root)
             if after_view.episode_ids() != before:
                 raise LakeError("compaction changed the episode order; nothing was committed")
@@ -787,12 +797,13 @@ class Lake:
                 with commit_lock(self.location):
                     session.rebase(ic.ConflictDetector())
                     root = zarr.open_group(session.store, mode="r+")
+                    view = _root_view(root)
                     if dedup:
-                        stats = self._drop_raced_duplicates(root, stats, write)
+                        stats, view = self._drop_raced_duplicates(root, view, stats, write)
                         if not stats.get("added"):  # a concurrent writer added them all: a no-op
                             session.discard_changes()
                             return WriteResult(None, branch, **_only(stats, WriteResult))
-                    total = len(_root_view(root).episode_ids())
+                    total = len(view.episode_ids())
                     meta = self._commit_meta(
                         op, stats.get("added", 0), stats.get("removed", 0), total, author, metadata
                     )
@@ -811,18 +822,23 @@ class Lake:
 
     @staticmethod
     def _drop_raced_duplicates(
-        root: zarr.Group, stats: dict[str, Any], write: Callable[[zarr.Group, set[str]], dict[str, Any]]
-    ) -> dict[str, Any]:
+        root: zarr.Group,
+        view: LakeView,
+        stats: dict[str, Any],
+        write: Callable[[zarr.Group, set[str]], dict[str, Any]],
+    ) -> tuple[dict[str, Any], LakeView]:
+        """Rewrite our segments without the episodes a concurrent writer committed meanwhile;
+        returns the stats and a view of the result."""
         ours = set(stats["segments"])
-        view = _root_view(root)
-        others = {r.episode_id for r in view.episodes() if r.segment not in ours}
-        mine = {r.episode_id for r in view.episodes() if r.segment in ours}
+        records = view.episodes()
+        others = {r.episode_id for r in records if r.segment not in ours}
+        mine = {r.episode_id for r in records if r.segment in ours}
         if not others & mine:
-            return stats
+            return stats, view
         for name in ours:
             del root[f"segments/{name}"]
         # write() re-checks every offered episode against all the others, base ones included
-        return write(root, others)
+        return write(root, others), _root_view(root)
 
 
 _META_KEYS = {"author", "operation", "episodes_added", "episodes_removed", "episodes_total", "tool"}
@@ -854,9 +870,49 @@ def _root_view(root: zarr.Group) -> LakeView:
     return view
 
 
+class _Hashing:
+    """Episode ids (content hashes) computed on a thread pool, so that hashing overlaps with
+    writing the arrays (``hashlib`` releases the GIL); ``[k]`` waits for episode ``k``'s id."""
+
+    def __init__(self, episodes: Sequence[Episode]):
+        pool = _hash_pool()
+        self._futures = [pool.submit(lambda e=e: e.episode_id) for e in episodes]
+
+    def __getitem__(self, k: int) -> str:
+        return self._futures[k].result()
+
+    def at(self, positions: Sequence[int]) -> Sequence[str]:
+        """The ids at ``positions``, resolved only when read."""
+        return _LazyIds(self, list(positions))
+
+
+class _LazyIds(Sequence[str]):
+    def __init__(self, hashing: _Hashing, positions: list[int]):
+        self.hashing, self.positions = hashing, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return _LazyIds(self.hashing, self.positions[i])
+        return self.hashing[self.positions[i]]
+
+
+_HASH_POOL: tuple[int, cf.ThreadPoolExecutor] | None = None
+
+
+def _hash_pool() -> cf.ThreadPoolExecutor:
+    global _HASH_POOL
+    if _HASH_POOL is None or _HASH_POOL[0] != os.getpid():  # threads do not survive a fork
+        _HASH_POOL = (os.getpid(), cf.ThreadPoolExecutor(2, thread_name_prefix="lake-hash"))
+    return _HASH_POOL[1]
+
+
 def _write_batched(
     root: zarr.Group,
-    episodes: list[tuple[str, Episode]],
+    episodes: Sequence[Episode],
+    ids: Sequence[str],
     schema: Schema | None,
     segment_steps: int,
     name_like: str | None = None,
@@ -864,33 +920,29 @@ def _write_batched(
 ) -> list[str]:
     """Write episodes into as few segments as fit ``segment_steps`` each; returns the names.
 
-    ``name_like`` keeps a rewritten segment's timestamp prefix, so lake order is preserved.
+    ``ids`` may resolve lazily (``_Hashing.at``): they are read only once a segment's arrays are
+    written. ``name_like`` keeps a rewritten segment's timestamp prefix, so lake order is preserved.
     """
     if not episodes:
         return []
     assert schema is not None
     names: list[str] = []
-    batch: list[tuple[str, Episode]] = []
-    steps = 0
-
-    def flush() -> None:
+    start, steps = 0, 0
+    bounds: list[tuple[int, int]] = []
+    for pos, ep in enumerate(episodes):
+        if pos > start and steps + len(ep) > segment_steps:
+            bounds.append((start, pos))
+            start, steps = pos, 0
+        steps += len(ep)
+    bounds.append((start, len(episodes)))
+    for a, b in bounds:
         if name_like is not None:
             name = name_like.split("-")[0] + "-" + new_segment_name().split("-")[1]
         else:
             name = new_segment_name()
-        lab = [labels[k] for k in batch_pos] if labels is not None else None
-        write_segment(root, name, [e for _, e in batch], [i for i, _ in batch], schema, lab)
+        lab = labels[a:b] if labels is not None else None
+        write_segment(root, name, episodes[a:b], ids[a:b], schema, lab)
         names.append(name)
-
-    batch_pos: list[int] = []
-    for pos, (eid, ep) in enumerate(episodes):
-        if batch and steps + len(ep) > segment_steps:
-            flush()
-            batch, batch_pos, steps = [], [], 0
-        batch.append((eid, ep))
-        batch_pos.append(pos)
-        steps += len(ep)
-    flush()
     return names
 
 

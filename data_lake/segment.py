@@ -21,10 +21,14 @@ stored rendered frames 14x smaller instead of 9x and read faster (≈ 750-1100 M
 ≈ 600-700 MB/s) at the same ingest speed (≈ 150-190 MB/s); plain lz4 ingests a little faster
 but compresses half as well; byte shuffle is a no-op on uint8 and bit shuffle compressed no
 better. Noisy frames (real cameras, JPEG-decoded logs) are the exception: lz4hc compresses them
-at ≈ 65 MB/s to a ratio of 1.0 (zstd-1: ≈ 800 MB/s, 1.2; lz4: ≈ 5 GB/s, 1.0), so an image array
-whose sample barely compresses with lz4 is stored with lz4 (``_codec``): its write then costs
-what writing raw bytes costs. Low-dimensional fields use Blosc zstd level
-3 with byte shuffle, one chunk per 64k steps.
+at ≈ 65 MB/s to a ratio of 1.0 (zstd-1: ≈ 800 MB/s, 1.2; lz4: ≈ 5 GB/s, 1.0). So ``_codec``
+samples each image array with plain lz4 first: below a ratio of ``NOISY_RATIO`` (1.5) it is
+stored with lz4, below ``RAW_RATIO`` (1.1) without any compressor (raw bytes: the write and every
+read then cost a copy; ``benchmarks/ingest.py``). The codec is recorded in the array's metadata,
+so readers need not know which was chosen. Image arrays are written with zarr's
+``write_empty_chunks`` on: zarr otherwise compares every chunk with the fill value before writing
+it, a full pass over the frames that a camera stream never benefits from. Low-dimensional fields
+use Blosc zstd level 3 with byte shuffle, one chunk per 64k steps.
 """
 
 from __future__ import annotations
@@ -59,19 +63,27 @@ def new_segment_name(when: dt.datetime | None = None) -> str:
     return f"{when:%Y%m%dT%H%M%S.%f}-{uuid.uuid4().hex[:8]}"
 
 
-NOISY_RATIO = 1.5  # below this lz4 ratio on a sample, images are treated as incompressible (sensor noise)
+NOISY_RATIO = 1.5  # below this lz4 ratio on a sample, images are treated as noisy (sensor noise): lz4
+RAW_RATIO = 1.1  # below this, incompressible: stored raw
 
 
-def _codec(key: str, data: np.ndarray | None = None) -> BloscCodec:
-    """Blosc codec of one array. Images: lz4hc-3, unless a sample of ``data`` barely compresses
-    (camera noise, JPEG-decoded real frames), where lz4hc searches at ~65 MB/s for nothing; then
-    plain lz4 (GB/s: the write costs what storing raw bytes costs). The codec is recorded in the
-    array's metadata, so readers need not know which was chosen."""
+def _codec(key: str, data: np.ndarray | None = None) -> list[BloscCodec]:
+    """The compressors of one array. Images: lz4hc-3, unless a sample of ``data`` barely
+    compresses (camera noise, JPEG-decoded real frames), where lz4hc searches at ~65 MB/s for
+    nothing: then plain lz4 (GB/s), or none at all when lz4 gains under 10 %."""
     if key.startswith(("images/", "depth/")):
-        if data is not None and data.size and _sample_ratio(data) < NOISY_RATIO:
-            return BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")
-        return BloscCodec(cname="lz4hc", clevel=3, shuffle="noshuffle")
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+        ratio = _sample_ratio(data) if data is not None and data.size else None
+        if ratio is not None and ratio < RAW_RATIO:
+            return []
+        if ratio is not None and ratio < NOISY_RATIO:
+            return [BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")]
+        return [BloscCodec(cname="lz4hc", clevel=3, shuffle="noshuffle")]
+    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
+
+
+def _array_config(key: str) -> dict[str, Any]:
+    """Image and depth chunks are written even when all zero (no fill-value scan; see above)."""
+    return {"write_empty_chunks": True} if key.startswith(("images/", "depth/")) else {}
 
 
 def _sample_ratio(data: np.ndarray, sample_bytes: int = 1 << 20) -> float:
@@ -132,20 +144,13 @@ def write_segment(
     """
     lengths = np.array([len(e) for e in episodes], dtype=np.int64)
     group = root.require_group("segments").create_group(name)
+    arrays: list[tuple[str, str, np.ndarray, str]] = []  # (path, field key, data, dtype)
     for key, spec in schema["step"].items():
         present = [e.steps[key] for e in episodes if key in e.steps]
         if not present:
             continue  # a field added to the schema after these episodes' format (allow_new_fields)
         data = np.concatenate(present) if len(present) > 1 else np.asarray(present[0])
-        arr = group.create_array(
-            f"steps/{key}",
-            shape=data.shape,
-            dtype=spec["dtype"],
-            chunks=_chunks(key, data.shape, data.dtype.itemsize),
-            compressors=[_codec(key, data)],
-            fill_value=0,
-        )
-        arr[...] = data
+        arrays.append((f"steps/{key}", key, data, spec["dtype"]))
     has_goal: dict[str, list[bool]] = {}
     for key, spec in schema["goal"].items():
         flags = [key in e.goal for e in episodes]
@@ -156,15 +161,13 @@ def write_segment(
         for i, e in enumerate(episodes):
             if flags[i]:
                 data[i] = e.goal[key]
-        arr = group.create_array(
-            f"goals/{key}",
-            shape=data.shape,
-            dtype=spec["dtype"],
-            chunks=_chunks(key, data.shape, data.dtype.itemsize),
-            compressors=[_codec(key)],
-            fill_value=0,
-        )
-        arr[...] = data
+        arrays.append((f"goals/{key}", key, data, spec["dtype"]))
+    for parent in sorted({path.rsplit("/", 1)[0] for path, *_ in arrays}):
+        group.require_group(parent)
+    # each sync zarr call waits on zarr's event loop: several in flight overlap their encoding and I/O
+    created = list(_POOL.map(lambda a: (_create_array(group, *a), a[2]), arrays))
+    writes = [(arr, data, sl) for arr, data in created for sl in _chunk_slices(arr)]
+    list(_POOL.map(lambda w: w[0].__setitem__(w[2], w[1][w[2]]), writes))
     if labels:
         common = set.intersection(*(set(d) for d in labels))
         for task in sorted(common):
@@ -186,6 +189,26 @@ def write_segment(
         }
     )
     return int(lengths.sum())
+
+
+def _create_array(group: zarr.Group, path: str, key: str, data: np.ndarray, dtype: str) -> zarr.Array:
+    sample = data if path.startswith("steps/") else None  # goal images: one frame per episode, lz4hc
+    return group.create_array(
+        path,
+        shape=data.shape,
+        dtype=dtype,
+        chunks=_chunks(key, data.shape, data.dtype.itemsize),
+        compressors=_codec(key, sample),
+        fill_value=0,
+        config=_array_config(key),
+    )
+
+
+def _chunk_slices(arr: zarr.Array) -> list[slice]:
+    """One write per chunk along time: zarr encodes a value that is exactly one chunk as is, but
+    copies every chunk of a larger value into a new fill-value buffer first."""
+    step = arr.chunks[0]
+    return [slice(i, min(i + step, arr.shape[0])) for i in range(0, arr.shape[0], step)] or [slice(0, 0)]
 
 
 def write_labels(group: zarr.Group, task: str, values: np.ndarray) -> None:

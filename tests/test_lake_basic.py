@@ -131,12 +131,37 @@ def test_content_hash_ignores_provenance_and_dedups(lake: Lake) -> None:
     assert same.episode_id == e.episode_id
     assert e.replace(task="other").episode_id != e.episode_id
     r1 = lake.append([e, ep(6)])
-    r2 = lake.append([same, ep(7), ep(7)])
+    e7 = ep(7)
+    r2 = lake.append([same, e7, ep(7)])
     assert (r1.added, r2.added, r2.skipped_duplicates) == (2, 1, 2)
     r3 = lake.append([e])
     assert r3.snapshot_id is None and r3.skipped_duplicates == 1
-    assert len(lake.checkout()) == 3
+    view = lake.checkout()
+    assert len(view) == 3
     assert len(lake.log()) == 4  # create, init, two appends: the no-op made no commit
+    # the second append wrote its arrays before its ids were known, then rewrote them without the
+    # duplicates: one segment per append, holding exactly the new episodes
+    assert len(view.segment_names()) == 2
+    assert view.episode_ids() == [e.episode_id, ep(6).episode_id, ep(7).episode_id]
+    assert_same_episode(view.read_episode(e7.episode_id), e7)
+
+
+def test_image_codec_follows_how_well_frames_compress(lake: Lake) -> None:
+    """Rendered frames: lz4hc; sensor noise: no compressor (raw); all-black chunks are stored too."""
+    rng = np.random.default_rng(0)
+    rendered = ep(1, length=40, size=32, cameras=("a", "b", "c"))
+    steps = dict(rendered.steps)
+    steps["images/b"] = rng.integers(0, 256, steps["images/b"].shape, dtype=np.uint8)
+    steps["images/c"] = np.zeros_like(steps["images/c"])
+    mixed = rendered.replace(steps=steps)
+    lake.append([mixed])
+    view = lake.checkout()
+    (name,) = view.segment_names()
+    seg = view._segment(name)
+    names = {k: [type(c).__name__ + ":" + str(getattr(c, "cname", "")) for c in seg[f"steps/images/{k}"].compressors]
+             for k in "abc"}  # fmt: skip
+    assert names == {"a": ["BloscCodec:BloscCname.lz4hc"], "b": [], "c": ["BloscCodec:BloscCname.lz4hc"]}
+    assert_same_episode(view.read_episode(mixed.episode_id), mixed)
 
 
 def test_pinned_snapshot_reads_same_bytes_after_new_commits(lake: Lake) -> None:
