@@ -18,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import dataclasses
 import gc
@@ -36,7 +37,7 @@ from data_lake.episode import Episode
 from data_lake.ingest import hdf5, images, lerobot, mcap_reader, minari, rosbag
 from data_lake.ingest.errors import IngestError, IngestRejected, Note
 from data_lake.ingest.mapping import FORMATS, Mapping, SourceSpec, ValueSpec
-from data_lake.ingest.streams import Source, Unit
+from data_lake.ingest.streams import Source, Unit, stack_frames
 from data_lake.ingest.sync import Piece, order, resample, span_indices, windows
 from data_lake.lake import Lake, WriteResult
 
@@ -235,36 +236,81 @@ def _vectors(
     return out, layout
 
 
-def _frames(
-    cam_key: str, spec: SourceSpec, sources: dict[str, Source], piece: Piece, ctx: BuildContext, depth: bool
-) -> tuple[np.ndarray, list[int]]:
-    src, idx = sources[spec.name], piece.idx[spec.name]
-    T = len(idx)
-    out: np.ndarray | None = None
-    first_shape: tuple[int, ...] | None = None
-    role = "depth" if depth else "image"
-    for b0 in range(0, T, FRAME_BATCH):
-        sel = idx[b0 : b0 + FRAME_BATCH]
-        raw = np.asarray(src.values(spec, role, sel))
-        if first_shape is None:
-            first_shape = raw.shape[1:]
-            if cam_key not in ctx.sizes:
-                ctx.sizes[cam_key] = (int(raw.shape[1]), int(raw.shape[2]))
-            H, W = ctx.sizes[cam_key]
-            out = np.empty((T, H, W, *raw.shape[3:]), dtype=raw.dtype)
-        elif raw.shape[1:] != first_shape:
+class _FrameJob:
+    """One camera's frames of one episode, decoded on the decode pool in blocks of
+    ``FRAME_BATCH`` while the caller builds the rest of the episode.
+
+    The first frame is decoded here, synchronously: it fixes the source frame shape that every
+    later frame must keep and, unless the mapping or the lake gave one, the lake frame size.
+    Each block then decodes (``Source.values``), checks its shape and resizes into its rows of
+    one preallocated array. ``result`` waits for the blocks in order and raises the error of the
+    earliest failing block, so errors name the same frame whatever the thread timing.
+    """
+
+    def __init__(
+        self, cam_key: str, spec: SourceSpec, sources: dict[str, Source], piece: Piece, ctx: BuildContext, depth: bool
+    ):
+        self.src, self.idx, self.spec, self.ctx = sources[spec.name], piece.idx[spec.name], spec, ctx
+        self.role, self.depth = ("depth" if depth else "image"), depth
+        first = np.asarray(self.src.values(spec, self.role, self.idx[:1]))
+        self.first_shape = first.shape[1:]
+        ctx.sizes.setdefault(cam_key, (int(first.shape[1]), int(first.shape[2])))
+        H, W = self.size = ctx.sizes[cam_key]
+        self.out = np.empty((len(self.idx), H, W, *first.shape[3:]), dtype=first.dtype)
+        self.out[:1] = images.fit(first, self.size, ctx.mapping.resize, depth=depth)
+        pool = _decode_pool()
+        self.blocks = []
+        for b0 in range(1, len(self.idx), FRAME_BATCH):  # each block's messages are parsed here,
+            self.src.prefetch(self.idx[b0 : b0 + FRAME_BATCH])  # while the pool decodes the earlier ones
+            self.blocks.append((b0, min(b0 + FRAME_BATCH, len(self.idx)), pool.submit(self._block, b0)))
+
+    def _block(self, b0: int) -> None:
+        sel = self.idx[b0 : b0 + FRAME_BATCH]
+        rows = self.out[b0 : b0 + len(sel)]
+        frames = self.src.frames(self.spec, self.role, sel)
+        if rows.shape[1:] == self.first_shape:  # no resize: decode straight into the episode's rows
+            stack_frames(frames, self.src, sel, out=rows)
+            return
+        raw = stack_frames(frames, self.src, sel)
+        if raw.shape[1:] != self.first_shape:
             raise IngestError(
                 "shape_change",
-                f"frames of shape {raw.shape[1:]}, but the episode's first frame is {first_shape}",
-                where=spec.name,
-                time_ns=int(src.t_ns[sel[0]]),
+                f"frames of shape {raw.shape[1:]}, but the episode's first frame is {self.first_shape}",
+                where=self.spec.name,
+                time_ns=int(self.src.t_ns[sel[0]]),
                 step=b0,
             )
-        assert out is not None
-        out[b0 : b0 + len(sel)] = images.fit(raw, ctx.sizes[cam_key], ctx.mapping.resize, depth=depth)
-        ctx.frames_bar.update(len(sel))
-    assert out is not None and first_shape is not None
-    return out, [int(first_shape[0]), int(first_shape[1])]
+        rows[...] = images.fit(raw, self.size, self.ctx.mapping.resize, depth=self.depth)
+
+    def result(self) -> tuple[np.ndarray, list[int]]:
+        """The frames (T, H, W[, 3]) and the source frame size [h, w]."""
+        self.ctx.frames_bar.update(1)
+        for b0, b1, fut in self.blocks:
+            try:
+                fut.result()
+            except BaseException:
+                self.cancel()
+                raise
+            self.ctx.frames_bar.update(b1 - b0)
+        return self.out, [int(self.first_shape[0]), int(self.first_shape[1])]
+
+    def cancel(self) -> None:
+        """Drop the blocks not started and wait for the running ones (they write into ``out``)."""
+        for _, _, fut in self.blocks:
+            fut.cancel()
+        cf.wait([fut for _, _, fut in self.blocks])
+
+
+_POOL: cf.ThreadPoolExecutor | None = None
+
+
+def _decode_pool() -> cf.ThreadPoolExecutor:
+    """Threads for image decoding: OpenCV's decoders and resizes release the GIL, so frames decode
+    on every core the process may use while the main thread reads vectors."""
+    global _POOL
+    if _POOL is None:
+        _POOL = cf.ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0))), thread_name_prefix="ingest-decode")
+    return _POOL
 
 
 def _reduce(
@@ -308,15 +354,29 @@ def _episode(
     """One episode from one piece; also returns the warnings found building it."""
     m = ctx.mapping
     T = len(piece.ticks)
-    cams, depth, src_sizes = {}, {}, {}
-    for cam, spec in m.cameras.items():
-        cams[cam], src_sizes[f"images/{cam}"] = _frames(f"images/{cam}", spec, sources, piece, ctx, depth=False)
-    for cam, spec in m.depth.items():
-        depth[cam], src_sizes[f"depth/{cam}"] = _frames(f"depth/{cam}", spec, sources, piece, ctx, depth=True)
+    jobs: list[tuple[str, _FrameJob]] = []
+    try:  # frames decode on the pool while the vectors are read here; frame errors come first
+        for cam, spec in m.cameras.items():
+            jobs.append((f"images/{cam}", _FrameJob(f"images/{cam}", spec, sources, piece, ctx, depth=False)))
+        for cam, spec in m.depth.items():
+            jobs.append((f"depth/{cam}", _FrameJob(f"depth/{cam}", spec, sources, piece, ctx, depth=True)))
+        try:
+            state, state_layout = _vectors(m.state, sources, piece, "state")
+            action, action_layout = _vectors(m.action, sources, piece, "action")
+        except IngestError:
+            for _, job in jobs:
+                job.result()  # raises a frame error instead, if there is one
+            raise
+        frames = {key: job.result() for key, job in jobs}
+    except BaseException:
+        for _, job in jobs:
+            job.cancel()
+        raise
+    cams = {key.split("/", 1)[1]: f for key, (f, _) in frames.items() if key.startswith("images/")}
+    depth = {key.split("/", 1)[1]: f for key, (f, _) in frames.items() if key.startswith("depth/")}
+    src_sizes = {key: size for key, (_, size) in frames.items()}
     if not m.cameras:
         ctx.frames_bar.update(T)
-    state, state_layout = _vectors(m.state, sources, piece, "state")
-    action, action_layout = _vectors(m.action, sources, piece, "action")
     if m.reward.source is not None:
         r, _ = _vectors([m.reward.source], sources, piece, "reward")
         if r.shape[1] != 1:

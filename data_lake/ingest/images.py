@@ -1,8 +1,9 @@
 """Image decoding (OpenCV) and the resize policy that brings every frame to the lake's size.
 
 Decoding:
-    JPEG / PNG bytes        ``cv2.imdecode``; colour results are BGR and converted to RGB, grey
-                            ones replicated to 3 channels. Depth PNGs keep 16 bits.
+    JPEG / PNG bytes        ``cv2.imdecode``; colour straight to RGB (``IMREAD_COLOR_RGB``; older
+                            OpenCV: BGR converted), grey replicated to 3 channels. Depth PNGs
+                            keep 16 bits.
     sensor_msgs/Image       rgb8, bgr8, mono8 (cameras); 16UC1 (uint16 mm) and 32FC1 (float32 m)
                             (depth); rows may be padded (``step``); big-endian 16-bit is swapped.
 
@@ -27,6 +28,7 @@ from data_lake.ingest.errors import IngestError
 RGB_ENCODINGS = ("rgb8", "bgr8", "mono8")
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 COMPRESSED = ("jpeg", "jpg", "png")
+_READ_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes to RGB itself
 
 
 def decode_bytes(
@@ -42,7 +44,8 @@ def decode_bytes(
     ``as_stored`` skips the BGR-to-RGB conversion (for bytes that ``cv2.imencode`` wrote from an
     RGB array, as ALOHA does)."""
     arr = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
-    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED if depth else cv2.IMREAD_COLOR)
+    rgb = not depth and not as_stored and _READ_RGB is not None
+    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED if depth else _READ_RGB if rgb else cv2.IMREAD_COLOR)
     if img is None:
         raise IngestError(
             "decode", f"{len(arr)} bytes are not a decodable JPEG/PNG image", where=where, time_ns=time_ns
@@ -56,7 +59,7 @@ def decode_bytes(
                 time_ns=time_ns,
             )
         return img.astype(np.uint16, copy=False)
-    return img if as_stored else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img if as_stored or rgb else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def compressed_format(fmt: str, *, where: str, time_ns: int | None) -> None:

@@ -16,14 +16,16 @@ Supported message types (ROS 1 and ROS 2 names alike; ``pkg/msg/Type`` == ``pkg/
 Messages are decoded lazily, only at the samples the resampler picks. The libraries decode
 (``mcap-ros2-support`` / ``mcap-ros1-support`` for MCAP, ``rosbags`` for bags); for the hot CDR
 types (CompressedImage, JointState, Float32/64MultiArray) a small struct-based decoder reads the
-same bytes several times faster (checked against the library decoders in the tests).
+same bytes several times faster (checked against the library decoders in the tests), and a
+stream of JointState or MultiArray messages that all share one byte layout is read as one numpy
+view (``CdrDecoder.vectors``).
 """
 
 from __future__ import annotations
 
 import struct
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -86,13 +88,14 @@ def _header(d: bytes) -> tuple[_Msg, int]:
     return _Msg(stamp=_Msg(sec=sec, nanosec=nsec), frame_id=frame_id), o
 
 
-def _f64_seq(d: bytes, o: int, dtype: str = "<f8", size: int = 8) -> tuple[np.ndarray, int]:
+def _seq(d: bytes, o: int, size: int) -> tuple[int, int, int]:
+    """(offset of the data, count, end) of a CDR sequence of ``size``-byte numbers at ``o``."""
     o += -(o - 4) % 4
     (n,) = _U32.unpack_from(d, o)
     o += 4
     if n:
         o += -(o - 4) % size
-    return np.frombuffer(d, dtype, n, o), o + size * n
+    return o, n, o + size * n
 
 
 def _cdr_compressed_image(d: bytes) -> _Msg:
@@ -103,7 +106,10 @@ def _cdr_compressed_image(d: bytes) -> _Msg:
     return _Msg(header=header, format=fmt, data=d[o + 4 : o + 4 + n])
 
 
-def _cdr_joint_state(d: bytes) -> _Msg:
+Layout = dict[str, tuple[int, int]]  # numeric array field -> (byte offset, count)
+
+
+def _joint_state_layout(d: bytes) -> tuple[_Msg, list[str], Layout]:
     header, o = _header(d)
     o += -(o - 4) % 4
     (count,) = _U32.unpack_from(d, o)
@@ -115,23 +121,34 @@ def _cdr_joint_state(d: bytes) -> _Msg:
         (n,) = unpack(d, o)
         names.append(d[o + 4 : o + 3 + n].decode())
         o += 4 + n
-    pos, o = _f64_seq(d, o)
-    vel, o = _f64_seq(d, o)
-    eff, o = _f64_seq(d, o)
-    return _Msg(header=header, name=names, position=pos, velocity=vel, effort=eff)
+    arrays: Layout = {}
+    for field in FIELDS["sensor_msgs/JointState"]:
+        start, n, o = _seq(d, o, 8)
+        arrays[field] = (start, n)
+    return header, names, arrays
+
+
+def _cdr_joint_state(d: bytes) -> _Msg:
+    header, names, arrays = _joint_state_layout(d)
+    return _Msg(header=header, name=names, **{f: np.frombuffer(d, "<f8", n, o) for f, (o, n) in arrays.items()})
+
+
+def _multi_array_layout(d: bytes, size: int) -> Layout:
+    o = 4
+    (ndim,) = _U32.unpack_from(d, o)
+    o += 4
+    for _ in range(ndim):
+        _, o = _string(d, o)
+        o += -(o - 4) % 4 + 8  # size, stride
+    o += -(o - 4) % 4 + 4  # data_offset
+    start, n, _ = _seq(d, o, size)
+    return {"data": (start, n)}
 
 
 def _cdr_multi_array(dtype: str, size: int) -> Callable[[bytes], _Msg]:
     def decode(d: bytes) -> _Msg:
-        o = 4
-        (ndim,) = _U32.unpack_from(d, o)
-        o += 4
-        for _ in range(ndim):
-            _, o = _string(d, o)
-            o += -(o - 4) % 4 + 8  # size, stride
-        o += -(o - 4) % 4 + 4  # data_offset
-        data, _ = _f64_seq(d, o, dtype, size)
-        return _Msg(data=data)
+        o, n = _multi_array_layout(d, size)["data"]
+        return _Msg(data=np.frombuffer(d, dtype, n, o))
 
     return decode
 
@@ -142,20 +159,77 @@ FAST_CDR: dict[str, Callable[[bytes], _Msg]] = {
     "std_msgs/Float64MultiArray": _cdr_multi_array("<f8", 8),
     "std_msgs/Float32MultiArray": _cdr_multi_array("<f4", 4),
 }
+# vector types whose numeric arrays can be gathered for many messages at once:
+# (layout of one message, the arrays' dtype, whether bytes 4-12 are a header stamp)
+LAYOUTS: dict[str, tuple[Callable[[bytes], tuple[list[str] | None, Layout]], str, bool]] = {
+    "sensor_msgs/JointState": (lambda d: _joint_state_layout(d)[1:], "<f8", True),
+    "std_msgs/Float64MultiArray": (lambda d: (None, _multi_array_layout(d, 8)), "<f8", False),
+    "std_msgs/Float32MultiArray": (lambda d: (None, _multi_array_layout(d, 4)), "<f4", False),
+}
+_LE_CDR = b"\x00\x01"
+
+
+class CdrDecoder:
+    """Little-endian CDR of a hot type (``FAST_CDR``), decoded by a small struct-based parser;
+    other encodings of the same type go to the library's decoder."""
+
+    def __init__(self, msgtype: str, library: Decoder):
+        self.type, self.library = norm_type(msgtype), library
+        self.fast = FAST_CDR[self.type]
+
+    def __call__(self, data: bytes) -> Any:
+        if bytes(data[:2]) != _LE_CDR:  # not plain little-endian CDR
+            return self.library(data)
+        return self.fast(bytes(data))
+
+    def vectors(self, raws: list[bytes], spec: SourceSpec) -> np.ndarray | None:
+        """``vector`` of every message at once, float64 (n, D), when all of them share the first
+        one's byte layout: the same length and the same bytes everywhere but in the header stamp
+        and the numeric arrays (same frame id, joint names and array lengths: a recorder
+        publishing one fixed-size message). Then each field sits at one offset in every message
+        and is read for all of them as one strided numpy view. Anything else (other layouts, other
+        fields, lengths that vary, any error) gives None, and the caller decodes the messages
+        one by one, which also gives the precise error."""
+        entry = LAYOUTS.get(self.type)
+        if entry is None or not raws or bytes(raws[0][:2]) != _LE_CDR:
+            return None
+        layout_of, dtype, stamped = entry
+        first, size = raws[0], np.dtype(dtype).itemsize
+        field = spec.field or ("position" if self.type == "sensor_msgs/JointState" else "data")
+        try:
+            names, arrays = layout_of(first)
+        except (struct.error, UnicodeDecodeError):
+            return None
+        L = len(first)
+        if field not in arrays or any(len(r) != L for r in raws) or max(o + size * n for o, n in arrays.values()) > L:
+            return None
+        M = np.frombuffer(b"".join(raws), np.uint8).reshape(len(raws), L)  # (n, L)
+        fixed = np.ones(L, dtype=bool)
+        if stamped:
+            fixed[4:12] = False
+        for o, n in arrays.values():
+            fixed[o : o + size * n] = False
+        S = M[:, fixed]
+        if not (S == S[0]).all():
+            return None
+        o, n = arrays[field]
+        out = np.ascontiguousarray(M[:, o : o + size * n]).view(dtype).astype(np.float64)  # (n, D)
+        if spec.joints is not None:
+            if names is None or len(names) != n or any(j not in names for j in spec.joints):
+                return None
+            out = out[:, [names.index(j) for j in spec.joints]]
+        if spec.indices is not None:
+            if max(spec.indices) >= out.shape[1]:
+                return None
+            out = out[:, list(spec.indices)]
+        return out
 
 
 def with_fast_path(msgtype: str, encoding: str, library: Decoder) -> Decoder:
     """The fast decoder for little-endian CDR of a hot type, else the library's decoder."""
-    fast = FAST_CDR.get(norm_type(msgtype)) if encoding == "cdr" else None
-    if fast is None:
-        return library
-
-    def decode(data: bytes) -> Any:
-        if bytes(data[:2]) != b"\x00\x01":  # not plain little-endian CDR
-            return library(data)
-        return fast(bytes(data))
-
-    return decode
+    if encoding == "cdr" and norm_type(msgtype) in FAST_CDR:
+        return CdrDecoder(msgtype, library)
+    return library
 
 
 # ---------------------------------------------------------------------------- values from messages
@@ -274,10 +348,15 @@ def marker(msg: Any, msgtype: str) -> bool:
     return True
 
 
+_GOOD_FORMATS: set[str] = set()  # CompressedImage.format strings already accepted
+
+
 def image(msg: Any, msgtype: str, *, depth: bool, where: str, time_ns: int) -> np.ndarray:
     t = norm_type(msgtype)
     if t == "sensor_msgs/CompressedImage":
-        images.compressed_format(msg.format, where=where, time_ns=time_ns)
+        if msg.format not in _GOOD_FORMATS:
+            images.compressed_format(msg.format, where=where, time_ns=time_ns)
+            _GOOD_FORMATS.add(msg.format)
         return images.decode_bytes(msg.data, depth=depth, where=where, time_ns=time_ns)
     if t == "sensor_msgs/Image":
         return images.decode_raw(
@@ -320,13 +399,23 @@ class MessageSource(Source):
     def drop_cache(self) -> None:
         self._cache.clear()
 
+    def frames(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Iterator[np.ndarray]:
+        depth = role == "depth"
+        for i in idx.tolist():
+            yield image(self.msg(i), self.msgtype, depth=depth, where=self.name, time_ns=int(self.t_ns[i]))
+
+    def prefetch(self, idx: np.ndarray) -> None:
+        """Parse the messages at ``idx`` into the cache (the decode threads then only decode)."""
+        for i in idx.tolist():
+            self.msg(i)
+
     def values(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Any:
         if role in ("image", "depth"):
-            frames = [
-                image(self.msg(int(i)), self.msgtype, depth=role == "depth", where=self.name, time_ns=int(self.t_ns[i]))
-                for i in idx
-            ]
-            return stack_frames(frames, self, idx) if frames else np.zeros((0, 1, 1, 3), np.uint8)
+            return stack_frames(self.frames(spec, role, idx), self, idx)
+        if role == "vector" and isinstance(self._decode, CdrDecoder):
+            fast = self._decode.vectors([self.raws[i] for i in idx.tolist()], spec)
+            if fast is not None:
+                return fast
         out: list[Any] = []
         for i in idx:
             m = self.msg(int(i))

@@ -1,7 +1,9 @@
 """What readers hand to the driver: a *unit* (a file, a demo, a dataset episode) holding one
 *source* per topic/key: its timestamps and a way to read values at chosen sample indices.
 
-Values are read lazily, only at the samples the resampler picks, in one of these roles:
+Values are read lazily, only at the samples the resampler picks, in one of these roles
+(``image`` and ``depth`` from several decode threads at once, on disjoint samples, so sources
+must be safe for that):
 
     vector   float64 (n, D)        state / action parts, rewards, flags (D = 1)
     image    uint8 (n, H, W, 3)    RGB camera frames at the source's size
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,15 @@ class Source(abc.ABC):
     def values(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Any:
         """Values at sample indices ``idx`` (non-decreasing) in ``role`` (see module docstring)."""
 
+    def frames(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Iterable[np.ndarray]:
+        """The ``image``/``depth`` values at ``idx`` one frame at a time, so that callers can
+        decode straight into their own array (``stack_frames(..., out=)``)."""
+        return iter(self.values(spec, role, idx))
+
+    def prefetch(self, idx: np.ndarray) -> None:  # noqa: B027 (optional hook, a no-op by default)
+        """Do the GIL-bound part of reading samples ``idx`` now, on the calling thread (parsing
+        messages, say), so that ``values`` on the decode threads is mostly OpenCV's work."""
+
     def subset(self, keep: np.ndarray) -> Source:
         """The same source restricted to samples ``keep`` (indices, increasing)."""
         return SubsetSource(self, keep)
@@ -53,6 +65,12 @@ class SubsetSource(Source):
 
     def values(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Any:
         return self.base.values(spec, role, self.keep[idx])
+
+    def frames(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Iterable[np.ndarray]:
+        return self.base.frames(spec, role, self.keep[idx])
+
+    def prefetch(self, idx: np.ndarray) -> None:
+        self.base.prefetch(self.keep[idx])
 
 
 def select(vec: np.ndarray, spec: SourceSpec, src: Source, i: int) -> np.ndarray:
@@ -79,15 +97,23 @@ def stack_vectors(rows: Sequence[np.ndarray], src: Source, idx: np.ndarray) -> n
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), n0)
 
 
-def stack_frames(frames: Sequence[np.ndarray], src: Source, idx: np.ndarray) -> np.ndarray:
-    """Stack per-sample frames, reporting the first whose shape differs from the first's."""
-    s0 = frames[0].shape
+def stack_frames(
+    frames: Iterable[np.ndarray], src: Source, idx: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-sample frames (decoded one at a time) straight into one array (n, ...): ``out`` when
+    given, else a new one shaped by the first frame. Reports the first frame whose shape or dtype
+    differs from ``out``'s rows (or the first frame's)."""
     for k, f in enumerate(frames):
-        if f.shape != s0:
+        if out is None:
+            out = np.empty((len(idx), *f.shape), dtype=f.dtype)
+        elif f.shape != out.shape[1:] or f.dtype != out.dtype:
             raise src.error(
-                "shape_change", f"frame shape {f.shape}, but the first frame of this episode is {s0}", int(idx[k])
+                "shape_change",
+                f"frame {f.dtype} {f.shape}, but the first frame of this episode is {out.dtype} {out.shape[1:]}",
+                int(idx[k]),
             )
-    return np.stack(frames)
+        out[k] = f
+    return out if out is not None else np.zeros((0, 1, 1, 3), np.uint8)
 
 
 def _take(arr: Any, idx: np.ndarray) -> np.ndarray:
@@ -125,7 +151,7 @@ class ArraySource(Source):
             return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(raw, dtype=object).ravel()]
         if role in ("image", "depth") and self.encoded:
             raw = [self.data[int(i)] for i in idx] if isinstance(self.data, list) else _take(self.data, idx)
-            frames = [
+            frames = (
                 images.decode_bytes(
                     buf if isinstance(buf, bytes) else np.asarray(buf, dtype=np.uint8),
                     depth=role == "depth",
@@ -134,7 +160,7 @@ class ArraySource(Source):
                     time_ns=int(self.t_ns[idx[k]]),
                 )
                 for k, buf in enumerate(raw)
-            ]
+            )
             out = stack_frames(frames, self, idx)
             return images.to_rgb(out, spec.channels) if role == "image" else out
         arr = _take(self.data, idx)
@@ -168,17 +194,20 @@ class ArraySource(Source):
 
 
 class LazyFrames(Source):
-    """Frames produced all at once by a loader (a decoded video), cached after the first use."""
+    """Frames produced all at once by a loader (a decoded video), cached after the first use.
+    Safe to call from several decode threads: the loader runs once."""
 
     def __init__(self, name: str, t_ns: np.ndarray, load: Callable[[], np.ndarray]):
         self.name, self.t_ns, self._load = name, t_ns, load
         self._frames: np.ndarray | None = None
+        self._lock = threading.Lock()
 
     def values(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Any:
         if role != "image":
             raise self.error("unsupported_type", f"a video stream can only be a camera, not {role}")
-        if self._frames is None:
-            self._frames = self._load()
+        with self._lock:
+            if self._frames is None:
+                self._frames = self._load()
         return images.to_rgb(self._frames[idx], spec.channels)
 
 

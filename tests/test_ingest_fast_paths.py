@@ -1,0 +1,229 @@
+"""The ingest's fast paths read exactly what the slow, general ones read.
+
+- MCAP: our chunk record splitter against the library's ``iter_messages`` on files written by
+  the real writer (zstd, lz4 and uncompressed chunks; many small chunks; unmapped channels;
+  two channels on one topic; chunks without message indexes).
+- CDR vectors: ``CdrDecoder.vectors`` (one numpy view over a stream of same-layout messages)
+  against decoding message by message, and its refusal of streams whose layout varies.
+- Frames decoded on the thread pool: an undecodable frame or a size change deep inside an
+  episode (beyond the first blocks) is reported at that frame.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mcap.reader import SeekingReader
+from mcap.writer import CompressionType, IndexType
+from mcap.writer import Writer as McapWriter
+
+from data_lake import Lake
+from data_lake.ingest import IngestRejected, Mapping, ingest, mcap_reader, ros
+from data_lake.ingest.driver import FRAME_BATCH
+from data_lake.ingest.mapping import SourceSpec
+from tests.test_ingest_writers import BASE_NS, TS2, Msgs, Recording, Topic, times, to_plain, write_mcap_ros2
+
+
+# ---------------------------------------------------------------------------- MCAP chunks
+def _write_raw_mcap(path: Path, compression: CompressionType, index_types: IndexType) -> None:
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as f:
+        w = McapWriter(f, chunk_size=700, compression=compression, index_types=index_types)
+        w.start(profile="", library="robot-rl tests")
+        schema = w.register_schema("blob", "jsonschema", b"{}")
+        a = w.register_channel("/a", "json", schema)
+        b = w.register_channel("/b", "json", schema)
+        a2 = w.register_channel("/a", "json", schema)  # a second publisher on /a
+        skipped = w.register_channel("/not_mapped", "json", schema)
+        for i in range(400):
+            ch = [a, b, a2, skipped][i % 4]
+            data = rng.integers(0, 256, int(rng.integers(0, 90)), dtype=np.uint8).tobytes()
+            w.add_message(ch, log_time=BASE_NS + i * 1000 + (7 if ch == b else 0), data=data, publish_time=i)
+        w.finish()
+
+
+@pytest.mark.parametrize("compression", [CompressionType.ZSTD, CompressionType.LZ4, CompressionType.NONE])
+@pytest.mark.parametrize("index_types", [IndexType.ALL, IndexType.CHUNK])
+def test_chunk_splitter_reads_what_the_library_reads(
+    tmp_path: Path, compression: CompressionType, index_types: IndexType
+) -> None:
+    path = tmp_path / "raw.mcap"
+    _write_raw_mcap(path, compression, index_types)
+    wanted = {"/a", "/b"}
+    with open(path, "rb") as f:
+        reader = SeekingReader(f, validate_crcs=True)
+        summary = reader.get_summary()
+        assert summary is not None and len(summary.chunk_indexes) > 10
+        want: dict[str, list[tuple[int, bytes]]] = {t: [] for t in wanted}
+        for _, channel, msg in reader.iter_messages(topics=sorted(wanted), log_time_order=False):
+            want[channel.topic].append((msg.log_time, msg.data))
+        topics = mcap_reader._Topics(wanted)
+        mcap_reader._read_indexed(f, summary, topics, path)
+    assert topics.count == 400 and topics.last_ns == BASE_NS + 399 * 1000
+    for t in wanted:
+        assert list(zip(topics.t[t], topics.raw[t], strict=True)) == want[t]
+        assert len(want[t]) == (200 if t == "/a" else 100)
+
+
+def test_chunk_splitter_rejects_a_record_that_runs_past_its_chunk() -> None:
+    topics = mcap_reader._Topics({"/a"})
+    record = bytes([0x05]) + (50).to_bytes(8, "little") + bytes(20)  # claims 50 bytes, has 20
+    with pytest.raises(Exception, match="runs past the end"):
+        mcap_reader._chunk_messages(record, {}, topics)
+
+
+# ---------------------------------------------------------------------------- CDR vectors
+def _joint_states(n: int, names: list[str], frame: str = "base", seed: int = 0) -> list[bytes]:
+    m, rng = Msgs(ros1=False), np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        msg = m.joint_state(BASE_NS + k * 10_000_000, rng.normal(size=len(names)), names)
+        msg.header.frame_id = frame
+        out.append(bytes(TS2.serialize_cdr(msg, "sensor_msgs/msg/JointState")))
+    return out
+
+
+def _one_by_one(raws: list[bytes], msgtype: str, spec: SourceSpec) -> np.ndarray:
+    decode = ros.with_fast_path(msgtype, "cdr", lambda b: pytest.fail("library decoder used"))
+    src = ros.MessageSource("/x", msgtype, np.arange(len(raws), dtype=np.int64), raws, decode)
+    rows = [ros.select(ros.vector(src.msg(i), msgtype, spec), spec, src, i) for i in range(len(raws))]
+    return np.asarray(rows, dtype=np.float64)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SourceSpec("/x"),
+        SourceSpec("/x", field="velocity"),
+        SourceSpec("/x", field="position", joints=("wrist", "elbow")),
+        SourceSpec("/x", field="position", indices=(2, 0)),
+    ],
+    ids=["position", "velocity", "joints", "indices"],
+)
+def test_joint_state_views_equal_message_by_message(spec: SourceSpec) -> None:
+    raws = _joint_states(50, ["shoulder", "elbow", "wrist"], frame="odd-frame")
+    dec = ros.with_fast_path("sensor_msgs/msg/JointState", "cdr", lambda b: None)
+    assert isinstance(dec, ros.CdrDecoder)
+    fast = dec.vectors(raws, spec)
+    assert fast is not None and fast.dtype == np.float64
+    np.testing.assert_array_equal(fast, _one_by_one(raws, "sensor_msgs/msg/JointState", spec))
+
+
+def test_multi_array_views_equal_message_by_message() -> None:
+    m, rng = Msgs(ros1=False), np.random.default_rng(3)
+    raws = [
+        bytes(TS2.serialize_cdr(m.f32array(rng.normal(size=5)), "std_msgs/msg/Float32MultiArray")) for _ in range(40)
+    ]
+    dec = ros.with_fast_path("std_msgs/msg/Float32MultiArray", "cdr", lambda b: None)
+    assert isinstance(dec, ros.CdrDecoder)
+    fast = dec.vectors(raws, SourceSpec("/x"))
+    assert fast is not None and fast.shape == (40, 5)
+    np.testing.assert_array_equal(fast, _one_by_one(raws, "std_msgs/msg/Float32MultiArray", SourceSpec("/x")))
+
+
+def test_streams_whose_layout_varies_are_left_to_the_message_decoder() -> None:
+    dec = ros.with_fast_path("sensor_msgs/msg/JointState", "cdr", lambda b: None)
+    assert isinstance(dec, ros.CdrDecoder)
+    same_length_other_names = _joint_states(5, ["a", "b"]) + _joint_states(5, ["b", "a"], seed=1)
+    longer_frame_id = _joint_states(5, ["a", "b"]) + _joint_states(5, ["a", "b"], frame="base_link")
+    assert len({len(r) for r in same_length_other_names}) == 1  # only the bytes tell them apart
+    for raws in (same_length_other_names, longer_frame_id):
+        assert dec.vectors(raws, SourceSpec("/x")) is None
+    assert dec.vectors(_joint_states(5, ["a", "b"]), SourceSpec("/x", field="nope")) is None
+    assert dec.vectors(_joint_states(5, ["a", "b"]), SourceSpec("/x", joints=("c",))) is None
+    big_endian = [b"\x00\x00" + r[2:] for r in _joint_states(5, ["a", "b"])]
+    assert dec.vectors(big_endian, SourceSpec("/x")) is None
+
+
+def test_ingest_with_varying_joint_layouts_still_reads_every_value(tmp_path: Path) -> None:
+    """A recorder that renames its joints halfway: the per-message path gives the right values."""
+    t = times(10, 3.0)
+    names = [["a", "b"] if i < len(t) // 2 else ["bb", "a"] for i in range(len(t))]
+    values = np.arange(len(t) * 2, dtype=np.float64).reshape(-1, 2)
+    rec = Recording(
+        {
+            "/js": Topic("/js", "sensor_msgs/msg/JointState", t, list(range(len(t))),
+                         lambda m, tt, i: m.joint_state(tt, values[i], names[i])),
+            "/cmd": Topic("/cmd", "std_msgs/msg/Float32MultiArray", t, values, lambda m, tt, v: m.f32array(v)),
+        }
+    )  # fmt: skip
+    path = write_mcap_ros2(tmp_path / "js.mcap", rec)
+    mp = Mapping.from_dict(
+        {"format": "mcap", "rate_hz": 10, "state": [{"topic": "/js", "joints": ["a"]}], "action": ["/cmd"]},
+        path="m.yaml",
+    )
+    lake = Lake.create(f"memory://fast-{uuid.uuid4().hex}")
+    ingest([path], mp, lake)
+    (ep,) = list(lake.checkout("main").iter_episodes())
+    want_a = np.where(np.arange(len(t)) < len(t) // 2, values[:, 0], values[:, 1])
+    np.testing.assert_array_equal(ep.steps["state"][:, 0], want_a[: len(ep)].astype(np.float32))
+
+
+# ---------------------------------------------------------------------------- frames on the pool
+def _camera_recording(n: int, bad: dict[int, Any]) -> Recording:
+    """A JPEG camera and an action stream at 10 Hz; frame k carries ``bad[k]`` when given."""
+    t = times(10, n / 10)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (n, 6, 8, 3), dtype=np.uint8)
+
+    def build(m: Msgs, tt: int, k: int) -> Any:
+        if k in bad and isinstance(bad[k], bytes):
+            msg = m.compressed(tt, frames[k], "jpeg")
+            return m.T["sensor_msgs/msg/CompressedImage"](
+                header=msg.header, format="jpeg", data=np.frombuffer(bad[k], np.uint8)
+            )
+        return m.compressed(tt, bad.get(k, frames[k]), "jpeg")
+
+    return Recording(
+        {
+            "/cam": Topic("/cam", "sensor_msgs/msg/CompressedImage", t, list(range(n)), build),
+            "/cmd": Topic("/cmd", "std_msgs/msg/Float32MultiArray", t, rng.normal(size=(n, 2)),
+                          lambda m, tt, v: m.f32array(v)),
+        }
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [(b"not a jpeg at all", "decode"), (np.zeros((7, 8, 3), np.uint8), "shape_change")],
+    ids=["undecodable", "size-change"],
+)
+def test_a_bad_frame_deep_in_the_episode_is_named(tmp_path: Path, bad: Any, code: str) -> None:
+    n, k = 3 * FRAME_BATCH + 20, 2 * FRAME_BATCH + 33  # the bad frame sits in the third block
+    rec = _camera_recording(n, {k: bad})
+    path = write_mcap_ros2(tmp_path / "cam.mcap", rec)
+    mp = Mapping.from_dict(
+        {"format": "mcap", "rate_hz": 10, "cameras": {"front": "/cam"}, "state": ["/cmd"], "action": ["/cmd"]},
+        path="m.yaml",
+    )
+    lake = Lake.create(f"memory://fast-{uuid.uuid4().hex}")
+    with pytest.raises(IngestRejected) as e:
+        ingest([path], mp, lake)
+    (note,) = e.value.notes
+    assert note.code == code and note.where == "/cam"
+    assert note.time_ns == int(rec.topics["/cam"].t[k]), (note.time_ns, rec.topics["/cam"].t[k])
+    assert lake.branches() == ["main"] and len(lake.checkout("main").episode_ids()) == 0
+
+
+def test_frames_decoded_on_the_pool_equal_opencv_in_order(tmp_path: Path) -> None:
+    import cv2
+
+    n = 2 * FRAME_BATCH + 5
+    rec = _camera_recording(n, {})
+    path = write_mcap_ros2(tmp_path / "cam.mcap", rec)
+    mp = Mapping.from_dict(
+        {"format": "mcap", "rate_hz": 10, "cameras": {"front": "/cam"}, "state": ["/cmd"], "action": ["/cmd"]},
+        path="m.yaml",
+    )
+    lake = Lake.create(f"memory://fast-{uuid.uuid4().hex}")
+    ingest([path], mp, lake)
+    (ep,) = list(lake.checkout("main").iter_episodes())
+    msgs = Msgs(ros1=False)
+    for i in range(len(ep)):
+        plain = to_plain(rec.topics["/cam"].build(msgs, 0, i))
+        want = cv2.cvtColor(cv2.imdecode(np.frombuffer(plain["data"], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(ep.steps["images/front"][i], want)
