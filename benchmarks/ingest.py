@@ -7,16 +7,23 @@ at 30 Hz (rendered blocks with camera noise, ``data_lake.synthetic``), ``sensor_
 (7 joints) at 100 Hz and ``std_msgs/Float64MultiArray`` actions (7 values) at 30 Hz: 3,000
 frames (100 s) with --quick, 9,000 without. The command resamples everything onto 30 Hz, decodes
 and validates, and commits one episode to a fresh local lake. Figures are frames per second of
-that whole command (``ingest_fps``, best of the repeats) and of decoding the same JPEG bytes
-with ``cv2.imdecode`` in a loop (``decode_only_fps``, the floor; measured in the same run).
-The phases (reading the MCAP, building the episode, the lake commit) are timed once each, so
-the table shows where the time goes; ``prepare_vs_decode`` compares everything before the commit
-(read + build) with the floor. Target: ``ingest_vs_decode`` >= 0.5.
+that whole command (``ingest_fps``, best of 5 repeats; ``ingest_median_s`` too) and of decoding
+the same JPEG bytes with ``cv2.imdecode`` in a loop on one thread (``decode_only_fps``, the floor;
+measured in the same run). Target: ``ingest_vs_decode`` >= 0.5.
+
+The command decodes frames on a thread per core and writes and hashes concurrently, so the same
+decode loop on every core is reported too (``decode_all_cores_fps``, ``ingest_vs_decode_all_cores``)
+with the command's CPU time (``ingest_cpu_s``, all threads). Each repeat starts after ``os.sync()``:
+a writer that leaves dirty pages behind gets throttled later (on the 2-core VMs here, once ≈ 0.5 GB
+are dirty, page-cache writes drop from ≈ 3 GB/s to ≈ 0.4 GB/s). The phases (reading the MCAP,
+building the episode, the lake commit) are timed once each, so the table shows where the time
+goes; ``prepare_vs_decode`` compares everything before the commit (read + build) with the floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import contextlib
 import io
 import os
@@ -136,7 +143,7 @@ def _best(fn, repeats: int) -> float:
 
 def run(quick: bool, workdir: Path) -> dict[str, float]:
     frames = 3000 if quick else 9000
-    repeats = 2 if quick else 3
+    repeats = 5
     log = workdir / "run.mcap"
     jpegs = write_recording(log, frames)
     mapping_path = workdir / "mapping.yaml"
@@ -147,18 +154,33 @@ def run(quick: bool, workdir: Path) -> dict[str, float]:
         for b in jpegs:
             cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
 
+    cores = len(os.sched_getaffinity(0))
+    pool = cf.ThreadPoolExecutor(cores)
+
+    def decode_share(k: int) -> None:
+        for b in jpegs[k::cores]:
+            cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+
+    def decode_all_cores() -> None:  # the same loop on every core (OpenCV releases the GIL)
+        list(pool.map(decode_share, range(cores)))
+
     decode_only()  # warm-up
     decode_s = _best(decode_only, repeats + 1)
+    decode_all_s = _best(decode_all_cores, repeats + 1)
 
-    ingest_times = []
+    ingest_times, cpu_times = [], []
     for r in range(repeats):
         lake = workdir / f"lake{r}"
         Lake.create(lake)
-        t0 = time.perf_counter()
+        os.sync()  # every repeat starts with no dirty pages left by the ones before (writes get throttled)
+        t0, c0 = time.perf_counter(), time.process_time()
         with contextlib.redirect_stdout(io.StringIO()):
             rc = cli(["lake", "ingest", "--lake", str(lake), "--mapping", str(mapping_path), "-q", str(log)])
         ingest_times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         assert rc == 0
+        if r:
+            shutil.rmtree(lake)
     view = Lake.open(workdir / "lake0").checkout("main")
     (ep,) = list(view.iter_episodes())
     steps = len(ep)
@@ -187,14 +209,20 @@ def run(quick: bool, workdir: Path) -> dict[str, float]:
         cli(["lake", "ingest", "--lake", str(workdir / "lake0"), "--mapping", str(mapping_path), "-q", str(log)])
     noop_s = time.perf_counter() - t0
 
-    ingest_s = min(ingest_times)
+    best = int(np.argmin(ingest_times))
+    ingest_s = ingest_times[best]
     return {
         "frames": steps,
         "mcap_mb": round(log.stat().st_size / 1e6, 1),
+        "cores": cores,
         "ingest_fps": steps / ingest_s,
         "decode_only_fps": len(jpegs) / decode_s,
-        "ingest_vs_decode": (len(jpegs) / decode_s and (steps / ingest_s) / (len(jpegs) / decode_s)),
+        "ingest_vs_decode": (steps / ingest_s) / (len(jpegs) / decode_s),
+        "decode_all_cores_fps": len(jpegs) / decode_all_s,
+        "ingest_vs_decode_all_cores": (steps / ingest_s) / (len(jpegs) / decode_all_s),
         "ingest_s": ingest_s,
+        "ingest_median_s": float(np.median(ingest_times)),
+        "ingest_cpu_s": cpu_times[best],
         "prepare_vs_decode": decode_s / (read_s + build_s),  # everything before the commit, vs the floor
         "read_mcap_s": read_s,
         "build_episode_s": build_s,
@@ -221,7 +249,7 @@ def main() -> None:
         f"ingest benchmark: MCAP of {figs['frames']} 64x64 JPEG frames at 30 Hz + joint states at 100 Hz + "
         f"actions at 30 Hz ({figs['mcap_mb']} MB), {os.cpu_count()} cores"
     )
-    report(figs, {"ingest_vs_decode": ">= 0.5"}, args.json, skip=("frames", "mcap_mb"))
+    report(figs, {"ingest_vs_decode": ">= 0.5"}, args.json, skip=("frames", "mcap_mb", "cores"))
 
 
 if __name__ == "__main__":

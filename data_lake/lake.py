@@ -876,7 +876,7 @@ class _Hashing:
 
     def __init__(self, episodes: Sequence[Episode]):
         pool = _hash_pool()
-        self._futures = [pool.submit(lambda e=e: e.episode_id) for e in episodes]
+        self._futures = [pool.submit(_episode_id, e) for e in episodes]
 
     def __getitem__(self, k: int) -> str:
         return self._futures[k].result()
@@ -897,6 +897,10 @@ class _LazyIds(Sequence[str]):
         if isinstance(i, slice):
             return _LazyIds(self.hashing, self.positions[i])
         return self.hashing[self.positions[i]]
+
+
+def _episode_id(ep: Episode) -> str:
+    return ep.episode_id
 
 
 _HASH_POOL: tuple[int, cf.ThreadPoolExecutor] | None = None

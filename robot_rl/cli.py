@@ -1,42 +1,48 @@
-"""The `robot-rl` command: one entry point, one subcommand per stage of the flywheel."""
+"""The `robot-rl` command: one entry point, one subcommand per stage of the flywheel.
+
+A subcommand's module is imported only when that subcommand runs (the full ``robot-rl --help``
+imports them all), so ``robot-rl lake ...`` starts without importing torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from robot_rl import __version__
 
+COMMANDS: dict[str, tuple[str, str]] = {  # name -> (module, function that adds its parser)
+    "lake": ("data_lake.cli", "add_lake_parser"),
+    "collect": ("robot_rl.collect_cmd", "add_collect_parser"),
+    "pretrain": ("robot_rl.pretrain", "add_pretrain_parser"),
+    "eval": ("robot_rl.eval_cmd", "add_eval_parser"),
+    "finetune": ("robot_rl.finetune", "add_finetune_parser"),
+    "compare": ("robot_rl.compare", "add_compare_parser"),
+    "demo": ("robot_rl.demo", "add_demo_parser"),
+}
 
-def build_parser() -> argparse.ArgumentParser:
-    from data_lake.cli import add_lake_parser
-    from robot_rl.collect_cmd import add_collect_parser
-    from robot_rl.compare import add_compare_parser
-    from robot_rl.demo import add_demo_parser
-    from robot_rl.eval_cmd import add_eval_parser
-    from robot_rl.finetune import add_finetune_parser
-    from robot_rl.pretrain import add_pretrain_parser
 
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of ``only`` (the others are then not imported)."""
     parser = argparse.ArgumentParser(
         prog="robot-rl",
         description="robot-rl: robot logs -> a versioned episode lake -> goal-reaching skills.",
     )
     parser.add_argument("--version", action="version", version=f"robot-rl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_lake_parser(sub)
-    add_collect_parser(sub)
-    add_pretrain_parser(sub)
-    add_eval_parser(sub)
-    add_finetune_parser(sub)
-    add_compare_parser(sub)
-    add_demo_parser(sub)
+    for name, (module, add) in COMMANDS.items():
+        if only is None or name == only:
+            getattr(importlib.import_module(module), add)(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from data_lake.cli import run
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     return run(args)
 
 

@@ -475,3 +475,45 @@ def test_branch_and_tag_names_may_contain_slashes() -> None:
     lake.tag("exp/v1", "finetune/run-1")
     assert "exp/v1" in lake.tags() and lake.resolve("tag:exp/v1") == lake.resolve("finetune/run-1")
     assert lake.log("finetune/run-1")[0].message
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "chunks", "codec"),
+    [
+        ("uint8", (100, 16, 16, 3), (50, 16, 16, 3), "lz4hc"),
+        ("uint8", (100, 16, 16, 3), (100, 16, 16, 3), None),
+        ("uint16", (10, 8, 8), (10, 8, 8), "lz4"),
+        ("float32", (100, 7), (100, 7), "zstd"),
+        ("float64", (100, 3), (100, 3), "zstd"),
+        ("int64", (100,), (100,), "zstd"),
+        ("bool", (100,), (100,), "zstd"),
+    ],
+)
+def test_segment_array_metadata_is_what_zarr_create_array_writes(dtype, shape, chunks, codec) -> None:
+    """Segments are created in one create_hierarchy call from metadata we build; it must be
+    exactly what zarr.Group.create_array would have written (guards zarr upgrades)."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from data_lake.segment import array_metadata
+
+    shuffle = "shuffle" if codec == "zstd" else "noshuffle"
+    comp = [] if codec is None else [BloscCodec(cname=codec, clevel=3, shuffle=shuffle)]
+    g = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    want = g.create_array("a", shape=shape, dtype=dtype, chunks=chunks, compressors=comp, fill_value=0).metadata
+    assert array_metadata(shape, dtype, chunks, comp).to_dict() == want.to_dict()
+
+
+def test_lake_commands_do_not_import_torch() -> None:
+    """Only the subcommand that runs is imported: `robot-rl lake ...` starts in a fraction of a second."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from robot_rl.cli import main\n"
+        "try:\n    main(['lake', 'info', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout

@@ -45,7 +45,8 @@ def decode_bytes(
     RGB array, as ALOHA does)."""
     arr = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
     rgb = not depth and not as_stored and _READ_RGB is not None
-    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED if depth else _READ_RGB if rgb else cv2.IMREAD_COLOR)
+    flag = cv2.IMREAD_UNCHANGED if depth else (_READ_RGB or cv2.IMREAD_COLOR) if rgb else cv2.IMREAD_COLOR
+    img = cv2.imdecode(arr, flag)
     if img is None:
         raise IngestError(
             "decode", f"{len(arr)} bytes are not a decodable JPEG/PNG image", where=where, time_ns=time_ns

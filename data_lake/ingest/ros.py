@@ -400,14 +400,9 @@ class MessageSource(Source):
         self._cache.clear()
 
     def frames(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Iterator[np.ndarray]:
-        depth = role == "depth"
-        for i in idx.tolist():
-            yield image(self.msg(i), self.msgtype, depth=depth, where=self.name, time_ns=int(self.t_ns[i]))
-
-    def prefetch(self, idx: np.ndarray) -> None:
-        """Parse the messages at ``idx`` into the cache (the decode threads then only decode)."""
-        for i in idx.tolist():
-            self.msg(i)
+        depth, kind = role == "depth", norm_type(self.msgtype)
+        for i, t in zip(idx.tolist(), self.t_ns[idx].tolist(), strict=True):
+            yield image(self.msg(i), kind, depth=depth, where=self.name, time_ns=t)
 
     def values(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Any:
         if role in ("image", "depth"):

@@ -45,10 +45,6 @@ class Source(abc.ABC):
         decode straight into their own array (``stack_frames(..., out=)``)."""
         return iter(self.values(spec, role, idx))
 
-    def prefetch(self, idx: np.ndarray) -> None:  # noqa: B027 (optional hook, a no-op by default)
-        """Do the GIL-bound part of reading samples ``idx`` now, on the calling thread (parsing
-        messages, say), so that ``values`` on the decode threads is mostly OpenCV's work."""
-
     def subset(self, keep: np.ndarray) -> Source:
         """The same source restricted to samples ``keep`` (indices, increasing)."""
         return SubsetSource(self, keep)
@@ -68,9 +64,6 @@ class SubsetSource(Source):
 
     def frames(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Iterable[np.ndarray]:
         return self.base.frames(spec, role, self.keep[idx])
-
-    def prefetch(self, idx: np.ndarray) -> None:
-        self.base.prefetch(self.keep[idx])
 
 
 def select(vec: np.ndarray, spec: SourceSpec, src: Source, i: int) -> np.ndarray:
