@@ -98,12 +98,20 @@ def _seq(d: bytes, o: int, size: int) -> tuple[int, int, int]:
     return o, n, o + size * n
 
 
-def _cdr_compressed_image(d: bytes) -> _Msg:
-    header, o = _header(d)
+def _cdr_compressed_payload(d: bytes) -> tuple[str, memoryview]:
+    """A CompressedImage's format and data (a view, not a copy), skipping the header: the path
+    every camera frame takes."""
+    _, o = _string(d, 12)  # after the encapsulation (4) and the stamp (8): the frame id
     fmt, o = _string(d, o)
     o += -(o - 4) % 4
     (n,) = _U32.unpack_from(d, o)
-    return _Msg(header=header, format=fmt, data=d[o + 4 : o + 4 + n])
+    return fmt, memoryview(d)[o + 4 : o + 4 + n]
+
+
+def _cdr_compressed_image(d: bytes) -> _Msg:
+    header, _ = _header(d)
+    fmt, data = _cdr_compressed_payload(d)
+    return _Msg(header=header, format=fmt, data=bytes(data))
 
 
 Layout = dict[str, tuple[int, int]]  # numeric array field -> (byte offset, count)
@@ -351,13 +359,18 @@ def marker(msg: Any, msgtype: str) -> bool:
 _GOOD_FORMATS: set[str] = set()  # CompressedImage.format strings already accepted
 
 
+def compressed_image(fmt: str, data: Any, *, depth: bool, where: str, time_ns: int) -> np.ndarray:
+    """A CompressedImage's ``data`` decoded, once its ``format`` is checked (see ``images``)."""
+    if fmt not in _GOOD_FORMATS:
+        images.compressed_format(fmt, where=where, time_ns=time_ns)
+        _GOOD_FORMATS.add(fmt)
+    return images.decode_bytes(data, depth=depth, where=where, time_ns=time_ns)
+
+
 def image(msg: Any, msgtype: str, *, depth: bool, where: str, time_ns: int) -> np.ndarray:
     t = norm_type(msgtype)
     if t == "sensor_msgs/CompressedImage":
-        if msg.format not in _GOOD_FORMATS:
-            images.compressed_format(msg.format, where=where, time_ns=time_ns)
-            _GOOD_FORMATS.add(msg.format)
-        return images.decode_bytes(msg.data, depth=depth, where=where, time_ns=time_ns)
+        return compressed_image(msg.format, msg.data, depth=depth, where=where, time_ns=time_ns)
     if t == "sensor_msgs/Image":
         return images.decode_raw(
             msg.data,
@@ -401,8 +414,18 @@ class MessageSource(Source):
 
     def frames(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Iterator[np.ndarray]:
         depth, kind = role == "depth", norm_type(self.msgtype)
+        # little-endian CDR CompressedImage: only the payload is parsed, no message is built
+        payload = isinstance(self._decode, CdrDecoder) and kind == "sensor_msgs/CompressedImage"
         for i, t in zip(idx.tolist(), self.t_ns[idx].tolist(), strict=True):
-            yield image(self.msg(i), kind, depth=depth, where=self.name, time_ns=t)
+            raw = self.raws[i]
+            if payload and raw[:2] == _LE_CDR:
+                try:
+                    fmt, data = _cdr_compressed_payload(raw)
+                except (struct.error, UnicodeDecodeError) as e:
+                    raise self.error("corrupt", f"{self.msgtype} message {i} does not decode: {e}", i) from e
+                yield compressed_image(fmt, data, depth=depth, where=self.name, time_ns=t)
+            else:
+                yield image(self.msg(i), kind, depth=depth, where=self.name, time_ns=t)
 
     def values(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Any:
         if role in ("image", "depth"):
