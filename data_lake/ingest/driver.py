@@ -303,7 +303,7 @@ class _FrameJob:
         cf.wait([fut for _, _, fut in self.blocks])
 
 
-_POOL: cf.ThreadPoolExecutor | None = None
+_POOL: tuple[int, cf.ThreadPoolExecutor] | None = None
 
 
 def _decode_pool() -> cf.ThreadPoolExecutor:
@@ -313,9 +313,10 @@ def _decode_pool() -> cf.ThreadPoolExecutor:
     second thread per core decodes meanwhile (≈ 10 % faster than one per core on 2 cores,
     ``benchmarks/ingest.py``)."""
     global _POOL
-    if _POOL is None:
-        _POOL = cf.ThreadPoolExecutor(2 * max(1, len(os.sched_getaffinity(0))), thread_name_prefix="ingest-decode")
-    return _POOL
+    if _POOL is None or _POOL[0] != os.getpid():  # threads do not survive a fork
+        threads = 2 * max(1, len(os.sched_getaffinity(0)))
+        _POOL = (os.getpid(), cf.ThreadPoolExecutor(threads, thread_name_prefix="ingest-decode"))
+    return _POOL[1]
 
 
 def _reduce(
