@@ -54,6 +54,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
+from data_lake import parallel
 from data_lake.episode import Episode
 from data_lake.segment import (
     SegmentData,
@@ -594,7 +595,7 @@ class Lake:
                         changed = True
                     else:
                         probs += new_field_problems(additions)
-                if probs and ids[k] not in view_ids:  # a duplicate is skipped below, not quarantined
+                if probs and not _repeats(ids, k, cand, view_ids):  # a duplicate is skipped below
                     schema_q.append(Quarantined(label, ids[k], probs))
                     continue
                 cand.append(k)
@@ -875,8 +876,8 @@ class _Hashing:
     writing the arrays (``hashlib`` releases the GIL); ``[k]`` waits for episode ``k``'s id."""
 
     def __init__(self, episodes: Sequence[Episode]):
-        pool = _hash_pool()
-        self._futures = [pool.submit(_episode_id, e) for e in episodes]
+        hashing = parallel.pool("lake-hash", 2)
+        self._futures = [hashing.submit(_episode_id, e) for e in episodes]
 
     def __getitem__(self, k: int) -> str:
         return self._futures[k].result()
@@ -899,18 +900,14 @@ class _LazyIds(Sequence[str]):
         return self.hashing[self.positions[i]]
 
 
+def _repeats(ids: _Hashing, k: int, earlier: Sequence[int], view_ids: set[str]) -> bool:
+    """Whether episode ``k`` is already on the branch or among the ``earlier`` ones of the batch
+    (waits for their hashes: only asked about episodes with a schema problem)."""
+    return ids[k] in view_ids or any(ids[j] == ids[k] for j in earlier)
+
+
 def _episode_id(ep: Episode) -> str:
     return ep.episode_id
-
-
-_HASH_POOL: tuple[int, cf.ThreadPoolExecutor] | None = None
-
-
-def _hash_pool() -> cf.ThreadPoolExecutor:
-    global _HASH_POOL
-    if _HASH_POOL is None or _HASH_POOL[0] != os.getpid():  # threads do not survive a fork
-        _HASH_POOL = (os.getpid(), cf.ThreadPoolExecutor(2, thread_name_prefix="lake-hash"))
-    return _HASH_POOL[1]
 
 
 def _write_batched(

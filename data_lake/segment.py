@@ -33,10 +33,8 @@ use Blosc zstd level 3 with byte shuffle, one chunk per 64k steps.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import datetime as dt
-import os
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -48,15 +46,16 @@ from zarr.core.array_spec import ArrayConfigParams
 from zarr.core.group import GroupMetadata
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
+from data_lake import parallel
 from data_lake.episode import Episode
 
 FORMAT = 1
 IMAGE_CHUNK_BYTES = 2 << 20
 LOWDIM_CHUNK_STEPS = 1 << 16
-_POOL = cf.ThreadPoolExecutor(8, thread_name_prefix="segment-read")
+READ_THREADS = 8
 # writes: enough calls in flight to overlap encoding with storage, no more (more threads only
 # contend for the GIL: 8 writers were ≈ 5 % slower than 2 on 2 cores, benchmarks/ingest.py)
-_WRITE_POOL = cf.ThreadPoolExecutor(max(2, len(os.sched_getaffinity(0))), thread_name_prefix="segment-write")
+WRITE_THREADS = max(2, parallel.available_cores())
 TABLE_COLUMNS = ("episode_id", "length", "task", "language", "success", "source", "robot", "created_at", "metadata")
 
 
@@ -186,7 +185,7 @@ def write_segment(
         arr = arr.with_config(_array_config(key))
         writes += [(arr, data, sl) for sl in _chunk_slices(arr)]
     # each sync zarr call waits on zarr's event loop: several in flight overlap their encoding and I/O
-    list(_WRITE_POOL.map(lambda w: w[0].__setitem__(w[2], w[1][w[2]]), writes))
+    list(parallel.pool("segment-write", WRITE_THREADS).map(lambda w: w[0].__setitem__(w[2], w[1][w[2]]), writes))
     if labels:
         common = set.intersection(*(set(d) for d in labels))
         for task in sorted(common):
@@ -273,7 +272,8 @@ def read_segment(group: zarr.Group, fields: Sequence[str] | None = None) -> Segm
             if prefix == "steps" and fields is not None and path not in fields:
                 continue
             jobs.append((out, path, arr))
-    for (out, path, _), data in zip(jobs, _POOL.map(lambda j: j[2][...], jobs), strict=True):
+    reads = parallel.pool("segment-read", READ_THREADS).map(lambda j: j[2][...], jobs)
+    for (out, path, _), data in zip(jobs, reads, strict=True):
         out[path] = data
     ends = group["episode_ends"]
     assert isinstance(ends, zarr.Array)

@@ -227,3 +227,111 @@ def test_frames_decoded_on_the_pool_equal_opencv_in_order(tmp_path: Path) -> Non
         plain = to_plain(rec.topics["/cam"].build(msgs, 0, i))
         want = cv2.cvtColor(cv2.imdecode(np.frombuffer(plain["data"], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         np.testing.assert_array_equal(ep.steps["images/front"][i], want)
+
+
+def test_a_later_cameras_bad_first_frame_does_not_hide_an_earlier_cameras_error(tmp_path: Path) -> None:
+    """Frame errors are reported camera by camera, frame by frame: /cam's bad frame 5 comes
+    before /cam2's bad frame 0 (the first frames are decoded before any block is checked)."""
+    n = 40
+    rec = _camera_recording(n, {5: b"broken"})
+    rec2 = _camera_recording(n, {0: b"broken too"})
+    cam2 = rec2.topics["/cam"]
+    rec.topics["/cam2"] = Topic("/cam2", cam2.typename, cam2.t, cam2.values, cam2.build)
+    path = write_mcap_ros2(tmp_path / "two.mcap", rec)
+    mp = Mapping.from_dict(
+        {
+            "format": "mcap",
+            "rate_hz": 10,
+            "cameras": {"a": "/cam", "b": "/cam2"},
+            "state": ["/cmd"],
+            "action": ["/cmd"],
+        },
+        path="m.yaml",
+    )
+    with pytest.raises(IngestRejected) as e:
+        ingest([path], mp, Lake.create(f"memory://fast-{uuid.uuid4().hex}"))
+    (note,) = e.value.notes
+    assert (note.code, note.where, note.time_ns) == ("decode", "/cam", int(rec.topics["/cam"].t[5]))
+
+
+def test_resized_frames_in_one_frame_blocks_equal_fit_and_a_dtype_change_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large frames go to the pool in small blocks (here: one frame each) and are resized frame by
+    frame; the result equals images.fit of each decoded frame."""
+    import cv2
+
+    from data_lake.ingest import driver, images
+
+    monkeypatch.setattr(driver, "FRAMES_IN_FLIGHT_BYTES", 1)
+    n = 30
+    rec = _camera_recording(n, {})
+    path = write_mcap_ros2(tmp_path / "cam.mcap", rec)
+    mp = Mapping.from_dict(
+        {"format": "mcap", "rate_hz": 10, "cameras": {"front": "/cam"}, "state": ["/cmd"], "action": ["/cmd"],
+         "image_size": [4, 4], "resize": "pad"},
+        path="m.yaml",
+    )  # fmt: skip
+    lake = Lake.create(f"memory://fast-{uuid.uuid4().hex}")
+    ingest([path], mp, lake)
+    (ep,) = list(lake.checkout("main").iter_episodes())
+    msgs = Msgs(ros1=False)
+    for i in range(len(ep)):
+        data = to_plain(rec.topics["/cam"].build(msgs, 0, i))["data"]
+        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(ep.steps["images/front"][i], images.fit(rgb[None], (4, 4), "pad")[0])
+
+
+def test_available_cores_without_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and Windows have no os.sched_getaffinity: the pools are sized from os.cpu_count."""
+    import os
+
+    from data_lake import parallel
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert parallel.available_cores() == 3
+
+
+def test_mcap_topic_decoded_with_the_channel_of_its_first_message(tmp_path: Path) -> None:
+    """Two channels on one topic with two schemas; the first listed never publishes: the topic is
+    decoded with the schema of the channel its messages came on."""
+    import struct
+
+    from data_lake.ingest.mapping import Mapping as M
+
+    path = tmp_path / "two_channels.mcap"
+    with open(path, "wb") as f:
+        w = McapWriter(f)
+        w.start(profile="ros2", library="robot-rl tests")
+        text = w.register_schema("std_msgs/msg/String", "ros2msg", b"string data")
+        number = w.register_schema("std_msgs/msg/Float64", "ros2msg", b"float64 data")
+        w.register_channel("/x", "cdr", text)  # listed first, never used
+        ch = w.register_channel("/x", "cdr", number)
+        for k in range(20):
+            t = BASE_NS + k * 100_000_000
+            w.add_message(ch, log_time=t, data=b"\x00\x01\x00\x00" + struct.pack("<d", k), publish_time=t)
+        w.finish()
+    mp = M.from_dict({"format": "mcap", "rate_hz": 10, "state": ["/x"], "action": ["/x"]}, path="m.yaml")
+    (unit,) = list(mcap_reader.read(path, mp))
+    src = unit.sources["/x"]
+    assert src.msgtype == "std_msgs/msg/Float64"
+    assert src.values(SourceSpec("/x"), "vector", np.arange(3)).ravel().tolist() == [0.0, 1.0, 2.0]
+
+
+def test_mcap_channel_whose_schema_is_missing_is_corrupt(tmp_path: Path) -> None:
+    from data_lake.ingest import IngestError
+    from data_lake.ingest.mapping import Mapping as M
+
+    path = tmp_path / "no_schema.mcap"
+    with open(path, "wb") as f:
+        w = McapWriter(f)
+        w.start(profile="ros2", library="robot-rl tests")
+        ch = w.register_channel("/x", "cdr", 42)  # schema 42 was never written
+        for k in range(5):
+            w.add_message(ch, log_time=BASE_NS + k, data=b"\x00\x01\x00\x00" + bytes(8), publish_time=0)
+        w.finish()
+    mp = M.from_dict({"format": "mcap", "rate_hz": 10, "state": ["/x"], "action": ["/x"]}, path="m.yaml")
+    with pytest.raises(IngestError) as e:
+        list(mcap_reader.read(path, mp))
+    assert e.value.note.code == "corrupt" and "schema 42" in e.value.note.details

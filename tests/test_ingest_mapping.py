@@ -47,6 +47,7 @@ def test_defaults_and_shorthands() -> None:
         ({"state": [{"topic": "/a", "key": "b"}]}, "state[0]", "exactly one of 'topic' or 'key'"),
         ({"state": [{"topic": "/a", "feild": "x"}]}, "state[0]", "unknown key(s) ['feild']"),
         ({"action": [{"topic": "/a", "indices": [-1]}]}, "action[0]", "non-negative integers"),
+        ({"action": [{"topic": "/a", "indices": []}]}, "action[0]", "non-empty list"),
         ({"cameras": {"a/b": "/cam"}}, "cameras", "without '/'"),
         ({"cameras": {"front": {"topic": "/c", "channels": "rbg"}}}, "cameras.front", "rgb or bgr"),
         ({"resize": "fill"}, "resize", "crop"),

@@ -146,6 +146,20 @@ def test_content_hash_ignores_provenance_and_dedups(lake: Lake) -> None:
     assert_same_episode(view.read_episode(e7.episode_id), e7)
 
 
+def test_a_repeat_inside_one_append_is_skipped_even_when_the_schema_grew_in_between(lake: Lake) -> None:
+    """Ids are hashed while the arrays are written, so duplicates are found after the schema
+    check; a repeat that misses a field added earlier in the same append is still a duplicate."""
+    lake.append([ep(0)])
+    e1 = ep(1)
+    res = lake.append([e1, ep(2, cameras=("front", "wrist")), ep(1)], allow_new_fields=True)
+    assert (res.added, res.skipped_duplicates, res.quarantined) == (2, 1, ())
+    assert lake.checkout().episode_ids() == [
+        ep(0).episode_id,
+        e1.episode_id,
+        ep(2, cameras=("front", "wrist")).episode_id,
+    ]
+
+
 def test_image_codec_follows_how_well_frames_compress(lake: Lake) -> None:
     """Rendered frames: lz4hc; sensor noise: no compressor (raw); all-black chunks are stored too."""
     rng = np.random.default_rng(0)

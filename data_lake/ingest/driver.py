@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from data_lake import parallel
 from data_lake.episode import Episode
 from data_lake.ingest import hdf5, images, lerobot, mcap_reader, minari, rosbag
 from data_lake.ingest.errors import IngestError, IngestRejected, Note
@@ -44,7 +45,7 @@ from data_lake.ingest.streams import Source, Unit, stack_frames
 from data_lake.ingest.sync import Piece, order, resample, span_indices, windows
 from data_lake.lake import Lake, WriteResult
 
-FRAME_BATCH = 256
+FRAME_BATCH = 256  # frames per decode block (fewer for large frames, see _FrameJob)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,14 +241,17 @@ def _vectors(
 
 
 class _FrameJob:
-    """One camera's frames of one episode, decoded on the decode pool in blocks of
-    ``FRAME_BATCH`` while the caller builds the rest of the episode.
+    """One camera's frames of one episode, decoded on the decode pool in blocks while the caller
+    builds the rest of the episode.
 
-    The first frame is decoded here, synchronously: it fixes the source frame shape that every
-    later frame must keep and, unless the mapping or the lake gave one, the lake frame size.
-    Each block then decodes (``Source.values``), checks its shape and resizes into its rows of
-    one preallocated array. ``result`` waits for the blocks in order and raises the error of the
-    earliest failing block, so errors name the same frame whatever the thread timing.
+    The first frame is decoded here, synchronously: it fixes the source frame shape and dtype
+    that every later frame must keep and, unless the mapping or the lake gave one, the lake frame
+    size. Each block then decodes its frames one at a time (``Source.frames``) straight into its
+    rows of one preallocated array, resizing each on the way when the sizes differ. Blocks hold
+    ``FRAME_BATCH`` frames, fewer for large frames, so that the frames the pool holds at once stay
+    under ``FRAMES_IN_FLIGHT_BYTES`` (sources that read a whole block at once, HDF5 say).
+    ``result`` waits for the blocks in order and raises the error of the earliest failing one, so
+    errors name the same frame whatever the thread timing.
     """
 
     def __init__(
@@ -256,33 +260,35 @@ class _FrameJob:
         self.src, self.idx, self.spec, self.ctx = sources[spec.name], piece.idx[spec.name], spec, ctx
         self.role, self.depth = ("depth" if depth else "image"), depth
         first = np.asarray(self.src.values(spec, self.role, self.idx[:1]))
-        self.first_shape = first.shape[1:]
+        self.first_shape, self.dtype = first.shape[1:], first.dtype
         ctx.sizes.setdefault(cam_key, (int(first.shape[1]), int(first.shape[2])))
         H, W = self.size = ctx.sizes[cam_key]
         self.out = np.empty((len(self.idx), H, W, *first.shape[3:]), dtype=first.dtype)
         self.out[:1] = images.fit(first, self.size, ctx.mapping.resize, depth=depth)
-        pool = _decode_pool()
-        self.blocks = []
-        for b0 in range(1, len(self.idx), FRAME_BATCH):
-            self.blocks.append((b0, min(b0 + FRAME_BATCH, len(self.idx)), pool.submit(self._block, b0)))
+        threads = DECODE_THREADS_PER_CORE * parallel.available_cores()
+        rows = max(1, min(FRAME_BATCH, FRAMES_IN_FLIGHT_BYTES // (threads * max(1, first[:1].nbytes))))
+        pool = parallel.pool("ingest-decode", threads)
+        self.blocks = [
+            (b0, min(b0 + rows, len(self.idx)), pool.submit(self._block, b0, min(b0 + rows, len(self.idx))))
+            for b0 in range(1, len(self.idx), rows)
+        ]
 
-    def _block(self, b0: int) -> None:
-        sel = self.idx[b0 : b0 + FRAME_BATCH]
-        rows = self.out[b0 : b0 + len(sel)]
+    def _block(self, b0: int, b1: int) -> None:
+        sel, rows = self.idx[b0:b1], self.out[b0:b1]
         frames = self.src.frames(self.spec, self.role, sel)
         if rows.shape[1:] == self.first_shape:  # no resize: decode straight into the episode's rows
             stack_frames(frames, self.src, sel, out=rows)
             return
-        raw = stack_frames(frames, self.src, sel)
-        if raw.shape[1:] != self.first_shape:
-            raise IngestError(
-                "shape_change",
-                f"frames of shape {raw.shape[1:]}, but the episode's first frame is {self.first_shape}",
-                where=self.spec.name,
-                time_ns=int(self.src.t_ns[sel[0]]),
-                step=b0,
-            )
-        rows[...] = images.fit(raw, self.size, self.ctx.mapping.resize, depth=self.depth)
+        for k, f in enumerate(frames):
+            if f.shape != self.first_shape or f.dtype != self.dtype:
+                raise IngestError(
+                    "shape_change",
+                    f"frame {f.dtype} {f.shape}, but the episode's first frame is {self.dtype} {self.first_shape}",
+                    where=self.spec.name,
+                    time_ns=int(self.src.t_ns[sel[k]]),
+                    step=b0 + k,
+                )
+            rows[k] = images.fit(f[None], self.size, self.ctx.mapping.resize, depth=self.depth)[0]
 
     def result(self) -> tuple[np.ndarray, list[int]]:
         """The frames (T, H, W[, 3]) and the source frame size [h, w]."""
@@ -303,20 +309,11 @@ class _FrameJob:
         cf.wait([fut for _, _, fut in self.blocks])
 
 
-_POOL: tuple[int, cf.ThreadPoolExecutor] | None = None
-
-
-def _decode_pool() -> cf.ThreadPoolExecutor:
-    """Threads for image decoding: OpenCV's decoders and resizes release the GIL, so frames decode
-    on every core the process may use while the main thread reads vectors. Two threads per core:
-    each frame also needs the GIL briefly (message parsing, the copy into the episode), and a
-    second thread per core decodes meanwhile (≈ 10 % faster than one per core on 2 cores,
-    ``benchmarks/ingest.py``)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():  # threads do not survive a fork
-        threads = 2 * max(1, len(os.sched_getaffinity(0)))
-        _POOL = (os.getpid(), cf.ThreadPoolExecutor(threads, thread_name_prefix="ingest-decode"))
-    return _POOL[1]
+# Two decode threads per core: each frame also needs the GIL briefly (message parsing, the copy
+# into the episode), and a second thread per core decodes meanwhile (≈ 10 % faster than one per
+# core on 2 cores, benchmarks/ingest.py). OpenCV's decoders and resizes release the GIL.
+DECODE_THREADS_PER_CORE = 2
+FRAMES_IN_FLIGHT_BYTES = 512 << 20  # source frames the decode pool holds at once, at most
 
 
 def _reduce(
@@ -362,10 +359,14 @@ def _episode(
     T = len(piece.ticks)
     jobs: list[tuple[str, _FrameJob]] = []
     try:  # frames decode on the pool while the vectors are read here; frame errors come first
-        for cam, spec in m.cameras.items():
-            jobs.append((f"images/{cam}", _FrameJob(f"images/{cam}", spec, sources, piece, ctx, depth=False)))
-        for cam, spec in m.depth.items():
-            jobs.append((f"depth/{cam}", _FrameJob(f"depth/{cam}", spec, sources, piece, ctx, depth=True)))
+        streams = {**{f"images/{c}": v for c, v in m.cameras.items()}, **{f"depth/{c}": v for c, v in m.depth.items()}}
+        for key, spec in streams.items():
+            try:
+                jobs.append((key, _FrameJob(key, spec, sources, piece, ctx, depth=key.startswith("depth/"))))
+            except IngestError:
+                for _, job in jobs:
+                    job.result()  # an earlier camera's bad frame is reported first
+                raise
         try:
             state, state_layout = _vectors(m.state, sources, piece, "state")
             action, action_layout = _vectors(m.action, sources, piece, "action")

@@ -87,10 +87,12 @@ class SourceSpec:
             raise MappingError(f"'joints' must be a list of joint names, found {joints!r}", source=src, where=where)
         indices = v.get("indices")
         if indices is not None and (
-            not isinstance(indices, list) or not all(isinstance(i, int) and i >= 0 for i in indices)
+            not isinstance(indices, list) or not indices or not all(isinstance(i, int) and i >= 0 for i in indices)
         ):
             raise MappingError(
-                f"'indices' must be a list of non-negative integers, found {indices!r}", source=src, where=where
+                f"'indices' must be a non-empty list of non-negative integers, found {indices!r}",
+                source=src,
+                where=where,
             )
         channels = v.get("channels", "rgb")
         if channels not in ("rgb", "bgr"):

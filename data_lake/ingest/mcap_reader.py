@@ -75,6 +75,7 @@ class _Topics:
         self.channel: dict[str, tuple[Channel, Schema | None]] = {}
         self.all_topics: set[str] = set()
         self.channel_ids: dict[int, str] = {}  # mapped topics' channel ids (indexed reading)
+        self.schema_of: dict[int, Schema | None] = {}  # their schemas
         self.count = 0
         self.last_ns: int | None = None
 
@@ -154,7 +155,10 @@ def _chunk_messages(data: bytes, channels: dict[int, Channel], topics: _Topics) 
         topics.last_ns = log_time
         topic = wanted.get(channel_id)
         if topic is not None:
-            topics.t[topic].append(log_time)
+            ts = topics.t[topic]
+            if not ts:  # the topic's first message: its channel (and schema) decode the topic
+                topics.channel[topic] = (channels[channel_id], topics.schema_of[channel_id])
+            ts.append(log_time)
             topics.raw[topic].append(data[body + _MESSAGE_HEADER : o])
         elif channel_id not in channels:
             raise McapError(f"a message on channel {channel_id}, which the summary does not list")
@@ -163,9 +167,15 @@ def _chunk_messages(data: bytes, channels: dict[int, Channel], topics: _Topics) 
 def _read_indexed(f: Any, summary: Summary, topics: _Topics, path: Path) -> None:
     for channel in summary.channels.values():
         if channel.topic in topics.wanted:
-            schema = summary.schemas.get(channel.schema_id)
+            if channel.schema_id != 0 and channel.schema_id not in summary.schemas:
+                raise IngestError(
+                    "corrupt",
+                    f"channel {channel.id} ({channel.topic}) refers to schema {channel.schema_id}, "
+                    "which the summary does not hold",
+                    source=str(path),
+                )
             topics.channel_ids[channel.id] = channel.topic
-            topics.channel.setdefault(channel.topic, (channel, schema))
+            topics.schema_of[channel.id] = summary.schemas.get(channel.schema_id)
             topics.t.setdefault(channel.topic, [])
             topics.raw.setdefault(channel.topic, [])
     ids = set(topics.channel_ids)
@@ -187,7 +197,7 @@ def _read_indexed(f: Any, summary: Summary, topics: _Topics, path: Path) -> None
             "corrupt", f"unreadable data after {topics.count} messages (byte {f.tell()}): {e}", source=str(path)
         ) from e
     for topic in [t for t, ts in topics.t.items() if not ts]:  # listed, but no message: as if absent
-        del topics.t[topic], topics.raw[topic], topics.channel[topic]
+        del topics.t[topic], topics.raw[topic]
 
 
 def _read_stream(f: Any, topics: _Topics, path: Path) -> str | None:

@@ -227,7 +227,7 @@ class CdrDecoder:
                 return None
             out = out[:, [names.index(j) for j in spec.joints]]
         if spec.indices is not None:
-            if max(spec.indices) >= out.shape[1]:
+            if not spec.indices or max(spec.indices) >= out.shape[1]:
                 return None
             out = out[:, list(spec.indices)]
         return out
