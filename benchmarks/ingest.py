@@ -11,7 +11,7 @@ that whole command (``ingest_fps``, best of 5 repeats; ``ingest_median_s`` too) 
 the same JPEG bytes with ``cv2.imdecode`` in a loop on one thread (``decode_only_fps``, the floor;
 measured in the same run). Target: ``ingest_vs_decode`` >= 0.5.
 
-The command decodes frames on a thread per core and writes and hashes concurrently, so the same
+The command decodes frames on two threads per core and writes chunks on one per core, so the same
 decode loop on every core is reported too (``decode_all_cores_fps``, ``ingest_vs_decode_all_cores``)
 with the command's CPU time (``ingest_cpu_s``, all threads). Each repeat starts after ``os.sync()``:
 a writer that leaves dirty pages behind gets throttled later (on the 2-core VMs here, once ≈ 0.5 GB
@@ -38,7 +38,7 @@ import yaml
 from mcap_ros2.writer import Writer
 
 from benchmarks.report import report
-from data_lake import Lake
+from data_lake import Lake, parallel
 from data_lake.ingest import load_mapping
 from data_lake.ingest.driver import READERS, BuildContext, episodes_of, gc_paused
 from data_lake.synthetic import synthetic_episode
@@ -154,7 +154,7 @@ def run(quick: bool, workdir: Path) -> dict[str, float]:
         for b in jpegs:
             cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
 
-    cores = len(os.sched_getaffinity(0))
+    cores = parallel.available_cores()
     pool = cf.ThreadPoolExecutor(cores)
 
     def decode_share(k: int) -> None:

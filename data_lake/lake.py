@@ -54,7 +54,6 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from data_lake import parallel
 from data_lake.episode import Episode
 from data_lake.segment import (
     SegmentData,
@@ -564,26 +563,30 @@ class Lake:
         if len(labels) != len(eps):
             raise ValueError(f"{len(labels)} labels for {len(eps)} episodes")
         quarantined: list[Quarantined] = []
-        good: list[tuple[str, Episode]] = []
+        good: list[tuple[str, str, Episode]] = []
         for label, ep in zip(labels, eps, strict=True):
             probs = validate_episode(ep)
             if probs:
                 quarantined.append(Quarantined(label, None, probs))
             else:
-                good.append((label, ep))
+                good.append((label, ep.episode_id, ep))
         if quarantined and not skip_invalid:
             q = quarantined[0]
             raise EpisodeValidationError(q.label, q.problems)
-        ids = _Hashing([ep for _, ep in good])
 
         def write(root: zarr.Group, view_ids: set[str]) -> dict[str, Any]:
             schema = attrs_of(root)[MARKER].get("schema")
             first = schema is None
             changed = False
             schema = schema or {"step": {}, "goal": {}}
-            cand: list[int] = []  # positions in good, in order
+            keep: list[tuple[str, Episode]] = []
             schema_q: list[Quarantined] = []
-            for k, (label, ep) in enumerate(good):
+            seen = set(view_ids)
+            dup = 0
+            for label, eid, ep in good:
+                if eid in seen:
+                    dup += 1
+                    continue
                 es = schema_of(ep)
                 if first:
                     schema, first = es, False
@@ -595,28 +598,17 @@ class Lake:
                         changed = True
                     else:
                         probs += new_field_problems(additions)
-                if probs and not _repeats(ids, k, cand, view_ids):  # a duplicate is skipped below
-                    schema_q.append(Quarantined(label, ids[k], probs))
+                if probs:
+                    schema_q.append(Quarantined(label, eid, probs))
                     continue
-                cand.append(k)
+                seen.add(eid)
+                keep.append((eid, ep))
             if schema_q and not skip_invalid:
                 raise EpisodeValidationError(schema_q[0].label, schema_q[0].problems)
-            if cand and changed:
+            if keep and changed:
                 root.attrs[MARKER] = {**attrs_of(root)[MARKER], "schema": schema}
-            # the arrays are written while the ids are still being hashed (optimistically: few
-            # appends hold duplicates); then the duplicates, if any, are taken out again
-            segments = _write_batched(root, [good[k][1] for k in cand], ids.at(cand), schema, segment_steps)
-            seen = set(view_ids)
-            keep = []
-            for k in cand:
-                if ids[k] not in seen:
-                    seen.add(ids[k])
-                    keep.append(k)
-            if len(keep) < len(cand):
-                for name in segments:
-                    del root[f"segments/{name}"]
-                segments = _write_batched(root, [good[k][1] for k in keep], ids.at(keep), schema, segment_steps)
-            dup = len(cand) - len(keep)
+            ids, eps = [eid for eid, _ in keep], [ep for _, ep in keep]
+            segments = _write_batched(root, eps, ids, schema, segment_steps)
             return {"added": len(keep), "skipped_duplicates": dup, "quarantined": schema_q, "segments": segments}
 
         res = self._transaction(branch, "append", message, metadata, author, write, dedup=True)
@@ -871,45 +863,6 @@ def _root_view(root: zarr.Group) -> LakeView:
     return view
 
 
-class _Hashing:
-    """Episode ids (content hashes) computed on a thread pool, so that hashing overlaps with
-    writing the arrays (``hashlib`` releases the GIL); ``[k]`` waits for episode ``k``'s id."""
-
-    def __init__(self, episodes: Sequence[Episode]):
-        hashing = parallel.pool("lake-hash", 2)
-        self._futures = [hashing.submit(_episode_id, e) for e in episodes]
-
-    def __getitem__(self, k: int) -> str:
-        return self._futures[k].result()
-
-    def at(self, positions: Sequence[int]) -> Sequence[str]:
-        """The ids at ``positions``, resolved only when read."""
-        return _LazyIds(self, list(positions))
-
-
-class _LazyIds(Sequence[str]):
-    def __init__(self, hashing: _Hashing, positions: list[int]):
-        self.hashing, self.positions = hashing, positions
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return _LazyIds(self.hashing, self.positions[i])
-        return self.hashing[self.positions[i]]
-
-
-def _repeats(ids: _Hashing, k: int, earlier: Sequence[int], view_ids: set[str]) -> bool:
-    """Whether episode ``k`` is already on the branch or among the ``earlier`` ones of the batch
-    (waits for their hashes: only asked about episodes with a schema problem)."""
-    return ids[k] in view_ids or any(ids[j] == ids[k] for j in earlier)
-
-
-def _episode_id(ep: Episode) -> str:
-    return ep.episode_id
-
-
 def _write_batched(
     root: zarr.Group,
     episodes: Sequence[Episode],
@@ -921,8 +874,8 @@ def _write_batched(
 ) -> list[str]:
     """Write episodes into as few segments as fit ``segment_steps`` each; returns the names.
 
-    ``ids`` may resolve lazily (``_Hashing.at``): they are read only once a segment's arrays are
-    written. ``name_like`` keeps a rewritten segment's timestamp prefix, so lake order is preserved.
+    ``ids`` are the episodes' ids; ``name_like`` keeps a rewritten segment's timestamp prefix, so
+    lake order is preserved.
     """
     if not episodes:
         return []

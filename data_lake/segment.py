@@ -213,10 +213,7 @@ def array_metadata(
     """The Zarr v3 metadata ``zarr.Group.create_array(shape=, dtype=, chunks=, compressors=,
     fill_value=0)`` writes (the tests check they agree), built directly for ``create_hierarchy``."""
     itemsize = np.dtype(dtype).itemsize
-    codecs = [BytesCodec().to_dict()]
-    for c in compressors:
-        d = c.to_dict()
-        codecs.append({**d, "configuration": {**d["configuration"], "typesize": itemsize}})  # type: ignore[dict-item]
+    codecs = [BytesCodec().to_dict(), *(dataclasses.replace(c, typesize=itemsize).to_dict() for c in compressors)]
     return ArrayV3Metadata.from_dict(
         {
             "zarr_format": 3,

@@ -139,16 +139,15 @@ def test_content_hash_ignores_provenance_and_dedups(lake: Lake) -> None:
     view = lake.checkout()
     assert len(view) == 3
     assert len(lake.log()) == 4  # create, init, two appends: the no-op made no commit
-    # the second append wrote its arrays before its ids were known, then rewrote them without the
-    # duplicates: one segment per append, holding exactly the new episodes
+    # one segment per append, holding exactly the new episodes
     assert len(view.segment_names()) == 2
     assert view.episode_ids() == [e.episode_id, ep(6).episode_id, ep(7).episode_id]
     assert_same_episode(view.read_episode(e7.episode_id), e7)
 
 
 def test_a_repeat_inside_one_append_is_skipped_even_when_the_schema_grew_in_between(lake: Lake) -> None:
-    """Ids are hashed while the arrays are written, so duplicates are found after the schema
-    check; a repeat that misses a field added earlier in the same append is still a duplicate."""
+    """A repeat that misses a field added earlier in the same append is a duplicate, not a
+    schema problem."""
     lake.append([ep(0)])
     e1 = ep(1)
     res = lake.append([e1, ep(2, cameras=("front", "wrist")), ep(1)], allow_new_fields=True)
