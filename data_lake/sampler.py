@@ -110,6 +110,7 @@ class SamplerConfig:
     cameras: tuple[str, ...] | None = None  # None: every camera in the lake
     goal_cameras: tuple[str, ...] | None = None  # None: the same as cameras
     use_state: bool = True
+    scene_state: bool = False  # append the scene vector (achieved_goal) to the observation state
     relabel: RelabelConfig = dataclasses.field(default_factory=RelabelConfig)
     task_balanced: bool = False  # equal share per task, then successes vs failures within a task
     augment_pad: int = 4  # DrQ random shift; 0 disables
@@ -218,9 +219,12 @@ def build_pool(
         r = np.zeros(n, np.float32)
         r[:-1] = v[1:n]
         lab[task_index[name]] = r
+    state_parts = [data.steps["state"]] if cfg.use_state and "state" in data.steps else []
+    if cfg.scene_state:
+        state_parts.append(data.steps["achieved_goal"].astype(np.float32))
     return EpisodePool(
         images={c: data.steps[f"images/{c}"] for c in cameras},
-        state=data.steps.get("state") if cfg.use_state else None,
+        state=np.concatenate(state_parts, axis=1) if state_parts else None,
         achieved=data.steps.get("achieved_goal"),
         action=data.steps["action"],
         reward=reward,
@@ -474,10 +478,16 @@ class Sampler:
                 raise SamplerError(f"camera {cam!r} is not in the lake; it has {lake_cams}")
         if cfg.use_state and "state" not in schema["step"]:
             raise SamplerError(f"the lake has no 'state' field; it has {sorted(schema['step'])}; set use_state=False")
+        if cfg.scene_state and "achieved_goal" not in schema["step"]:
+            raise SamplerError(
+                f"scene_state=True observes the lake's 'achieved_goal' (the scene vector), which this lake lacks; "
+                f"it has {sorted(schema['step'])}; set scene_state=False"
+            )
         self.tasks = tuple(sorted({r.task for r in records}))
         self.fields = [f"images/{c}" for c in sorted({*self.cameras, *self.goal_cameras})]
         self.fields += ["action", "reward", "is_first", "is_last", "is_terminal"]
         self.fields += [k for k in ("state", "achieved_goal") if k in schema["step"]]
+        self.scene_state_dim = int(schema["step"]["achieved_goal"]["shape"][0]) if cfg.scene_state else 0
         self._rng = np.random.default_rng([cfg.seed, cfg.rank])
         self._torch_gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + cfg.rank)
         self._queue: queue.Queue[Any] | None = None
@@ -543,6 +553,26 @@ class Sampler:
     @property
     def segments_visited(self) -> int:
         return self._next_seg if self.cfg.streaming_segments else len(self.view.segment_names())
+
+    def statistics(self, min_std: float = 1e-3) -> dict[str, tuple[float, ...]]:
+        """Per-dimension mean and std (floored at ``min_std``) of the observation state and of the goal
+        state over every step in memory, for input normalization (``ObservationSpec.with_statistics``).
+
+        The goal state's layout is that of relabeled goals (``achieved_goal``, else ``state``), which is
+        also the layout of stored commanded goals. Keys: ``state_mean``, ``state_std``,
+        ``goal_state_mean``, ``goal_state_std`` (empty tuples for a part the data does not have).
+        """
+
+        def moments(x: np.ndarray | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+            if x is None or len(x) == 0:
+                return (), ()
+            x = x.astype(np.float64)
+            return tuple(x.mean(0).tolist()), tuple(np.maximum(x.std(0), min_std).tolist())
+
+        pool = self.pool
+        state = moments(pool.state)
+        goal = moments(pool.achieved if pool.achieved is not None else pool.state)
+        return {"state_mean": state[0], "state_std": state[1], "goal_state_mean": goal[0], "goal_state_std": goal[1]}
 
     # ------------------------------------------------------------ sampling
     def example_batch(self, batch_size: int = 2) -> Batch:

@@ -92,6 +92,7 @@ def _summary(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_return": float(returns.mean()),
         "return_ci95": [float(returns.mean() - half), float(returns.mean() + half)],
         "mean_steps": float(np.mean([e["steps"] for e in episodes])),
+        "mean_final_distance": float(np.mean([e.get("final_distance", np.nan) for e in episodes])),
     }
 
 
@@ -108,6 +109,30 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.summary, "per_task": self.per_task, "video": self.video, "episode_results": self.episodes}
+
+
+def observation_state(obs: dict[str, Any], spec: ObservationSpec) -> np.ndarray:
+    """The state vector the networks were trained on, from an env observation: proprioception
+    (``obs["state"]``) and, when the spec observes it, the scene vector (``obs["scene"]``)."""
+    parts = []
+    if spec.proprio_dim:
+        parts.append(obs["state"])
+    if spec.scene_state_dim:
+        if "scene" not in obs:
+            raise SpecError("the agent observes the scene vector (scene_state_dim > 0) but the env gives no 'scene'")
+        parts.append(obs["scene"])
+    state = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+    if state.shape[0] != spec.state_dim:
+        raise SpecError(
+            f"the agent's state has {spec.state_dim} dims ({spec.proprio_dim} proprioception + {spec.scene_state_dim} "
+            f"scene); the env gives {state.shape[0]}"
+        )
+    return state
+
+
+def goal_distance(obs: dict[str, Any]) -> float:
+    """‖achieved_goal − desired_goal‖ of an env observation: the task's own measure of how far it is."""
+    return float(np.linalg.norm(np.asarray(obs["achieved_goal"], np.float64) - obs["desired_goal"]))
 
 
 def to_device_observation(
@@ -158,6 +183,7 @@ def evaluate(
                 idx = list(range(start, min(start + len(envs), cfg.episodes)))
                 active = envs[: len(idx)]
                 obs = [env.reset(seed=cfg.seed + 1000 * k + i)[0] for env, i in zip(active, idx, strict=True)]
+                start_distance = [goal_distance(o) for o in obs]
                 goal = None
                 if spec.has_goal:
                     goal_frames = [task.goal_images(env) for env in active]
@@ -186,11 +212,7 @@ def evaluate(
                     if act is None:
                         a = rng.uniform(-1, 1, (len(active), active[0].action_space.shape[0])).astype(np.float32)
                     else:
-                        states = [o["state"] for o in obs] if spec.state_dim else None
-                        if states is not None and states[0].shape[0] != spec.state_dim:
-                            raise SpecError(
-                                f"the agent's state has {spec.state_dim} dims; {task_name}'s has {states[0].shape[0]}"
-                            )
+                        states = [observation_state(o, spec) for o in obs] if spec.state_dim else None
                         o_t = to_device_observation([o["images"] for o in obs], states, spec.cameras, device)
                         a = act(o_t, goal, task_ids).float().cpu().numpy()  # (B, A)
                     for j, env in enumerate(active):
@@ -220,6 +242,8 @@ def evaluate(
                             "return": float(ret[j]),
                             "steps": int(length[j]),
                             "goal": None if goal_vec is None else [round(float(x), 4) for x in goal_vec],
+                            "start_distance": round(start_distance[j], 4),
+                            "final_distance": round(goal_distance(obs[j]), 4),
                         }
                     )
                 bar.update(len(idx))

@@ -161,10 +161,11 @@ class Agent:
         self.algo, self.deterministic = algo, deterministic
 
     def __call__(self, obs: dict[str, Any], goal_images: dict[str, np.ndarray], goal_state: np.ndarray) -> np.ndarray:
-        from robot_rl.evaluate import to_device_observation
+        from robot_rl.evaluate import observation_state, to_device_observation
 
         spec, dev = self.algo.spec, self.algo.device
-        o = to_device_observation([obs["images"]], [obs["state"]] if spec.state_dim else None, spec.cameras, dev)
+        state = [observation_state(obs, spec)] if spec.state_dim else None
+        o = to_device_observation([obs["images"]], state, spec.cameras, dev)
         g = None
         if spec.has_goal:
             gs = [goal_state.astype(np.float32)] if spec.goal_state_dim else None
@@ -232,7 +233,7 @@ class Finetuner:
             spec = self.pretrained.spec
         else:
             probe = self._sampler(self.view, None, 2, seed=0, relabel=task_relabel(self.gamma, True), pad=0)
-            spec = ObservationSpec.from_batch(probe.example_batch(), 0)
+            spec = ObservationSpec.from_sampler(probe, 0, probe.statistics() if cfg.obs.normalize else None)
             probe.close()
         self.algo = algo_cls(algo_cfg, spec, self.device)
         self.transferred = transfer(self.pretrained, self.algo) if self.pretrained is not None else []
@@ -270,13 +271,16 @@ class Finetuner:
         pad: int | None = None,
     ) -> Sampler:
         spec_cams = tuple(self.pretrained.spec.cameras) if self.pretrained else tuple(self.cfg.obs.cameras)
-        use_state = bool(self.pretrained.spec.state_dim) if self.pretrained else self.cfg.obs.use_state
+        spec = self.pretrained.spec if self.pretrained else None
+        use_state = bool(spec.proprio_dim) if spec else self.cfg.obs.use_state
+        scene_state = bool(spec.scene_state_dim) if spec else self.cfg.obs.scene_state
         goal_cams = tuple(self.pretrained.spec.goal_cameras) if self.pretrained else spec_cams
         scfg = SamplerConfig(
             batch_size=batch_size,
             cameras=spec_cams,
             goal_cameras=goal_cams,
             use_state=use_state,
+            scene_state=scene_state,
             relabel=relabel,
             augment_pad=self.cfg.obs.augment_pad if pad is None else pad,
             prefetch=self.cfg.prefetch,

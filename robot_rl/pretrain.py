@@ -51,8 +51,10 @@ class LakeConfig:
 @dataclasses.dataclass(frozen=True)
 class ObsConfig:
     cameras: tuple[str, ...] = ("front",)  # () for state-only
-    use_state: bool = True
+    use_state: bool = True  # proprioception
+    scene_state: bool = False  # also observe the scene vector (object positions: privileged, "from states")
     augment_pad: int = 4  # DrQ random shift (pixels); 0 disables
+    normalize: bool = True  # state and goal state enter the networks as (x - mean) / std of the data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +119,7 @@ class PretrainConfig:
             batch_size=self.batch_size,
             cameras=tuple(self.obs.cameras),
             use_state=self.obs.use_state,
+            scene_state=self.obs.scene_state,
             relabel=self.task.relabel,
             task_balanced=self.task.task_balanced,
             augment_pad=self.obs.augment_pad,
@@ -204,6 +207,18 @@ class DataParallel:
         flat.div_(self.world)
         for g, f in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
             g.copy_(f)
+
+
+def shared_statistics(sampler: Sampler, dist: Dist) -> dict[str, Any]:
+    """The input-normalization statistics of rank 0's data, given to every rank (one spec everywhere)."""
+    stats = sampler.statistics()
+    if dist.world_size > 1:
+        import torch.distributed as tdist
+
+        box = [stats]
+        tdist.broadcast_object_list(box, src=0)
+        stats = box[0]
+    return stats
 
 
 def parameter_digest(algo: Any) -> str:
@@ -376,7 +391,8 @@ def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Pat
     sampler = Sampler(view, cfg.sampler_config(dist.rank, dist.world_size), device, progress=cfg.progress and dist.main)
     vocab = sampler.tasks
     num_tasks = len(vocab) if cfg.task.conditioning == "task" else 0
-    spec = ObservationSpec.from_batch(sampler.example_batch(), num_tasks)
+    stats = shared_statistics(sampler, dist) if cfg.obs.normalize else None
+    spec = ObservationSpec.from_sampler(sampler, num_tasks, stats)
     torch.manual_seed(cfg.seed)
     algo = ALGOS[cfg.algo](algo_cfg, spec, device)
     accelerate(algo, cfg)

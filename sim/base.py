@@ -7,7 +7,13 @@ Observation (all worlds)::
         "state":         float32 (S,),                     # proprioception only
         "achieved_goal": float32 (G,),                     # what the task measures (see the task)
         "desired_goal":  float32 (G,),                     # the commanded goal, same layout
+        "scene":         float32 (Z,),                     # the world's configuration (privileged)
     }
+
+``scene`` is :meth:`RobotEnv.scene_state`: the same layout for every task of a world (tabletop:
+gripper then the three block centres), what the lake stores as ``achieved_goal``. Learners that
+observe objects "from states" (``obs.scene_state``) read it; a real robot would need a perception
+system to provide it.
 
 ``step`` returns ``(obs, reward, terminated, truncated, info)`` with the sparse reward
 ``1.0 if info["is_success"] else 0.0``, ``terminated = False`` (tasks are continuing; the
@@ -62,6 +68,7 @@ class RobotEnv(gym.Env[Observation, np.ndarray], abc.ABC):
         max_episode_steps: ``truncated`` becomes True after this many steps.
         seed: seed used by the first ``reset()`` that is called without one.
         hidden_site_groups: site groups never drawn (goal markers would leak the goal).
+        scene_dim: size of :meth:`scene_state` (default ``goal_dim``, as the default ``scene_state``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
@@ -79,6 +86,7 @@ class RobotEnv(gym.Env[Observation, np.ndarray], abc.ABC):
         max_episode_steps: int,
         seed: int | None = None,
         hidden_site_groups: Sequence[int] = (),
+        scene_dim: int | None = None,
     ) -> None:
         if max_episode_steps <= 0:
             raise ValueError(f"max_episode_steps must be > 0, got {max_episode_steps}")
@@ -97,6 +105,7 @@ class RobotEnv(gym.Env[Observation, np.ndarray], abc.ABC):
                 "state": gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32),
                 "achieved_goal": gym.spaces.Box(-np.inf, np.inf, (goal_dim,), np.float32),
                 "desired_goal": gym.spaces.Box(-np.inf, np.inf, (goal_dim,), np.float32),
+                "scene": gym.spaces.Box(-np.inf, np.inf, (scene_dim or goal_dim,), np.float32),
             }
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
@@ -166,6 +175,7 @@ class RobotEnv(gym.Env[Observation, np.ndarray], abc.ABC):
             "state": self.proprio().astype(np.float32),
             "achieved_goal": self.achieved_goal().astype(np.float32),
             "desired_goal": self.desired_goal().astype(np.float32),
+            "scene": np.asarray(self.scene_state(), dtype=np.float32),
         }
 
     def render(self) -> np.ndarray:

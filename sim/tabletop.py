@@ -133,6 +133,7 @@ class TabletopEnv(RobotEnv):
             action_dim=4,
             state_dim=8,
             goal_dim=objective.goal_dim,
+            scene_dim=3 + 3 * len(BLOCKS),
             max_episode_steps=max_episode_steps,
             seed=seed,
             hidden_site_groups=(HELPER_SITE_GROUP,),

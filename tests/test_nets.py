@@ -14,13 +14,17 @@ from robot_rl.nets import (
     DeterministicActor,
     EncoderConfig,
     EnsembleLinear,
+    Gaussian,
+    GaussianActor,
     ObservationEncoder,
     ObservationSpec,
     SpecError,
     TanhGaussian,
     TanhGaussianActor,
     ValueNetwork,
+    make_actor,
 )
+from robot_rl.nets.encoders import NORM_CLIP
 
 B = 5
 
@@ -150,6 +154,76 @@ def test_cached_embedding_q_values_equal_per_action_evaluation() -> None:
     assert q.shape == (2, B, 7)
     for m in range(7):
         torch.testing.assert_close(q[:, :, m], critic(feats, acts[:, m]))
+
+
+def test_scoring_only_the_first_members_equals_the_full_ensemble() -> None:
+    torch.manual_seed(0)
+    critic = Critic(6, 2, (16, 16), n=3)
+    feats, acts = torch.randn(B, 6), torch.rand(B, 7, 2) * 2 - 1
+    full = critic.q_values(feats, acts)
+    torch.testing.assert_close(critic.q_values(feats, acts, members=1), full[:1])
+    torch.testing.assert_close(critic.q_values(feats, acts, members=2), full[:2])
+    torch.testing.assert_close(critic(feats, acts[:, 0], members=1), full[:1, :, 0])
+
+
+def test_gaussian_head_has_a_finite_density_at_saturated_actions() -> None:
+    """Regression (docs/learning.md): scripted data sits at exactly ±1, where the tanh-squashed density
+    needs atanh(1 − 1e-6); its log-Jacobian then dominated GC-BC's loss. The Gaussian head's density is the
+    plain normal density of the action, finite there, with bounded gradients."""
+    mean = torch.tensor([[0.9, -0.2]], requires_grad=True)
+    log_std = torch.tensor([[-1.0, -1.0]])
+    a = torch.tensor([[1.0, -1.0]])
+    ref = torch.distributions.Normal(mean, log_std.exp()).log_prob(a).sum(-1)
+    lp = Gaussian(mean, log_std).log_prob(a)
+    torch.testing.assert_close(lp, ref)
+    lp.sum().backward()
+    assert mean.grad.abs().max() < 100
+    squashed = TanhGaussian(torch.atanh(torch.tensor([[0.9, -0.2]])), log_std).log_prob(a)
+    assert abs(squashed.item()) > 20 * abs(lp.item()), "the squashed density at ±1 is what swamped the loss"
+    # samples are clipped to the box and carry the density of the unclipped draw
+    g = torch.Generator().manual_seed(0)
+    acts, dens = Gaussian(mean.detach().expand(4, 2), torch.zeros(4, 2)).sample(num=100, generator=g)
+    assert acts.shape == (4, 100, 2) and dens.shape == (4, 100) and acts.abs().max() <= 1
+    assert (acts.abs() == 1).any(), "std 1 around 0.9 must clip some draws"
+
+
+def test_make_actor_by_name() -> None:
+    feats = torch.randn(B, 6)
+    assert isinstance(make_actor("gaussian", 6, 3, (16,)), GaussianActor)
+    assert isinstance(make_actor("gaussian", 6, 3, (16,))(feats), Gaussian)
+    assert isinstance(make_actor("tanh_gaussian", 6, 3, (16,))(feats), TanhGaussian)
+    assert make_actor("gaussian", 6, 3, (16,))(feats).mode().abs().max() <= 1
+    with pytest.raises(ValueError, match="actor_distribution must be one of"):
+        make_actor("beta", 6, 3, (16,))
+
+
+def test_state_and_goal_state_are_normalized_with_the_spec_statistics() -> None:
+    base = spec({}, state_dim=2, goal_state=3)
+    stats = {
+        "state_mean": (1.0, -2.0),
+        "state_std": (0.5, 4.0),
+        "goal_state_mean": (0.0, 0.1, 0.2),
+        "goal_state_std": (0.01, 0.02, 0.03),
+    }
+    normed = base.with_statistics(stats)
+    assert ObservationSpec.from_json(normed.to_json()) == normed, "the statistics travel in the spec's JSON"
+    enc = ObservationEncoder(normed, EncoderConfig())
+    raw = ObservationEncoder(base, EncoderConfig())
+    o = Observation({}, torch.tensor([[2.0, 2.0]]))
+    goal = Observation({}, torch.tensor([[0.01, 0.1, 0.2]]))
+    (f,) = enc([o], goal)
+    torch.testing.assert_close(f, torch.tensor([[2.0, 1.0, 1.0, 0.0, 0.0]]))
+    (r,) = raw([o], goal)
+    torch.testing.assert_close(r, torch.tensor([[2.0, 2.0, 0.01, 0.1, 0.2]]))
+    far = Observation({}, torch.tensor([[1e6, -2.0]]))
+    assert enc([far], goal)[0][0, 0].item() == NORM_CLIP
+    assert not any(k.endswith(("mean", "std")) for k in enc.state_dict()), "statistics are not parameters"
+    with pytest.raises(SpecError, match="state_mean and state_std need 2 values"):
+        base.with_statistics({**stats, "state_mean": (1.0,)})
+    with pytest.raises(SpecError, match="must be > 0"):
+        base.with_statistics({**stats, "goal_state_std": (0.0, 1.0, 1.0)})
+    with pytest.raises(SpecError, match="scene_state_dim"):
+        ObservationSpec(action_dim=3, state_dim=2, scene_state_dim=3)
 
 
 def test_tanh_gaussian_log_prob_matches_change_of_variables() -> None:

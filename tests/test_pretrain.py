@@ -240,6 +240,40 @@ def test_pretrain_evaluates_in_the_simulator_and_eval_cli_agrees(tabletop_lake: 
     assert (out / "eval_0000004.gif").stat().st_size > 1000
 
 
+def test_state_only_pretraining_observes_the_scene_with_normalized_inputs(tabletop_lake: str, tmp_path: Path) -> None:
+    run = tmp_path / "bc-state"
+    cfg = config(
+        tabletop_lake,
+        run,
+        steps=3,
+        algo="bc",
+        algo_cfg={"hidden": [16, 16]},
+        lake=LakeConfig(tabletop_lake, "main"),
+        obs=ObsConfig(cameras=(), use_state=True, scene_state=True, augment_pad=0),
+        task=TaskConfig(eval_tasks=("tabletop/reach_red",)),
+        eval_episodes=2,
+        eval_envs=2,
+    )
+    pretrain(cfg)
+    policy, _ = checkpoint.load_policy(run / "policy")
+    spec = policy.spec
+    assert (spec.state_dim, spec.scene_state_dim, spec.proprio_dim, spec.goal_state_dim) == (20, 12, 8, 12)
+    data = Lake.open(tabletop_lake).checkout("main").load(["state", "achieved_goal"], progress=False)
+    want = np.concatenate([data.steps["state"], data.steps["achieved_goal"]], 1).mean(0)
+    np.testing.assert_allclose(spec.state_mean, want, rtol=1e-4, atol=1e-6)
+    assert len(spec.goal_state_mean) == 12 and min(spec.goal_state_std) > 0
+    summary = json.loads((run / "eval" / "step_0000003.json").read_text())
+    for e in summary["episode_results"]:
+        assert e["start_distance"] > 0 and e["final_distance"] >= 0
+    assert summary["mean_final_distance"] == pytest.approx(
+        np.mean([e["final_distance"] for e in summary["episode_results"]])
+    )
+    unnormalized = tmp_path / "bc-raw"
+    pretrain(dataclasses.replace(cfg, run_dir=str(unnormalized), obs=dataclasses.replace(cfg.obs, normalize=False)))
+    raw, _ = checkpoint.load_policy(unnormalized / "policy")
+    assert raw.spec.state_mean == () and raw.spec.goal_state_mean == ()
+
+
 def test_random_policy_evaluation_and_wilson_interval() -> None:
     from robot_rl.nets import ObservationSpec
 

@@ -84,13 +84,13 @@ class TableCritic(nn.Module):
         self.n, self.slope = len(values), slope
         self.seen: list[torch.Tensor] = []
 
-    def forward(self, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, actions: torch.Tensor, members: int | None = None) -> torch.Tensor:
         self.seen.append(actions.detach().clone())
-        return self.values + self.slope * actions[:, 0]  # (N, B)
+        return (self.values + self.slope * actions[:, 0])[:members]  # (N, B)
 
-    def q_values(self, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def q_values(self, features: torch.Tensor, actions: torch.Tensor, members: int | None = None) -> torch.Tensor:
         self.seen.append(actions.detach().clone())
-        return self.values.unsqueeze(-1) + self.slope * actions[..., 0]  # (N, B, M)
+        return (self.values.unsqueeze(-1) + self.slope * actions[..., 0])[:members]  # (N, B, M)
 
 
 def make_batch(

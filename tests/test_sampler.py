@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import numpy as np
@@ -260,3 +261,38 @@ def test_bad_input_errors(small_lake: Lake) -> None:
         Sampler(
             lake.checkout(), cfg(commanded=0.5, future=0.5, final=0, negative=0, task=0, batch_size=4), progress=False
         ).sample_host()
+
+
+def test_statistics_are_the_moments_of_the_data_in_memory(small_lake: Lake) -> None:
+    s = Sampler(small_lake.checkout(), cfg(future=1.0, final=0, negative=0, task=0), progress=False)
+    view = small_lake.checkout()
+    data = view.load(["state", "achieved_goal"], progress=False)
+    stats = s.statistics(min_std=1e-3)
+    np.testing.assert_allclose(stats["state_mean"], data.steps["state"].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["state_std"], data.steps["state"].std(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["goal_state_mean"], data.steps["achieved_goal"].mean(0), rtol=1e-5, atol=1e-6)
+    # a dimension that never varies gets the floor, never 0 (it would divide by 0)
+    assert min(s.statistics(min_std=7.0)["state_std"]) == 7.0
+    s.close()
+
+
+def test_scene_state_is_appended_to_the_observation_state(small_lake: Lake) -> None:
+    base = cfg(future=1.0, final=0, negative=0, task=0)
+    s = Sampler(small_lake.checkout(), dataclasses.replace(base, scene_state=True), progress=False)
+    assert s.scene_state_dim == 2
+    b = s.sample_host()
+    state, nxt = b.observations.state.numpy(), b.next_observations.state.numpy()
+    assert state.shape[1] == 3 + 2
+    # tagged episodes: state = (episode, step, noise), achieved_goal = (step / 10, episode)
+    np.testing.assert_allclose(state[:, 3], state[:, 1] / 10, rtol=1e-6)
+    np.testing.assert_array_equal(state[:, 4], state[:, 0])
+    np.testing.assert_allclose(nxt[:, 3], nxt[:, 1] / 10, rtol=1e-6)
+    s.close()
+    only = Sampler(small_lake.checkout(), dataclasses.replace(base, scene_state=True, use_state=False), progress=False)
+    assert only.sample_host().observations.state.shape[1] == 2
+    only.close()
+    bare = Lake.create(f"memory://{uuid.uuid4().hex}")
+    ep = synthetic_episode(0, length=5, size=8)
+    bare.append([ep.replace(steps={k: v for k, v in ep.steps.items() if k != "achieved_goal"})])
+    with pytest.raises(SamplerError, match="achieved_goal"):
+        Sampler(bare.checkout(), dataclasses.replace(base, scene_state=True), progress=False)

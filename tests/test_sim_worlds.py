@@ -56,15 +56,16 @@ def physics_state(env: RobotEnv) -> np.ndarray:
 
 
 def assert_obs_valid(env: RobotEnv, obs: dict) -> None:
-    assert set(obs) == {"images", "state", "achieved_goal", "desired_goal"}
+    assert set(obs) == {"images", "state", "achieved_goal", "desired_goal", "scene"}
     assert env.observation_space.contains(obs), "observation outside observation_space"
     assert set(obs["images"]) == set(env.camera_names)
     for image in obs["images"].values():
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         assert image.std() > 1.0, "image is blank"
-    for key in ("state", "achieved_goal", "desired_goal"):
+    for key in ("state", "achieved_goal", "desired_goal", "scene"):
         assert obs[key].dtype == np.float32 and np.all(np.isfinite(obs[key]))
     assert obs["achieved_goal"].shape == obs["desired_goal"].shape
+    np.testing.assert_array_equal(obs["scene"], env.scene_state().astype(np.float32))
 
 
 def rollout(env: RobotEnv, seed: int, steps: int, action_seed: int = 0) -> list[bytes]:

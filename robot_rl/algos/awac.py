@@ -19,8 +19,9 @@ Choices and deviations:
   scored in one batched critic call (the reference, rlkit / CORL, uses one sample).
 - Weights ``exp(A/λ)`` clipped at ``max_weight`` (CORL's ``exp_adv_max``) instead of rlkit's
   batch-softmax normalization: the same fixed point, no dependence on the batch composition.
-- The policy is the tanh-Gaussian of ``heads.py`` (the paper: a Gaussian with a learned std);
-  dataset actions at ±1 are clamped to ±(1 − 1e-6) before ``atanh`` in log π.
+- The policy is ``N(tanh μ(s), σ(s)²)`` (``heads.GaussianActor``; the paper: a Gaussian with a learned
+  std), whose log-density is finite at dataset actions of ±1; ``actor_distribution="tanh_gaussian"``
+  gives the squashed head instead.
 - ``½`` on the TD term (the reference uses a plain MSE: a factor 2 in the critic's step size).
 - Encode once (``base.py``): the critic trains the encoder; the actor and ``V^π`` read detached
   features, computed after this update's critic step.
@@ -37,7 +38,8 @@ from data_lake.batch import Batch
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
 from robot_rl.algos.iql import weighted_log_likelihood
 from robot_rl.algos.sac import soft_bellman_loss
-from robot_rl.nets import TanhGaussianActor
+from robot_rl.nets import make_actor
+from robot_rl.nets.heads import check_actor_distribution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +49,11 @@ class AWACConfig(AlgoConfig):
     max_weight: float = 100.0  # w_max: exp(A/λ) is clipped here
     num_v_samples: int = 1  # K actions from π(·|s) to estimate V^π(s)
     entropy_alpha: float = 0.0  # fixed α of an optional −α·log π(a'|s') in the backup; 0: none
+    actor_distribution: str = "gaussian"  # "gaussian": N(tanh μ, σ²) | "tanh_gaussian": tanh(N(μ, σ²))
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_actor_distribution(self.actor_distribution)
         if self.num_critics < 1 or self.num_v_samples < 1:
             raise ValueError(
                 f"num_critics and num_v_samples must be >= 1, got {self.num_critics}, {self.num_v_samples}"
@@ -97,7 +101,8 @@ class AWAC(Algorithm):
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
         nets = self.encoder_and_critic(cfg.num_critics)
-        return {**nets, "actor": TanhGaussianActor(nets["encoder"].out_dim, spec.action_dim, cfg.hidden)}
+        actor = make_actor(cfg.actor_distribution, nets["encoder"].out_dim, spec.action_dim, cfg.hidden)
+        return {**nets, "actor": actor}
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         n = self.nets

@@ -4,13 +4,16 @@ Objective (``../shared/ALGORITHMS.md``, "BC and goal-conditioned BC")::
 
     max_π  E_{(s, a, g) ~ D}[ log π(a | s, g) ]
 
-with ``g`` the sampler's relabeled goal (or none, or a task id) and π a tanh-Gaussian on the
-encoder's features. The goal enters through the encoder (early or late fusion, see
+with ``g`` the sampler's relabeled goal (or none, or a task id) and π a Gaussian on the encoder's
+features (``actor_distribution``: ``gaussian`` = N(tanh μ, σ²), the default, or ``tanh_gaussian``).
+The goal enters through the encoder (early or late fusion, see
 ``robot_rl/nets/encoders.py``); with ``Batch.goals`` None it is plain BC.
 
 Choices and deviations:
 - The actor's loss trains the encoder (no critic here), so features are *not* detached.
-- Dataset actions at exactly ±1 are clamped to ±(1 − 1e-6) before ``atanh`` in log π.
+- The default head is ``N(tanh μ, σ²)`` on the action, not a tanh-squashed Gaussian: scripted data
+  saturates at ±1 (a third of the tabletop's actions), where the squashed density needs
+  ``atanh(1 − 1e-6)`` and its log-Jacobian swamps the loss (``heads.py``).
 """
 
 from __future__ import annotations
@@ -22,18 +25,21 @@ from torch import nn
 
 from data_lake.batch import Batch
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer
-from robot_rl.nets import TanhGaussianActor
+from robot_rl.nets import make_actor
+from robot_rl.nets.heads import check_actor_distribution
 
 
 @dataclasses.dataclass(frozen=True)
 class BCConfig(AlgoConfig):
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    actor_distribution: str = "gaussian"  # "gaussian": N(tanh μ, σ²) | "tanh_gaussian": tanh(N(μ, σ²))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"log_std_min must be < log_std_max, got {self.log_std_min}, {self.log_std_max}")
+        check_actor_distribution(self.actor_distribution)
 
 
 def bc_loss(enc: Encoded, nets: nn.ModuleDict, cfg: BCConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -58,8 +64,9 @@ class BC(Algorithm):
 
     def build_networks(self) -> dict[str, nn.Module]:
         encoder = self.encoder()
-        actor = TanhGaussianActor(
-            encoder.out_dim, self.spec.action_dim, self.cfg.hidden, self.cfg.log_std_min, self.cfg.log_std_max
+        cfg = self.cfg
+        actor = make_actor(
+            cfg.actor_distribution, encoder.out_dim, self.spec.action_dim, cfg.hidden, cfg.log_std_min, cfg.log_std_max
         )
         return {"encoder": encoder, "actor": actor}
 

@@ -14,8 +14,10 @@ Choices and deviations:
 - One critic step on ``L_V + L_Q`` (both train the shared encoder); the reference steps V then Q
   with separate optimizers. Adam is per-parameter, so this differs only in the encoder, which
   gets the sum of both gradients (as ogbench does with one total loss).
-- The actor is the tanh-Gaussian of ``heads.py`` (reference: a Gaussian with a tanh mean and a
-  state-independent std); it reads detached features (of this update's single encoder pass) and
+- The actor is ``N(tanh μ(s), σ(s)²)`` (``heads.GaussianActor``; the reference: a Gaussian with a tanh
+  mean and a state-independent std), whose log-density is finite at dataset actions of ±1;
+  ``actor_distribution="tanh_gaussian"`` gives the squashed head instead. It reads detached features
+  (of this update's single encoder pass) and
   the advantage under V after this step's value update (the reference also steps V first).
 - ``Q̄`` in ``L_V`` and ``L_π`` is the Polyak target ensemble (as the reference), reading the
   online encoder's features (``base.py``: there is no target encoder).
@@ -31,7 +33,8 @@ from torch import nn
 
 from data_lake.batch import Batch
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
-from robot_rl.nets import TanhGaussianActor, ValueNetwork
+from robot_rl.nets import ValueNetwork, make_actor
+from robot_rl.nets.heads import check_actor_distribution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +43,11 @@ class IQLConfig(AlgoConfig):
     beta: float = 3.0  # inverse temperature of the advantage weights
     max_weight: float = 100.0  # w_max: exp-advantage weights are clipped here
     num_critics: int = 2
+    actor_distribution: str = "gaussian"  # "gaussian": N(tanh μ, σ²) | "tanh_gaussian": tanh(N(μ, σ²))
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_actor_distribution(self.actor_distribution)
         if not 0 < self.expectile < 1:
             raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
         if self.beta < 0 or self.max_weight <= 0:
@@ -120,7 +125,7 @@ class IQL(Algorithm):
         return {
             **nets,
             "value": ValueNetwork(f, cfg.hidden),
-            "actor": TanhGaussianActor(f, spec.action_dim, cfg.hidden),
+            "actor": make_actor(cfg.actor_distribution, f, spec.action_dim, cfg.hidden),
         }
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -138,7 +138,9 @@ def cem_on_critic(
     features: torch.Tensor, critic: Critic, action_dim: int, cfg: CEMConfig, generator: torch.Generator | None
 ) -> CEMResult:
     """CEM over the first critic's raw output f_1(s, ·) on cached features (B, F); nothing is re-encoded."""
-    return cem(lambda a: critic.q_values(features, a)[0], len(features), action_dim, cfg, generator, features.device)
+    return cem(
+        lambda a: critic.q_values(features, a, members=1)[0], len(features), action_dim, cfg, generator, features.device
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,10 +6,13 @@ from robot_rl.nets.heads import (
     Deterministic,
     DeterministicActor,
     EnsembleLinear,
+    Gaussian,
+    GaussianActor,
     NoisyDeterministicActor,
     TanhGaussian,
     TanhGaussianActor,
     ValueNetwork,
+    make_actor,
 )
 
 __all__ = [
@@ -18,6 +21,8 @@ __all__ = [
     "DeterministicActor",
     "EncoderConfig",
     "EnsembleLinear",
+    "Gaussian",
+    "GaussianActor",
     "NoisyDeterministicActor",
     "ObservationEncoder",
     "ObservationSpec",
@@ -25,4 +30,5 @@ __all__ = [
     "TanhGaussian",
     "TanhGaussianActor",
     "ValueNetwork",
+    "make_actor",
 ]

@@ -18,6 +18,14 @@ trunk input, so the goal camera set must equal the observation camera set); ``la
 goal images with the same trunks and concatenates the embeddings. Cameras share one trunk
 (``share_cameras``) or get one each.
 
+Normalization: the spec may carry per-dimension statistics of the proprioceptive state and of the
+goal state (``state_mean``/``state_std``, ``goal_state_mean``/``goal_state_std``, measured on the
+training data by ``data_lake.sampler.Sampler.statistics``); the encoder then feeds
+``(x − mean) / std`` (clipped to ±``NORM_CLIP``) instead of raw metres. They live in the spec, so
+every checkpoint and deployed policy normalizes as it was trained. Without them, positions that
+differ by centimetres reach the first layer as differences of 0.01: goal-conditioned learners from
+states then fail on the tabletop (``docs/learning.md``).
+
 Encode once: ``ObservationEncoder.forward`` takes several observations that share one goal and
 task id (typically ``s`` and ``s'``) and runs every trunk once on all their images (concatenated
 along the batch), encoding each goal image once.
@@ -27,12 +35,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
 from torch import nn
 
 from data_lake.batch import Batch, Observation
+
+if TYPE_CHECKING:
+    from data_lake.sampler import Sampler
 
 
 class SpecError(ValueError):
@@ -45,6 +57,9 @@ class ObservationSpec:
 
     ``image_sizes`` (H, W) per camera in ``cameras``; ``goal_cameras`` empty and ``goal_state_dim``
     0 when there are no goals (``has_goal`` False); ``num_tasks`` 0 disables task conditioning.
+    The observation state is the proprioceptive ``state`` followed by the last ``scene_state_dim``
+    numbers, the scene vector (the env's ``scene`` observation; 0: not observed), so
+    ``state_dim − scene_state_dim`` is the proprioceptive part.
     """
 
     action_dim: int
@@ -56,6 +71,11 @@ class ObservationSpec:
     goal_image_sizes: tuple[tuple[int, int], ...] = ()
     goal_state_dim: int = 0
     num_tasks: int = 0
+    scene_state_dim: int = 0
+    state_mean: tuple[float, ...] = ()  # () : the state enters unnormalized
+    state_std: tuple[float, ...] = ()
+    goal_state_mean: tuple[float, ...] = ()
+    goal_state_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.action_dim < 1:
@@ -66,6 +86,36 @@ class ObservationSpec:
             raise SpecError("an observation needs at least one camera or a state (state_dim > 0)")
         if not self.has_goal and (self.goal_cameras or self.goal_state_dim):
             raise SpecError("goal cameras / goal state given but has_goal is False")
+        if not 0 <= self.scene_state_dim <= self.state_dim:
+            raise SpecError(f"scene_state_dim must be in [0, state_dim={self.state_dim}], got {self.scene_state_dim}")
+        for name, dim in (("state", self.state_dim), ("goal_state", self.goal_state_dim)):
+            mean, std = getattr(self, f"{name}_mean"), getattr(self, f"{name}_std")
+            if (mean or std) and not (len(mean) == len(std) == dim):
+                raise SpecError(
+                    f"{name}_mean and {name}_std need {dim} values each ({name} dim), got {len(mean)} and {len(std)}"
+                )
+            if any(not s > 0 for s in std):
+                raise SpecError(f"{name}_std must be > 0 everywhere, got {std}")
+
+    @classmethod
+    def from_sampler(
+        cls, sampler: Sampler, num_tasks: int = 0, statistics: dict[str, tuple[float, ...]] | None = None
+    ) -> ObservationSpec:
+        """The spec of a sampler's batches (``from_batch``), its scene part, and normalization ``statistics``
+        (``sampler.statistics()``, or those shared by every rank; None: no normalization)."""
+        spec = cls.from_batch(sampler.example_batch(), num_tasks)
+        spec = dataclasses.replace(spec, scene_state_dim=sampler.scene_state_dim)
+        return spec if statistics is None else spec.with_statistics(statistics)
+
+    def with_statistics(self, stats: dict[str, tuple[float, ...]]) -> ObservationSpec:
+        """This spec normalizing with ``stats`` (``Sampler.statistics()``: keys ``state_mean``, ``state_std``,
+        ``goal_state_mean``, ``goal_state_std``); a part the spec does not have is left out."""
+        keep = {}
+        if self.state_dim:
+            keep |= {k: tuple(stats[k]) for k in ("state_mean", "state_std")}
+        if self.goal_state_dim:
+            keep |= {k: tuple(stats[k]) for k in ("goal_state_mean", "goal_state_std")}
+        return dataclasses.replace(self, **keep)
 
     @classmethod
     def from_batch(cls, batch: Batch, num_tasks: int = 0) -> ObservationSpec:
@@ -94,6 +144,11 @@ class ObservationSpec:
             goal_state_dim=0 if g is None or g.state is None else int(g.state.shape[1]),
             num_tasks=num_tasks,
         )
+
+    @property
+    def proprio_dim(self) -> int:
+        """Size of the proprioceptive part of the observation state."""
+        return self.state_dim - self.scene_state_dim
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -128,6 +183,26 @@ class EncoderConfig:
             )
         if self.state_hidden < 0 or self.task_embedding_dim < 0 or self.group_norm_groups < 1:
             raise ValueError("state_hidden and task_embedding_dim must be >= 0, group_norm_groups >= 1")
+
+
+NORM_CLIP = 10.0
+"""Normalized state values are clipped to ±NORM_CLIP (a state far outside the data stays finite)."""
+
+
+class Normalizer(nn.Module):
+    """``clip((x − mean) / std, ±NORM_CLIP)`` with the spec's statistics; the identity without them."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.active = bool(mean)
+        # non-persistent: the statistics live in the spec (JSON), the state dict stays as it was
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        return ((x - self.mean) / self.std).clamp(-NORM_CLIP, NORM_CLIP)  # (B, D)
 
 
 class ConvTrunk(nn.Module):
@@ -201,6 +276,8 @@ class ObservationEncoder(nn.Module):
             if spec.state_dim and cfg.state_hidden
             else None
         )
+        self.state_norm = Normalizer(spec.state_mean, spec.state_std)
+        self.goal_state_norm = Normalizer(spec.goal_state_mean, spec.goal_state_std)
         use_task = spec.num_tasks > 0 and cfg.task_embedding_dim > 0
         self.task_embedding = nn.Embedding(spec.num_tasks, cfg.task_embedding_dim) if use_task else None
         state_out = cfg.state_hidden if self.state_net is not None else spec.state_dim
@@ -257,7 +334,7 @@ class ObservationEncoder(nn.Module):
             self._encode(self.late_cameras, [goal.images[c] for c in self.late_cameras]) if self.late_cameras else []
         )
         if self.spec.goal_state_dim:
-            parts.append(goal.state)  # (B, G)
+            parts.append(self.goal_state_norm(goal.state))  # (B, G)
         if self.task_embedding is not None:
             parts.append(self.task_embedding(task_ids))  # (B, E)
         return torch.cat(parts, dim=1) if parts else None  # (B, D_g)
@@ -275,7 +352,7 @@ class ObservationEncoder(nn.Module):
             images.append(x)
         parts = self._encode(spec.cameras, images) if spec.cameras else []  # (K*B, F) each
         if spec.state_dim:
-            s = torch.cat([o.state for o in observations])  # (K*B, S)
+            s = self.state_norm(torch.cat([o.state for o in observations]))  # (K*B, S)
             parts.append(s if self.state_net is None else self.state_net(s))
         return list(torch.cat(parts, dim=1).split(observations[0].batch_size))
 

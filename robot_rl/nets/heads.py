@@ -1,7 +1,16 @@
 """Heads on encoder features: a batched critic ensemble, tanh-Gaussian and deterministic actors, a value net.
 
 Actors called by ``Policy`` return a distribution-like object with ``mode()`` and ``sample()``:
-``TanhGaussian``, or ``Deterministic`` (TD3's action plus Gaussian exploration noise when sampled).
+``TanhGaussian``, ``Gaussian``, or ``Deterministic`` (TD3's action plus Gaussian exploration noise
+when sampled).
+
+Which Gaussian: ``TanhGaussian`` squashes samples, so SAC-style actors can use reparameterized
+samples and their exact log-densities. Its density at a dataset action of exactly ±1 (a saturated
+scripted controller, an open gripper: a third of the tabletop data) needs ``atanh(1 − ε)`` ≈ 7.3
+and a huge ``−log(1 − a²)``, which then dominates a maximum-likelihood loss (BC, IQL, AWAC). There
+``Gaussian`` is the right head: ``N(tanh(μ), σ²)`` on the action itself (IQL's and AWAC's reference
+policies), whose log-density is finite everywhere; samples are clipped to the box. On the tabletop,
+goal-conditioned BC from states goes from 0.38 to 0.95 of reach goals with it (``docs/learning.md``).
 
 The critic ensemble is ONE module: every layer is an ``EnsembleLinear`` with weights (N, in, out),
 evaluated for all N members with one ``torch.baddbmm``, so N critics cost one batched matmul per
@@ -46,7 +55,13 @@ class EnsembleLinear(nn.Module):
 
 
 class Critic(nn.Module):
-    """An ensemble of N Q-functions Q_i(features, action), evaluated as one batched module."""
+    """An ensemble of N Q-functions Q_i(features, action), evaluated as one batched module.
+
+    Scoring M actions per state (``q_values``) splits the first layer, ``W·[f, a] = W_f·f + W_a·a``:
+    ``W_f·f`` is computed once per state and broadcast over its M actions, so the features are never
+    copied M times and the (F + A)-wide product runs on B rows instead of B·M. ``members`` evaluates
+    only the first k members (CEM ranks by Q_1 alone: scoring the others would be thrown away).
+    """
 
     def __init__(self, feature_dim: int, action_dim: int, hidden: tuple[int, ...], n: int = 2):
         super().__init__()
@@ -55,19 +70,27 @@ class Critic(nn.Module):
         self.hidden = nn.ModuleList(EnsembleLinear(n, i, o) for i, o in itertools.pairwise(dims))
         self.out = EnsembleLinear(n, dims[-1], 1)
 
-    def forward(self, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """features (B, F), actions (B, A) -> Q (N, B)."""
-        x = torch.cat([features, actions], dim=-1)  # (B, F + A)
-        x = x.unsqueeze(0).expand(self.n, *x.shape)  # (N, B, F + A)
-        for layer in self.hidden:
-            x = F.relu(layer(x))  # (N, B, H)
-        return self.out(x).squeeze(-1)  # (N, B)
+    def forward(self, features: torch.Tensor, actions: torch.Tensor, members: int | None = None) -> torch.Tensor:
+        """features (B, F), actions (B, A) -> Q (N, B) (the first ``members`` only, when given)."""
+        return self.q_values(features, actions.unsqueeze(1), members).squeeze(-1)  # (N, B)
 
-    def q_values(self, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """features (B, F) cached, actions (B, M, A) -> Q (N, B, M); the features are repeated, not re-encoded."""
+    def q_values(self, features: torch.Tensor, actions: torch.Tensor, members: int | None = None) -> torch.Tensor:
+        """features (B, F) cached, actions (B, M, A) -> Q (N, B, M); the features are never repeated.
+
+        ``members``: evaluate only the first k ensemble members -> (k, B, M).
+        """
         B, M, A = actions.shape
-        rep = features.unsqueeze(1).expand(B, M, features.shape[-1]).reshape(B * M, -1)  # (B*M, F)
-        return self(rep, actions.reshape(B * M, A)).view(self.n, B, M)  # (N, B, M)
+        n = self.n if members is None else members
+        layers = [*self.hidden, self.out]
+        first = layers[0]
+        w = first.weight[:n]  # (n, F + A, H)
+        F_ = features.shape[-1]
+        h_f = torch.baddbmm(first.bias[:n], features.unsqueeze(0).expand(n, B, F_), w[:, :F_])  # (n, B, H)
+        h_a = torch.bmm(actions.reshape(1, B * M, A).expand(n, B * M, A), w[:, F_:])  # (n, B·M, H)
+        x = (h_a.view(n, B, M, -1) + h_f.unsqueeze(2)).view(n, B * M, -1)  # (n, B·M, H)
+        for layer in layers[1:]:
+            x = torch.baddbmm(layer.bias[:n], F.relu(x), layer.weight[:n])  # (n, B·M, H')
+        return x.view(n, B, M)  # (n, B, M)
 
 
 class ValueNetwork(nn.Module):
@@ -138,6 +161,72 @@ class TanhGaussianActor(nn.Module):
     def forward(self, features: torch.Tensor) -> TanhGaussian:
         mean, log_std = self.net(features).chunk(2, dim=-1)  # (B, A) each
         return TanhGaussian(mean, log_std.clamp(self.log_std_min, self.log_std_max))
+
+
+class Gaussian:
+    """``N(mean, exp(log_std)²)`` (diagonal) over actions, ``mean = tanh(μ)`` in the box; batch shape (B,).
+
+    ``log_prob`` is the plain Gaussian log-density (finite for actions at ±1); ``sample`` clips to
+    [-1, 1] and returns the density of the unclipped draw.
+    """
+
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
+        self.mean, self.log_std = mean, log_std  # (B, A)
+
+    def _log_prob(self, a: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+        z = (a - mean) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """log π(a) for actions (B, A) -> (B,)."""
+        return self._log_prob(actions, self.mean, self.log_std)
+
+    def sample(
+        self, num: int | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions clipped to [-1, 1] and the log-density of the unclipped draw: (B, A), (B,) or (B, M, A), (B, M)."""
+        mean, log_std = self.mean, self.log_std
+        if num is not None:
+            mean, log_std = mean.unsqueeze(1), log_std.unsqueeze(1)  # (B, 1, A)
+            shape = (mean.shape[0], num, mean.shape[-1])
+        else:
+            shape = tuple(mean.shape)
+        eps = torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        a = mean + torch.exp(log_std) * eps  # (B, [M,] A)
+        return a.clamp(-1.0, 1.0), self._log_prob(a, mean, log_std)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean  # (B, A)
+
+
+class GaussianActor(TanhGaussianActor):
+    """features -> Gaussian with mean tanh(μ) (for actors trained by likelihood of dataset actions)."""
+
+    def forward(self, features: torch.Tensor) -> Gaussian:  # type: ignore[override]
+        mean, log_std = self.net(features).chunk(2, dim=-1)  # (B, A) each
+        return Gaussian(torch.tanh(mean), log_std.clamp(self.log_std_min, self.log_std_max))
+
+
+ACTOR_DISTRIBUTIONS = ("gaussian", "tanh_gaussian")
+
+
+def check_actor_distribution(distribution: str) -> None:
+    if distribution not in ACTOR_DISTRIBUTIONS:
+        raise ValueError(f"actor_distribution must be one of {ACTOR_DISTRIBUTIONS}, got {distribution!r}")
+
+
+def make_actor(
+    distribution: str,
+    feature_dim: int,
+    action_dim: int,
+    hidden: tuple[int, ...],
+    log_std_min: float = -5.0,
+    log_std_max: float = 2.0,
+) -> TanhGaussianActor:
+    """The actor head by name: ``gaussian`` (``GaussianActor``) or ``tanh_gaussian`` (``TanhGaussianActor``)."""
+    check_actor_distribution(distribution)
+    cls = GaussianActor if distribution == "gaussian" else TanhGaussianActor
+    return cls(feature_dim, action_dim, hidden, log_std_min, log_std_max)
 
 
 class DeterministicActor(nn.Module):
