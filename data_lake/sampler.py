@@ -13,7 +13,7 @@ task terminal of that transition is ``is_terminal[t+1]``: true only when ``t+1``
 and the episode ended in a terminal state; an episode that was cut off (``is_last`` without
 ``is_terminal``) bootstraps from its last observation.
 
-Relabeling (``../shared/ALGORITHMS.md``, "Hindsight goal relabeling"); each row draws a source
+Relabeling (``docs/algorithms.md``, "Hindsight goal relabeling"); each row draws a source
 with the configured probabilities (they must sum to 1), then a transition eligible for it:
 
     future     j - t ~ Geometric(p) truncated at the last step T (or uniform on (t, T])

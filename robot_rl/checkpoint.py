@@ -57,6 +57,9 @@ def config_from_json(cls: type, d: dict[str, Any]) -> Any:
         if f.name not in d:
             continue
         v, t = d[f.name], hints[f.name]
+        optional = [a for a in typing.get_args(t) if a is not type(None)]
+        if len(optional) == 1 and dataclasses.is_dataclass(optional[0]):  # ``X | None`` with X a config dataclass
+            t = optional[0]
         if dataclasses.is_dataclass(t) and isinstance(v, dict):
             v = config_from_json(t, v)
         elif isinstance(v, list):

@@ -98,10 +98,13 @@ class PretrainConfig:
     eval_envs: int = 4
     prefetch: int = 4
     progress: bool = True
+    calibration_episodes: int = 0  # held out of training; Q vs the data's return on them (calibration/*)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.log_every < 1 or self.save_every < 1:
             raise ValueError("steps, batch_size, log_every and save_every must be >= 1")
+        if self.calibration_episodes < 0:
+            raise ValueError(f"calibration_episodes must be >= 0, got {self.calibration_episodes}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
 
@@ -114,7 +117,9 @@ class PretrainConfig:
         values = {**self.algo_cfg, "seed": self.seed}
         return config_from_json(ALGOS[self.algo].config_class, values)
 
-    def sampler_config(self, rank: int = 0, world_size: int = 1) -> SamplerConfig:
+    def sampler_config(
+        self, rank: int = 0, world_size: int = 1, episode_ids: tuple[str, ...] | None = None
+    ) -> SamplerConfig:
         return SamplerConfig(
             batch_size=self.batch_size,
             cameras=tuple(self.obs.cameras),
@@ -127,6 +132,7 @@ class PretrainConfig:
             seed=self.seed,
             rank=rank,
             world_size=world_size,
+            episode_ids=episode_ids,
         )
 
 
@@ -219,6 +225,34 @@ def shared_statistics(sampler: Sampler, dist: Dist) -> dict[str, Any]:
         tdist.broadcast_object_list(box, src=0)
         stats = box[0]
     return stats
+
+
+def held_out_episodes(view: Any, n: int) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """(training episode ids or None for all, held-out ids): the ``n`` episodes whose content hashes sort
+    first (a fixed, data-independent choice) are held out for calibration."""
+    if n == 0:
+        return None, ()
+    ids = sorted(r.episode_id for r in view.episodes())
+    if n >= len(ids):
+        raise ValueError(f"calibration_episodes={n} would hold out all {len(ids)} episodes of the snapshot")
+    return tuple(ids[n:]), tuple(ids[:n])
+
+
+class Calibration:
+    """Q against the data's return on fixed batches of held-out episodes (``robot_rl.diagnostics``)."""
+
+    def __init__(self, view: Any, cfg: PretrainConfig, held_out: tuple[str, ...], device: torch.device):
+        scfg = dataclasses.replace(cfg.sampler_config(episode_ids=held_out), augment_pad=0, seed=12345)
+        with Sampler(view, scfg, device, progress=False) as sampler:
+            self.batches = [next(sampler) for _ in range(4)]
+
+    def measure(self, algo: Any) -> tuple[dict[str, float], dict[str, Any] | None]:
+        from robot_rl.diagnostics import calibration, calibration_metrics
+
+        cal = calibration(algo, self.batches)
+        if cal is None:
+            return {}, None
+        return {f"calibration/{k}": v for k, v in calibration_metrics(cal).items()}, cal
 
 
 def parameter_digest(algo: Any) -> str:
@@ -387,8 +421,17 @@ def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Pat
         device = torch.device("cuda", dist.local_rank)
     run = prepare_run_dir(cfg, resolved) if dist.main else Path(cfg.run_dir or "")
     algo_cfg = cfg.algo_config()
+    if cfg.task.relabel.gamma != algo_cfg.gamma:
+        raise ValueError(
+            f"task.relabel.gamma={cfg.task.relabel.gamma} but algo.gamma={algo_cfg.gamma}: the sampler's Monte-Carlo "
+            "returns (Cal-QL, mc_lower_bound) are discounted with relabel.gamma; set both to the same value"
+        )
     view = Lake.open(cfg.lake.uri).checkout(cfg.lake.ref)
-    sampler = Sampler(view, cfg.sampler_config(dist.rank, dist.world_size), device, progress=cfg.progress and dist.main)
+    train_ids, held_out = held_out_episodes(view, cfg.calibration_episodes)
+    sampler = Sampler(
+        view, cfg.sampler_config(dist.rank, dist.world_size, train_ids), device, progress=cfg.progress and dist.main
+    )
+    calib = Calibration(view, cfg, held_out, device) if held_out and dist.main else None
     vocab = sampler.tasks
     num_tasks = len(vocab) if cfg.task.conditioning == "task" else 0
     stats = shared_statistics(sampler, dist) if cfg.obs.normalize else None
@@ -457,6 +500,17 @@ def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Pat
             best = row["success_rate"]
             checkpoint.save(run / "checkpoints" / "best", algo, extra={**meta, "best": best, "history": history})
 
+    def calibrate(step: int, final: bool) -> None:
+        from robot_rl.diagnostics import plot_calibration
+
+        assert calib is not None
+        values, cal = calib.measure(algo)
+        log.scalars(values, step)
+        if final and cal is not None:
+            (run / "calibration.json").write_text(json.dumps({"step": step, **values}, indent=1))
+            title = f"{cfg.algo}: Q vs the data's return ({len(held_out)} held-out episodes)"
+            plot_calibration(cal, run / "calibration.png", title)
+
     timings: dict[str, float] = {}
     bar = tqdm(total=cfg.steps, initial=algo.step, desc=f"pretrain {cfg.algo}", unit="upd", disable=not cfg.progress)
     window_start, window_steps = time.perf_counter(), 0
@@ -482,6 +536,8 @@ def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Pat
                 window_start = time.perf_counter()
             if step % cfg.save_every == 0 or step == cfg.steps:
                 save("latest")
+                if calib is not None:
+                    calibrate(step, final=step == cfg.steps)
     finally:
         bar.close()
         sampler.close()

@@ -329,3 +329,44 @@ def test_auxiliary_loss_joins_the_encoder_step(name: str, small_batch: Batch) ->
     p, q = plain.nets.encoder.state_dict(), aux.nets.encoder.state_dict()
     assert all(not torch.equal(p[k], q[k]) for k in p), "the auxiliary loss must reach every encoder parameter"
     assert all(torch.equal(plain.nets.actor.state_dict()[k], v) for k, v in aux.nets.actor.state_dict().items())
+
+
+# ---------------------------------------------------------------------------- IQL (goal-conditioned)
+class FixedValue(nn.Module):
+    def __init__(self, values: list[float]):
+        super().__init__()
+        self.values = nn.Parameter(torch.tensor(values))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.values  # (B,)
+
+
+def test_iql_actor_ignores_rows_whose_goal_comes_from_another_episode() -> None:
+    from data_lake.batch import FINAL, FUTURE, NEGATIVE
+    from robot_rl.algos import IQLConfig, iql
+
+    b = make_batch([0.0] * 4, [0.0] * 4, actions=torch.tensor([[0.5, 0.0], [1.0, 1.0], [-1.0, 0.3], [0.2, 0.2]]))
+    goal = Observation({}, torch.zeros(4, 2))
+    b = dataclasses.replace(b, goals=goal, goal_source=torch.tensor([FUTURE, NEGATIVE, FINAL, NEGATIVE]))
+    nets = nn.ModuleDict(
+        {"target_critic": TableCritic([[0.0] * 4, [0.0] * 4]), "value": FixedValue([0.0] * 4), "actor": FixedActor()}
+    )
+    loss, _ = iql.actor_loss(encoded(b), nets, IQLConfig(beta=1.0))
+    # advantages are 0, so weights are 1 on the two own-episode rows (rescaled to their mean) and 0 on negatives
+    want = b.actions[[0, 2]].pow(2).sum(-1).mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    plain = dataclasses.replace(b, goals=None)  # no goals: every row counts
+    loss_all, _ = iql.actor_loss(encoded(plain), nets, IQLConfig(beta=1.0))
+    assert loss_all.item() == pytest.approx(b.actions.pow(2).sum(-1).mean().item(), rel=1e-6)
+
+
+def test_iql_mc_lower_bound_raises_the_q_target() -> None:
+    from robot_rl.algos import IQLConfig, iql
+
+    b = make_batch([0.0, 1.0, 0.0], [0.0, 1.0, 0.0], mc_returns=[0.8, 1.0, 0.0])
+    nets = nn.ModuleDict({"critic": TableCritic([[0.0] * 3, [0.0] * 3]), "value": FixedValue([0.5, 0.5, 0.5])})
+    _, plain = iql.critic_loss(encoded(b), nets, IQLConfig(gamma=0.9))
+    _, bounded = iql.critic_loss(encoded(b), nets, IQLConfig(gamma=0.9, mc_lower_bound=True))
+    # targets: plain (0.45, 1.0, 0.45); bounded (0.8, 1.0, 0.45)
+    assert plain["critic/td_target"].item() == pytest.approx((0.45 + 1.0 + 0.45) / 3)
+    assert bounded["critic/td_target"].item() == pytest.approx((0.8 + 1.0 + 0.45) / 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -224,6 +225,23 @@ def test_state_and_goal_state_are_normalized_with_the_spec_statistics() -> None:
         base.with_statistics({**stats, "goal_state_std": (0.0, 1.0, 1.0)})
     with pytest.raises(SpecError, match="scene_state_dim"):
         ObservationSpec(action_dim=3, state_dim=2, scene_state_dim=3)
+
+
+def test_goal_delta_features_are_goal_minus_observation() -> None:
+    sp = dataclasses.replace(spec({"front": 16}, state_dim=5, goal_cams={"front": 16}, goal_state=3), scene_state_dim=3)
+    enc = ObservationEncoder(sp, EncoderConfig(feature_dim=4, conv_channels=4, conv_layers=2, goal_delta=True))
+    plain = ObservationEncoder(sp, EncoderConfig(feature_dim=4, conv_channels=4, conv_layers=2))
+    assert enc.out_dim == plain.out_dim + 4 + 3
+    o, goal = obs({"front": 16}, 5, seed=1), obs({"front": 16}, 3, seed=2)
+    (f,) = enc([o], goal)
+    D = 4
+    phi_s, state = f[:, :D], f[:, D : D + 5]
+    phi_g, g_state = f[:, D + 5 : 2 * D + 5], f[:, 2 * D + 5 : 2 * D + 8]
+    torch.testing.assert_close(f[:, 2 * D + 8 : 3 * D + 8], phi_g - phi_s)
+    torch.testing.assert_close(f[:, 3 * D + 8 :], g_state - state[:, 2:])  # the scene is the state's last 3
+    # the same image as goal and observation: the image delta is exactly zero
+    (same,) = enc([Observation(goal.images, o.state)], goal)
+    assert same[:, 2 * D + 8 : 3 * D + 8].abs().max() == 0
 
 
 def test_tanh_gaussian_log_prob_matches_change_of_variables() -> None:

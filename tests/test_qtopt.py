@@ -5,6 +5,7 @@ Stub critics with a known output per (member, row) make every target and loss co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -131,6 +132,17 @@ def test_td_target_is_one_at_the_reaching_step_and_clipped_double_q_elsewhere() 
     torch.testing.assert_close(y, torch.tensor([1.0, 0.9 * v[1], 0.9 * v[2], 0.9 * v[3]]))
     y_linear = td_target(enc, nets(ONLINE, TARGET), QTOptConfig(gamma=0.9, q_output="linear"), gen())
     torch.testing.assert_close(y_linear, torch.tensor([1.0, 0.9 * 1.0, 0.9 * 1.0, 0.9 * -1.0]))
+
+
+def test_mc_lower_bound_raises_targets_to_the_data_return_only_where_it_is_higher() -> None:
+    """Regression (docs/learning.md): without it a goal 60 steps ahead waits 60 rounds of bootstrapping."""
+    enc = make_batch(**ROWS)
+    mc = torch.tensor([1.0, 0.9**5, 0.0, 0.99])
+    enc = Encoded(dataclasses.replace(enc.batch, mc_returns=mc), enc.features, enc.next_features)
+    plain = td_target(enc, nets(ONLINE, TARGET), QTOptConfig(gamma=0.9), gen())
+    bounded = td_target(enc, nets(ONLINE, TARGET), QTOptConfig(gamma=0.9, mc_lower_bound=True), gen())
+    torch.testing.assert_close(bounded, torch.maximum(plain, mc))
+    assert bounded[3] > plain[3] and bounded[2] == plain[2], "raised where G is higher, untouched where it is 0"
 
 
 def test_target_evaluates_both_targets_at_the_cem_action_of_the_first() -> None:

@@ -1,6 +1,6 @@
 """Actionable Models (Chebotar et al., 2021): goal-conditioned conservative QT-Opt with goal chaining.
 
-Equations (``../shared/ALGORITHMS.md``, "Actionable Models"), ``Q(s, a, g) = sigmoid(f(s, a, g)) ∈ [0, 1]``::
+Equations (``docs/algorithms.md``, "Actionable Models"), ``Q(s, a, g) = sigmoid(f(s, a, g)) ∈ [0, 1]``::
 
     y      = r + γ(1 − d)·V̄(s', g),   V̄(s', g) = min_i Q̄_i(s', π̄(s', g), g),  π̄ = CEM on Q̄_1   (positives)
     y      = γ·V̄(s', g)            goal chaining: g from another episode, r = d = 0, bootstrapped

@@ -2,7 +2,7 @@
 
 "AWAC: Accelerating Online Reinforcement Learning with Offline Datasets".
 
-Equations (``../shared/ALGORITHMS.md``, "AWAC"), ``Q̄`` the Polyak target ensemble::
+Equations (``docs/algorithms.md``, "AWAC"), ``Q̄`` the Polyak target ensemble::
 
     y      = r + γ(1 − d)·min_i Q̄_i(s', a'),   a' ~ π(·|s')                          (policy evaluation)
     L_Q    = Σ_i ½·E_D[(Q_i(s, a) − y)²]

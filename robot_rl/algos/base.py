@@ -65,12 +65,12 @@ def encode(encoder: ObservationEncoder, batch: Batch, next_observations: bool = 
     """Encode s (with grad) and s' (without) once; the goal/task part is computed once and shared."""
     g = encoder.goal_features(batch.goals, batch.task_ids)  # (B, D_g) or None
     (f,) = encoder.observation_features([batch.observations], batch.goals)  # (B, D_o)
-    features = f if g is None else torch.cat([f, g], dim=1)  # (B, F)
+    features = encoder.join(f, g)  # (B, F)
     next_features = None
     if next_observations:
         with torch.no_grad():
             (nf,) = encoder.observation_features([batch.next_observations], batch.goals)
-            next_features = nf if g is None else torch.cat([nf, g.detach()], dim=1)  # (B, F)
+            next_features = encoder.join(nf, None if g is None else g.detach())  # (B, F)
     return Encoded(batch, features, next_features)
 
 
@@ -235,6 +235,20 @@ class Algorithm(abc.ABC):
     ) -> torch.Tensor:
         """Actions (B, A) in [-1, 1] for a device observation (float images (B, 3, H, W))."""
         return self.policy(observation, goal, task_ids, deterministic, self.rng)
+
+    @torch.no_grad()
+    def q_estimate(self, batch: Batch) -> torch.Tensor | None:
+        """Q(s, a[, g]) of the batch's own actions (B,): the minimum over the critic ensemble, on the scale
+        the algorithm learns (``q_scale``); None for an algorithm without a critic (BC). For calibration
+        plots (``robot_rl.diagnostics``), not for training."""
+        if "critic" not in self.nets:
+            return None
+        enc = encode(self.nets.encoder, batch, next_observations=False)
+        return self.q_scale(self.nets.critic(enc.features, batch.actions)).min(0).values  # (B,)
+
+    def q_scale(self, out: torch.Tensor) -> torch.Tensor:
+        """The critic's raw output -> Q (identity; QT-Opt's sigmoid critics override it)."""
+        return out
 
     @staticmethod
     def metrics(values: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Behaviour cloning and goal-conditioned BC (GCBC; Ghosh et al., 2019 / Lynch et al., 2020 for the goal form).
 
-Objective (``../shared/ALGORITHMS.md``, "BC and goal-conditioned BC")::
+Objective (``docs/algorithms.md``, "BC and goal-conditioned BC")::
 
     max_π  E_{(s, a, g) ~ D}[ log π(a | s, g) ]
 

@@ -3,7 +3,7 @@
 Nakamoto, Zhai, Singh, Mark, Ma, Finn, Kumar & Levine, "Cal-QL: Calibrated Offline RL Pre-Training for
 Efficient Online Fine-Tuning", NeurIPS 2023.
 
-Equations (``../shared/ALGORITHMS.md``, "Cal-QL"): CQL (``cql.py``) with the push-down on
+Equations (``docs/algorithms.md``, "Cal-QL"): CQL (``cql.py``) with the push-down on
 policy-sampled actions bounded from below by the reference policy's value ``V^μ``::
 
     L_Q   = Σ_i ½·E_D[(Q_i(s, a) − y)²]

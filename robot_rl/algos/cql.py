@@ -1,6 +1,6 @@
 """Conservative Q-Learning, SAC-based CQL(H) (Kumar, Zhou, Tucker & Levine, 2020).
 
-Equations (``../shared/ALGORITHMS.md``, "CQL"), ``Q̄`` the Polyak target ensemble::
+Equations (``docs/algorithms.md``, "CQL"), ``Q̄`` the Polyak target ensemble::
 
     y      = r + γ(1 − d)·( min_i Q̄_i(s', a') − α_ent·log π(a'|s') ),   a' ~ π(·|s')          (SAC backup)
     y_max  = r + γ(1 − d)·max_{a'_1..M ~ π(·|s')} min_i Q̄_i(s', a'_m)                     (max-backup)

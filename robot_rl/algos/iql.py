@@ -1,6 +1,6 @@
 """Implicit Q-Learning (IQL; Kostrikov, Nair & Levine, 2021, "Offline RL with Implicit Q-Learning").
 
-Equations (``../shared/ALGORITHMS.md``, "IQL"), ``u = Q̄(s, a) − V(s)``, ``Q̄ = min_i Q̄_i``::
+Equations (``docs/algorithms.md``, "IQL"), ``u = Q̄(s, a) − V(s)``, ``Q̄ = min_i Q̄_i``::
 
     L_V(ψ) = E_D[ L₂^τ(Q̄(s, a) − V_ψ(s)) ],            L₂^τ(u) = |τ − 1(u < 0)|·u²      (eq. 5)
     L_Q(θ) = E_D[ Σ_i (r + γ(1 − d)·V_ψ(s') − Q_θi(s, a))² ]                              (eq. 6)
@@ -19,6 +19,9 @@ Choices and deviations:
   ``actor_distribution="tanh_gaussian"`` gives the squashed head instead. It reads detached features
   (of this update's single encoder pass) and
   the advantage under V after this step's value update (the reference also steps V first).
+- ``mc_lower_bound`` (off by default): Q's target is ``max(r + γ(1 − d)·V(s'), G)``, G the data's
+  Monte-Carlo return (``qtopt.py`` explains why this is a lower bound of Q* in a deterministic
+  simulator and what it buys on long-horizon goals).
 - ``Q̄`` in ``L_V`` and ``L_π`` is the Polyak target ensemble (as the reference), reading the
   online encoder's features (``base.py``: there is no target encoder).
 """
@@ -31,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from data_lake.batch import Batch
+from data_lake.batch import NEGATIVE, Batch
 from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
 from robot_rl.nets import ValueNetwork, make_actor
 from robot_rl.nets.heads import check_actor_distribution
@@ -43,6 +46,7 @@ class IQLConfig(AlgoConfig):
     beta: float = 3.0  # inverse temperature of the advantage weights
     max_weight: float = 100.0  # w_max: exp-advantage weights are clipped here
     num_critics: int = 2
+    mc_lower_bound: bool = False  # Q's target max(r + γ(1 − d)·V(s'), the data's Monte-Carlo return)
     actor_distribution: str = "gaussian"  # "gaussian": N(tanh μ, σ²) | "tanh_gaussian": tanh(N(μ, σ²))
 
     def __post_init__(self) -> None:
@@ -77,6 +81,8 @@ def critic_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torc
     with torch.no_grad():
         next_v = nets.value(enc.next_features)  # (B,)
         td_target = b.rewards + cfg.gamma * (1.0 - b.terminals) * next_v  # (B,)
+        if cfg.mc_lower_bound:
+            td_target = torch.maximum(td_target, b.mc_returns)  # (B,)
     q = nets.critic(enc.features, b.actions)  # (N, B)
     td_loss = (q - td_target).pow(2).mean(1).sum()
     metrics = {
@@ -88,11 +94,20 @@ def critic_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torc
 
 
 def actor_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_π = −E[min(exp(β·(Q̄(s, a) − V(s))), w_max)·log π(a | s)] (eq. 7), on detached features."""
-    features, actions = enc.features.detach(), enc.batch.actions  # (B, F), (B, A)
+    """L_π = −E[min(exp(β·(Q̄(s, a) − V(s))), w_max)·log π(a | s)] (eq. 7), on detached features.
+
+    Rows whose goal comes from another episode (``NEGATIVE``) get weight 0: the data never reached that
+    goal, so its action demonstrates nothing about it (as GC-BC, and ogbench's GCIQL, which draws the
+    actor's goals from the row's own trajectory only). They still train V and Q.
+    """
+    b = enc.batch
+    features, actions = enc.features.detach(), b.actions  # (B, F), (B, A)
     with torch.no_grad():
         advantage = nets.target_critic(features, actions).min(0).values - nets.value(features)  # (B,)
         weight = torch.exp(cfg.beta * advantage).clamp(max=cfg.max_weight)  # (B,)
+        if b.goals is not None:
+            own = (b.goal_source != NEGATIVE).float()  # (B,)
+            weight = weight * own * len(own) / own.sum().clamp_min(1.0)  # mean over the kept rows
     return weighted_log_likelihood(nets.actor(features), actions, weight, advantage, cfg.max_weight)
 
 

@@ -1,6 +1,6 @@
 """MT-Opt (Kalashnikov et al., 2021): one multi-task QT-Opt Q-function shared by every task.
 
-Equations (``../shared/ALGORITHMS.md``, "MT-Opt"), ``e_k`` the learned task embedding::
+Equations (``docs/algorithms.md``, "MT-Opt"), ``e_k`` the learned task embedding::
 
     Q(s, a, k) = sigmoid(f(φ(s), e_k, a)) ∈ [0, 1]
     y          = r_k + γ(1 − d_k)·min_i Q̄_i(s', π̄(s', k), k),   π̄(s', k) = CEM on Q̄_1(s', ·, k)

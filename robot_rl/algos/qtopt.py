@@ -1,6 +1,6 @@
 """QT-Opt (Kalashnikov et al., 2018): critic-only Q-learning whose policy is the cross-entropy method.
 
-Equations (``../shared/ALGORITHMS.md``, "QT-Opt"), ``Q̄_i`` the Polyak targets of two critics::
+Equations (``docs/algorithms.md``, "QT-Opt"), ``Q̄_i`` the Polyak targets of two critics::
 
     π(s)   = argmax_a Q(s, a) ≈ CEM(Q_1(s, ·)):  a_1..N ~ N(μ, σ²) clipped to [-1, 1]^A (the first
              iteration: uniform on the box), keep the best M, refit μ, σ to them, repeat I times
@@ -29,6 +29,12 @@ Choices and deviations:
   the final CEM distribution (std floored at ``min_std``).
 - One synchronous update step with Polyak targets instead of the paper's distributed, asynchronous
   Bellman updaters and replay buffers.
+- ``mc_lower_bound`` (not in the paper, off by default): the target is ``max(y, G)`` with G the
+  behaviour's discounted return from the sampler (``Batch.mc_returns``). The simulator is
+  deterministic, so replaying the data's own actions reaches what the data reached: G ≤ Q*(s, a, g).
+  For a hindsight goal j − t steps ahead G = γ^(j − t − 1), so a goal 60 steps away has a target of
+  γ^59 from the first update instead of after 60 rounds of bootstrapping (Cal-QL uses the same
+  return to calibrate its regularizer). The sampler's ``relabel.gamma`` must equal ``gamma``.
 """
 
 from __future__ import annotations
@@ -149,7 +155,13 @@ class QTOptConfig(AlgoConfig):
 
     num_critics: int = 2  # clipped double-Q: min over this many target critics
     q_output: str = "sigmoid"  # "sigmoid": Q ∈ [0, 1], cross-entropy | "linear": unbounded, squared error
-    cem: CEMConfig = dataclasses.field(default_factory=CEMConfig)
+    mc_lower_bound: bool = False  # y = max(y, the data's Monte-Carlo return), a lower bound of Q*
+    cem: CEMConfig = dataclasses.field(default_factory=CEMConfig)  # acting
+    target_cem: CEMConfig | None = None  # π̄ of the TD target; None: the same as ``cem``
+
+    @property
+    def cem_for_targets(self) -> CEMConfig:
+        return self.cem if self.target_cem is None else self.target_cem
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -176,18 +188,22 @@ def q_loss(out: torch.Tensor, target: torch.Tensor, cfg: QTOptConfig) -> torch.T
 def cem_value(
     features: torch.Tensor, critic: Critic, action_dim: int, cfg: QTOptConfig, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """V(s) = min_i Q_i(s, π(s)), π = CEM on Q_1 -> (V (B,), π(s) (B, A)); clipped double-Q with targets."""
-    action = cem_on_critic(features, critic, action_dim, cfg.cem, generator).action  # (B, A)
+    """V(s) = min_i Q_i(s, π(s)), π = CEM on Q_1 (``target_cem``) -> (V (B,), π(s) (B, A)); clipped double-Q."""
+    action = cem_on_critic(features, critic, action_dim, cfg.cem_for_targets, generator).action  # (B, A)
     value = q_from_output(critic(features, action), cfg).min(0).values  # (B,)
     return value, action
 
 
 @torch.no_grad()
 def td_target(enc: Encoded, nets: nn.ModuleDict, cfg: QTOptConfig, generator: torch.Generator) -> torch.Tensor:
-    """y = r + γ(1 − d)·min_i Q̄_i(s', π̄(s')) with π̄ = CEM on Q̄_1, on the cached s' embedding -> (B,)."""
+    """y = r + γ(1 − d)·min_i Q̄_i(s', π̄(s')) with π̄ = CEM on Q̄_1, on the cached s' embedding -> (B,).
+
+    With ``mc_lower_bound``: ``y = max(y, G)``, G the batch's Monte-Carlo return (``Batch.mc_returns``).
+    """
     b = enc.batch
     next_v, _ = cem_value(enc.next_features, nets.target_critic, b.actions.shape[1], cfg, generator)  # (B,)
-    return b.rewards + cfg.gamma * (1.0 - b.terminals) * next_v
+    y = b.rewards + cfg.gamma * (1.0 - b.terminals) * next_v  # (B,)
+    return torch.maximum(y, b.mc_returns) if cfg.mc_lower_bound else y
 
 
 def critic_loss(
@@ -247,6 +263,9 @@ class QTOpt(Algorithm):
         polyak_update(self.nets.target_critic, self.nets.critic, self.cfg.tau)
         self.step += 1
         return self.metrics(metrics)
+
+    def q_scale(self, out: torch.Tensor) -> torch.Tensor:
+        return q_from_output(out, self.cfg)
 
     @property
     def policy(self) -> CEMPolicy:

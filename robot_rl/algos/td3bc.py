@@ -1,7 +1,7 @@
 """TD3+BC (Fujimoto & Gu, 2021, "A Minimalist Approach to Offline Reinforcement Learning").
 
 TD3 (Fujimoto, van Hoof & Meger, 2018) with a behaviour-cloning term in the actor loss.
-Equations (``../shared/ALGORITHMS.md``, "TD3+BC"), ``Q̄``, ``π̄`` the Polyak targets::
+Equations (``docs/algorithms.md``, "TD3+BC"), ``Q̄``, ``π̄`` the Polyak targets::
 
     ã'     = clip(π̄(s') + clip(ε, −c, c), −1, 1),   ε ~ N(0, σ²)                    (target policy smoothing)
     y      = r + γ(1 − d)·min_i Q̄_i(s', ã')                                          (clipped double-Q)
@@ -12,8 +12,9 @@ Delayed policy updates: the actor and both targets are updated every ``policy_fr
 on steps ``t`` with ``t mod policy_freq = 0`` (the first update included).
 
 Choices and deviations:
-- No state normalization (the paper normalizes states with dataset statistics): the actor and the
-  critic read encoder features (LayerNorm-ed, tanh-bounded image embeddings; raw state columns).
+- States are normalized with dataset statistics as in the paper, but by the shared encoder
+  (``obs.normalize``, the spec's statistics), so the actor and the critic read encoder features
+  (LayerNorm-ed, tanh-bounded image embeddings; normalized state columns).
 - ``(π(s) − a)²`` is the mean over the batch *and* the action dimensions (as the reference's
   ``F.mse_loss``); ``λ``'s ``mean|Q|`` is over the batch, detached, and floored at 1e-6.
 - ``act(deterministic=False)`` adds TD3's exploration noise ``N(0, exploration_noise²)`` clipped to

@@ -13,6 +13,12 @@ Conditioning (what ``ObservationEncoder`` concatenates, in this order)::
     [camera features (one per camera, sorted names)] [state or MLP(state)]
     [late fusion: goal camera features] [goal state] [task embedding]
 
+Goal deltas (``goal_delta``): the features also carry goal − observation, φ(g) − φ(s) for each
+camera seen both ways (late fusion: one trunk, one embedding space) and goal state − the observed
+scene vector. What must change to reach the goal is then an input rather than something the first
+layer has to learn to compute; on multi-task tabletop data it is what lets a goal-conditioned
+policy tell a push goal from a reach goal (``docs/learning.md``).
+
 Goal fusion: ``early`` stacks each goal image's channels with its camera's image (a 6-channel
 trunk input, so the goal camera set must equal the observation camera set); ``late`` encodes the
 goal images with the same trunks and concatenates the embeddings. Cameras share one trunk
@@ -170,6 +176,7 @@ class EncoderConfig:
     goal_fusion: str = "late"  # "early" (6-channel input) | "late" (shared trunk, concatenated embeddings)
     state_hidden: int = 0  # 0: concatenate the state directly; > 0: Linear -> ReLU to this size first
     task_embedding_dim: int = 16  # used when the spec has num_tasks > 0
+    goal_delta: bool = False  # also feed goal − observation: per camera φ(g) − φ(s) (late fusion), goal − scene state
 
     def __post_init__(self) -> None:
         if self.trunk not in ("conv", "resnet18"):
@@ -281,10 +288,15 @@ class ObservationEncoder(nn.Module):
         use_task = spec.num_tasks > 0 and cfg.task_embedding_dim > 0
         self.task_embedding = nn.Embedding(spec.num_tasks, cfg.task_embedding_dim) if use_task else None
         state_out = cfg.state_hidden if self.state_net is not None else spec.state_dim
+        # goal − observation differences (``goal_delta``): cameras seen both as goal and observation through
+        # late fusion (one trunk, one embedding space), and the goal state against the observed scene vector
+        self.delta_cameras = tuple(c for c in self.late_cameras if c in spec.cameras) if cfg.goal_delta else ()
+        same_layout = spec.scene_state_dim > 0 and spec.scene_state_dim == spec.goal_state_dim
+        self.state_delta = bool(cfg.goal_delta and same_layout and not cfg.state_hidden)
         self.out_dim = (
-            cfg.feature_dim * (len(spec.cameras) + len(self.late_cameras))
+            cfg.feature_dim * (len(spec.cameras) + len(self.late_cameras) + len(self.delta_cameras))
             + state_out
-            + spec.goal_state_dim
+            + spec.goal_state_dim * (2 if self.state_delta else 1)
             + (cfg.task_embedding_dim if use_task else 0)
         )
 
@@ -356,10 +368,30 @@ class ObservationEncoder(nn.Module):
             parts.append(s if self.state_net is None else self.state_net(s))
         return list(torch.cat(parts, dim=1).split(observations[0].batch_size))
 
+    def join(self, f: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+        """One observation's features (B, D_o) with the shared goal/task features (B, D_g) -> (B, out_dim).
+
+        With ``goal_delta`` the differences goal − observation follow: per camera φ(g) − φ(s), and the
+        normalized goal state minus the normalized scene part of the observation state (same layout and
+        statistics: both are the lake's ``achieved_goal``)."""
+        if g is None:
+            return f
+        parts = [f, g]
+        D = self.cfg.feature_dim
+        for c in self.delta_cameras:
+            i, j = self.spec.cameras.index(c), self.late_cameras.index(c)
+            parts.append(g[:, j * D : (j + 1) * D] - f[:, i * D : (i + 1) * D])  # (B, D)
+        if self.state_delta:
+            G = self.spec.goal_state_dim
+            g0 = len(self.late_cameras) * D
+            scene = f[:, len(self.spec.cameras) * D + self.spec.proprio_dim :][:, :G]  # (B, G), the scene part
+            parts.append(g[:, g0 : g0 + G] - scene)  # (B, G)
+        return torch.cat(parts, dim=1)  # (B, out_dim)
+
     def forward(
         self, observations: Sequence[Observation], goal: Observation | None = None, task_ids: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """Encode K observations sharing a goal and task ids; each goal image is encoded once -> K x (B, out_dim)."""
         g = self.goal_features(goal, task_ids)  # (B, D_g) or None
         feats = self.observation_features(observations, goal)  # K x (B, D_o)
-        return feats if g is None else [torch.cat([f, g], dim=1) for f in feats]
+        return [self.join(f, g) for f in feats]
