@@ -1,20 +1,29 @@
-"""Finetuning benchmark on one tabletop task: does pretraining help, does ξ·L_g help, is there a dip?
+"""Finetuning benchmark: a task with no reward in pretraining, learned online from images with few rewards.
 
-    .venv/bin/python -m benchmarks.finetune [--quick] [--json PATH] [--task tabletop/reach_red]
+    .venv/bin/python -m benchmarks.finetune [--quick] [--json PATH] [--out DIR] [--task tabletop/reach_red]
 
-Data: a local lake of the task's noisy scripted episodes and unlabeled play (32x32 renders; the
-learners read proprioceptive state and the goal's scene state, so the full run fits on a CPU).
+Data: one local lake of 32x32 front-camera episodes, no rewards used in pretraining: play (noise
+0.3), the task's noisy scripted episodes (noise 1.0: far from expert) and near-expert pushes (0.1).
 
-1. **Pretraining helps?** Actionable Models is pretrained on the lake with hindsight goals only (no
-   task reward). Then ``robot-rl compare``: QT-Opt finetuning online for ``budget_env_steps`` from
-   scratch, from the pretrained critic, and from it with ξ·L_g, on the same seeds; the reward budget
-   reveals only ``reward_budget`` labeled lake episodes. Figures: mean final success per variant
-   (the baseline: from scratch, same budget and seeds).
-2. **The dip** (Cal-QL's claim): CQL and Cal-QL are pretrained offline on the task's labeled episodes,
-   then finetuned online with the same algorithm; ``<algo>_dip`` = success at the first evaluation
-   after finetuning starts − success before it (negative: a dip), averaged over seeds.
+1. **Does pretraining help, does ξ·L_g help?** Actionable Models is pretrained from images on
+   hindsight goals only (γ = 0.97, the Monte-Carlo lower bound, goal-delta features). Then
+   ``robot-rl compare``: QT-Opt finetunes online from images for ``online_steps`` environment steps
+   with at most ``reward_budget`` revealed reward-labeled lake episodes of the task, on ``seeds``:
 
-The full run uses 3 seeds and states its budget in the JSON; ``--quick`` one seed and tiny budgets.
+       scratch          the same networks and data, no checkpoint
+       pretrained       from the AM checkpoint, ξ = 0 (the ξ·L_g ablation)
+       pretrained_aux   from the AM checkpoint, L = L_task + ξ·L_g
+
+   Figures: final success of each variant, the evaluations of all seeds pooled (``eval_episodes``
+   per seed) with a Wilson 95% interval (``<variant>_success``, ``_ci_low``, ``_ci_high``), and the
+   zero-shot success before any update (``pretrained_zero_shot``).
+2. **The dip** (Cal-QL's claim) from states (cheap enough for ``dip_eval_episodes`` episodes per
+   evaluation): CQL and Cal-QL pretrained offline on the task's reward-labeled episodes (its
+   commanded goal, sparse success reward), then finetuned online with the same algorithm.
+   ``<algo>_dip`` = success before finetuning − the lowest success measured in the first 20% of
+   online steps, averaged over seeds (0: no dip; smaller is better); ``<algo>_dip_per_seed_*``.
+
+``--quick`` runs one seed on tiny budgets (checks the plumbing, not the learning).
 """
 
 from __future__ import annotations
@@ -30,149 +39,187 @@ import numpy as np
 
 from benchmarks.report import report
 
+GAMMA = 0.97
+AM_RELABEL = {"future": 0.3, "final": 0.4, "negative": 0.3, "commanded": 0.0, "task": 0.0, "gamma": GAMMA}
+
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
     seeds: tuple[int, ...]
-    task_episodes: int
-    play_episodes: int
+    episodes: int  # in the lake: play 40%, the task 30%, pushes 30%
     pretrain_steps: int
-    online_steps: int
+    online_steps: int  # environment steps per finetuning run
     utd: float
     eval_every: int
-    eval_episodes: int
+    eval_episodes: int  # per evaluation and seed
     batch: int
     reward_budget: int
+    xi: float
+    dip_pretrain_steps: int
+    dip_online_steps: int
+    dip_eval_every: int
+    dip_eval_episodes: int
 
 
-QUICK = Budget((0,), 6, 2, 150, 120, 0.5, 60, 5, 64, 2)
-FULL = Budget((0, 1, 2), 20, 6, 1500, 800, 0.5, 200, 10, 128, 4)
+QUICK = Budget((0,), 12, 40, 60, 0.25, 60, 4, 32, 2, 0.1, 40, 40, 20, 4)
+FULL = Budget((0, 1, 2, 3, 4), 240, 2000, 1000, 0.25, 500, 20, 128, 3, 0.1, 1500, 300, 30, 50)
 
 
 def build_lake(root: Path, task: str, b: Budget) -> str:
-    from data_lake import Lake
-    from sim.collect import CollectConfig, collect
+    from sim.collect import collect_mix
 
     uri = str(root / "lake")
-    for k, (t, n) in enumerate(((task, b.task_episodes), ("tabletop/play", b.play_episodes))):
-        collect(
-            CollectConfig(
-                task=t,
-                episodes=n,
-                lake=uri,
-                policy="noisy",
-                seed=k,
-                image_size=32,
-                cameras=("front",),
-                workers=2,
-                progress=False,
-            )
-        )
-    Lake.open(uri).tag("v1")
+    mix = (("tabletop/play", 0.4, 0.3), (task, 0.3, 1.0), ("tabletop/push_red_to_pad", 0.3, 0.1))
+    runs = [(t, max(2, round(share * b.episodes)), "noisy", noise) for t, share, noise in mix]
+    collect_mix(uri, runs, image_size=32, cameras=("front",), workers=2, progress=False)
     return uri
 
 
-def pretrain_run(uri: str, root: Path, algo: str, b: Budget, conditioning_task: bool) -> Path:
-    from data_lake.sampler import RelabelConfig
+def algo_defaults(algo: str, **overrides: object) -> dict:
     from robot_rl.hydra_utils import compose
+
+    cfg = {k: v for k, v in compose("pretrain", [f"algo={algo}"])["algo"].items() if k != "name"}
+    for k, v in overrides.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) else v
+    return cfg
+
+
+def pretrain_am(uri: str, root: Path, b: Budget) -> Path:
+    from data_lake.sampler import RelabelConfig
     from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
 
-    algo_cfg = {k: v for k, v in compose("pretrain", [f"algo={algo}"])["algo"].items() if k != "name"}
-    algo_cfg |= {"gamma": 0.9, "hidden": [128, 128]}
-    if conditioning_task:  # the task's own goal and sparse reward (CQL / Cal-QL offline pretraining)
-        relabel = RelabelConfig(future=0, final=0, negative=0, commanded=1.0, task=0, gamma=0.9, success_terminal=True)
-    else:  # hindsight goals only, no task reward (Actionable Models)
-        relabel = RelabelConfig(future=0.6, final=0.1, negative=0.3, commanded=0, task=0, gamma=0.9)
     cfg = PretrainConfig(
-        algo=algo,
-        algo_cfg=algo_cfg,
+        algo="actionable_models",
+        algo_cfg=algo_defaults("actionable_models", gamma=GAMMA, mc_lower_bound=True, encoder={"goal_delta": True}),
         lake=LakeConfig(uri, "tag:v1"),
-        obs=ObsConfig(cameras=(), use_state=True, augment_pad=0),
-        task=TaskConfig(conditioning="goal", relabel=relabel),
+        obs=ObsConfig(cameras=("front",), use_state=True, augment_pad=2),
+        task=TaskConfig(conditioning="goal", relabel=RelabelConfig(**AM_RELABEL)),
         steps=b.pretrain_steps,
         batch_size=b.batch,
-        run_dir=str(root / f"pretrain-{algo}"),
+        run_dir=str(root / "pretrain-am"),
         save_every=b.pretrain_steps,
         progress=False,
     )
     return pretrain(cfg)
 
 
-def finetune_base(uri: str, task: str, algo: str, ckpt: Path, b: Budget, algo_cfg: dict | None = None):  # type: ignore[no-untyped-def]
-    from robot_rl.finetune import AuxConfig, FinetuneConfig
-    from robot_rl.hydra_utils import compose
-    from robot_rl.pretrain import LakeConfig
+def pretrain_task(uri: str, root: Path, algo: str, b: Budget) -> Path:
+    """CQL / Cal-QL offline on the task's reward-labeled episodes, from states (commanded goal)."""
+    from data_lake.sampler import RelabelConfig
+    from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
 
-    cfg = {k: v for k, v in compose("pretrain", [f"algo={algo}"])["algo"].items() if k != "name"}
-    cfg |= {"gamma": 0.9, "hidden": [128, 128]} | (algo_cfg or {})
-    return FinetuneConfig(
-        task=task,
+    relabel = RelabelConfig(future=0, final=0, negative=0, commanded=1.0, task=0, gamma=GAMMA, success_terminal=True)
+    cfg = PretrainConfig(
         algo=algo,
-        algo_cfg=cfg,
-        ckpt=str(ckpt),
+        algo_cfg=algo_defaults(algo, gamma=GAMMA),
         lake=LakeConfig(uri, "tag:v1"),
-        aux=AuxConfig(xi=0.0, batch_size=b.batch // 2),
-        online_steps=b.online_steps,
-        batch_size=b.batch,
-        reward_budget=b.reward_budget,
-        utd=b.utd,
-        eval_every=b.eval_every,
-        eval_episodes=b.eval_episodes,
+        obs=ObsConfig(cameras=(), use_state=True, scene_state=True, augment_pad=0),
+        task=TaskConfig(conditioning="goal", relabel=relabel),
+        steps=b.dip_pretrain_steps,
+        batch_size=256,
+        run_dir=str(root / f"pretrain-{algo}"),
+        save_every=b.dip_pretrain_steps,
         progress=False,
     )
+    return pretrain(cfg)
+
+
+def dip(curve: list[dict], online_steps: int) -> float:
+    """Success before finetuning − the lowest success in the first 20% of online steps (>= 0)."""
+    early = [r["success_rate"] for r in curve[1:] if r["env_step"] <= 0.2 * online_steps]
+    return max(0.0, curve[0]["success_rate"] - min(early)) if early else 0.0
 
 
 def main() -> None:
+    from data_lake.sampler import RelabelConfig
     from robot_rl.compare import compare
+    from robot_rl.finetune import AuxConfig, FinetuneConfig, finetune
+    from robot_rl.pretrain import LakeConfig
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json")
+    p.add_argument("--out", help="keep the runs here (default: a temp dir)")
     p.add_argument("--task", default="tabletop/reach_red")
+    p.add_argument("--skip-dip", action="store_true", help="only the scratch / pretrained / ξ comparison")
     a = p.parse_args()
     b = QUICK if a.quick else FULL
     t0 = time.perf_counter()
+    figs: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(a.out) if a.out else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         uri = build_lake(root, a.task, b)
-        am = pretrain_run(uri, root, "actionable_models", b, conditioning_task=False)
-        base = finetune_base(uri, a.task, "qtopt", am, b)
-        summary = compare(base, list(b.seeds), 0.1, root / "compare")
-        v = summary["variants"]
-        figs: dict[str, float] = {
-            "scratch_success": v["scratch"]["final_success"],
-            "pretrained_success": v["pretrained"]["final_success"],
-            "pretrained_aux_success": v["pretrained_aux"]["final_success"],
-            "pretrained_zero_shot": v["pretrained"]["first_success"],
-        }
-        from robot_rl.finetune import finetune
-
-        for algo in ("cql", "calql"):
-            extra = {"backup_entropy": False, "alpha_init": 0.1, "cql_alpha": 1.0}
-            ckpt = pretrain_run(uri, root, algo, b, conditioning_task=True)
-            dips = []
-            for seed in b.seeds:
-                run = root / f"dip-{algo}-{seed}"
-                cfg = dataclasses.replace(
-                    finetune_base(uri, a.task, algo, ckpt, b, extra), seed=seed, run_dir=str(run), online_ratio=0.5
-                )
-                finetune(cfg)
-                curve = json.loads((run / "curve.json").read_text())
-                dips.append(curve[1]["success_rate"] - curve[0]["success_rate"] if len(curve) > 1 else 0.0)
-            figs[f"{algo}_dip"] = float(np.mean(dips))
+        figs["collect_s"] = time.perf_counter() - t0
+        am = pretrain_am(uri, root, b)
+        figs["pretrain_s"] = time.perf_counter() - t0 - figs["collect_s"]
+        base = FinetuneConfig(
+            task=a.task,
+            algo="qtopt",
+            algo_cfg=algo_defaults("qtopt", gamma=GAMMA, mc_lower_bound=True),
+            ckpt=str(am),
+            lake=LakeConfig(uri, "tag:v1"),
+            aux=AuxConfig(xi=0.0, batch_size=b.batch // 2, relabel=RelabelConfig(**AM_RELABEL)),
+            online_steps=b.online_steps,
+            batch_size=b.batch,
+            reward_budget=b.reward_budget,
+            utd=b.utd,
+            eval_every=b.eval_every,
+            eval_episodes=b.eval_episodes,
+            progress=False,
+        )
+        summary = compare(base, list(b.seeds), b.xi, root / "compare")
+        for name, v in summary["variants"].items():
+            figs[f"{name}_success"] = v["final_successes"] / v["final_episodes"]
+            figs[f"{name}_success_ci_low"], figs[f"{name}_success_ci_high"] = v["final_ci95"]
+        zs = summary["variants"]["pretrained"]
+        figs["pretrained_zero_shot"] = zs["first_successes"] / zs["first_episodes"]
+        figs["pretrained_zero_shot_ci_low"], figs["pretrained_zero_shot_ci_high"] = zs["first_ci95"]
+        figs["aux_effect"] = figs["pretrained_aux_success"] - figs["pretrained_success"]
+        figs["compare_s"] = time.perf_counter() - t0 - figs["collect_s"] - figs["pretrain_s"]
+        if not a.skip_dip:
+            for algo in ("cql", "calql"):
+                ckpt = pretrain_task(uri, root, algo, b)
+                dips = []
+                for seed in b.seeds:
+                    run = root / f"dip-{algo}-{seed}"
+                    cfg = dataclasses.replace(
+                        base,
+                        algo=algo,
+                        algo_cfg=algo_defaults(algo, gamma=GAMMA),
+                        ckpt=str(ckpt),
+                        aux=AuxConfig(xi=0.0),
+                        reward_budget=None,
+                        online_steps=b.dip_online_steps,
+                        utd=1.0,
+                        batch_size=256,
+                        eval_every=b.dip_eval_every,
+                        eval_episodes=b.dip_eval_episodes,
+                        seed=seed,
+                        run_dir=str(run),
+                        branch=f"finetune/dip-{algo}-{seed}",
+                    )
+                    finetune(cfg)
+                    curve = json.loads((run / "curve.json").read_text())
+                    dips.append(dip(curve, b.dip_online_steps))
+                    figs[f"{algo}_before_seed{seed}"] = curve[0]["success_rate"]
+                    figs[f"{algo}_dip_seed{seed}"] = dips[-1]
+                figs[f"{algo}_dip"] = float(np.mean(dips))
     figs |= {
         "budget_env_steps": float(b.online_steps),
         "budget_pretrain_updates": float(b.pretrain_steps),
+        "reward_episodes": float(b.reward_budget),
         "seeds": float(len(b.seeds)),
-        "eval_episodes": float(b.eval_episodes),
+        "eval_episodes_per_seed": float(b.eval_episodes),
+        "dip_eval_episodes": float(b.dip_eval_episodes),
         "seconds": time.perf_counter() - t0,
     }
     targets = {
-        "pretrained_success": "> scratch_success (baseline)",
-        "pretrained_aux_success": ">= pretrained_success",
-        "calql_dip": "> cql_dip (smaller dip)",
+        "pretrained_aux_success": ">= 0.8, ci_low > scratch ci_high",
+        "aux_effect": "(pretrained_aux - pretrained)",
+        "calql_dip": "< cql_dip (smaller dip)",
     }
-    report(figs, targets, a.json)
+    report(figs, targets, a.json, skip=tuple(k for k in figs if k.endswith(("_ci_low", "_ci_high"))))
 
 
 if __name__ == "__main__":

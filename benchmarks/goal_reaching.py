@@ -1,125 +1,220 @@
-"""Goal-reaching learning benchmark: Actionable Models vs goal-conditioned BC vs random, from images.
+"""Goal-reaching learning benchmark from images: Actionable Models vs GC-IQL vs GC-BC vs random.
 
-    .venv/bin/python -m benchmarks.goal_reaching [--quick] [--json PATH]
+    .venv/bin/python -m benchmarks.goal_reaching [--quick] [--json PATH] [--out DIR]
 
-Data: tabletop play and noisy scripted episodes of several tasks, rendered at ``image_size`` (32x32
-here; the issue allows 48x48 or smaller) from the front camera, into a fresh local lake. Both
-learners train on the same pinned snapshot for the same number of updates and batch size, reading
-the image (+ proprioceptive state) and a hindsight goal image (+ the goal's scene state):
+Data (one fresh local lake, 32x32 front camera, proprioceptive state; no rewards are used): scripted
+tabletop episodes of mixed quality, so that the learners differ in how they use sub-optimal data
 
-    am     Actionable Models: goals future/final (positives), other episodes (chaining/negatives),
-           artificial negative actions; the CEM policy over Q(s, ·, g)
-    gcbc   goal-conditioned BC on future/final goals only (a negative goal has no demonstration)
+    tabletop/play               exploratory play, action noise 0.3
+    tabletop/reach_red          noise 1.0: mostly random motion, the data furthest from expert
+    tabletop/push_red_to_pad    noise 0.1: near-expert pushes (a push from noisy data is rarely seen)
+    tabletop/pick_and_lift_red  noise 0.3
+
+Learners (same snapshot, updates, batch, encoder and normalization; hindsight goals only):
+
+    am     Actionable Models: goals future/final (positives) and other episodes (chaining,
+           negatives), artificial negative actions, the Monte-Carlo lower bound on targets; CEM policy
+    gciql  goal-conditioned IQL: the same goals; expectile value, advantage-weighted Gaussian actor
+           (the actor ignores other-episode goals, which have no demonstration)
+    gcbc   goal-conditioned BC on the same own-episode goals (future/final)
     random uniform actions (the floor)
 
-Evaluation: the tasks' goal images on held-out reset seeds (never used for collection), success =
-the task's detector at any step. JSON: ``am_success``, ``gcbc_success``, ``random_success``,
-``budget_updates`` (and per-task rates, seconds).
+All use γ = 0.97, goal features φ(g) − φ(s) (``encoder.goal_delta``) and normalized states.
+
+Evaluation: each task's goal image on held-out reset seeds (never used for collection), success = the
+task's detector at any step, ``eval_episodes`` per task (100 in the full run) with Wilson 95%
+intervals. JSON: ``<learner>_success`` over all tasks and ``<learner>_<task>`` per task, each with
+``_ci_low``/``_ci_high``; ``budget_updates``, ``seconds``. ``--out`` keeps the runs (TensorBoard,
+learning curves ``eval.csv``, Q calibration on held-out episodes) and writes
+``success_by_distance.png`` and ``curves.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.report import report
 
-EVAL_TASKS = ("tabletop/reach_red", "tabletop/push_red_to_pad")
-DATA_TASKS = ("tabletop/play", "tabletop/reach_red", "tabletop/push_red_to_pad", "tabletop/pick_and_lift_red")
+EVAL_TASKS = ("tabletop/reach_red", "tabletop/push_red_to_pad", "tabletop/pick_and_lift_red")
+DATA = (  # (task, share of the episodes, action noise)
+    ("tabletop/play", 0.2, 0.3),
+    ("tabletop/reach_red", 0.2, 1.0),
+    ("tabletop/push_red_to_pad", 0.4, 0.1),
+    ("tabletop/pick_and_lift_red", 0.2, 0.3),
+)
+GAMMA = 0.97
+LEARNERS = {  # key -> (algorithm, algorithm config overrides, relabel probabilities)
+    "am": (
+        "actionable_models",
+        {"gamma": GAMMA, "mc_lower_bound": True, "encoder": {"goal_delta": True}},
+        {"future": 0.3, "final": 0.4, "negative": 0.3},
+    ),
+    "gciql": (
+        "iql",
+        {"gamma": GAMMA, "mc_lower_bound": True, "encoder": {"goal_delta": True}},
+        {"future": 0.3, "final": 0.4, "negative": 0.3},
+    ),
+    "gcbc": ("bc", {"gamma": GAMMA, "encoder": {"goal_delta": True}}, {"future": 0.3, "final": 0.7, "negative": 0.0}),
+}
+DISTANCE_EDGES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    episodes: int  # per data task
+    episodes: int  # in the lake, split by DATA's shares
     updates: int
     batch: int
-    eval_episodes: int  # per evaluation task
+    eval_episodes: int  # per evaluation task, final
+    curve_points: int  # evaluations during training (eval_episodes // 5 per task each)
     image_size: int = 32
 
 
-QUICK = Budget(episodes=3, updates=60, batch=32, eval_episodes=4)
-FULL = Budget(episodes=30, updates=3000, batch=128, eval_episodes=30)
+QUICK = Budget(episodes=10, updates=40, batch=32, eval_episodes=4, curve_points=1)
+FULL = Budget(episodes=400, updates=2500, batch=128, eval_episodes=100, curve_points=2)
+
+
+def build_lake(uri: str, b: Budget, workers: int = 2) -> None:
+    from sim.collect import collect_mix
+
+    mix = [(task, max(2, round(share * b.episodes)), "noisy", noise) for task, share, noise in DATA]
+    collect_mix(uri, mix, image_size=b.image_size, cameras=("front",), workers=workers, progress=False)
+
+
+def with_ci(figs: dict[str, float], key: str, summary: dict) -> None:
+    figs[key] = float(summary["success_rate"])
+    figs[f"{key}_ci_low"], figs[f"{key}_ci_high"] = (float(x) for x in summary["success_ci95"])
+
+
+def record(figs: dict[str, float], key: str, res) -> None:
+    with_ci(figs, f"{key}_success", res.summary)
+    for task, s in res.per_task.items():
+        with_ci(figs, f"{key}_{task.split('/')[1]}", s)
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, pts in curves.items():
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+    ax.set(xlabel="updates", ylabel="success (all tasks)", ylim=(-0.02, 1.02), title="goal reaching from images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
-    from data_lake import Lake
     from data_lake.sampler import RelabelConfig
     from robot_rl.checkpoint import load_policy
+    from robot_rl.diagnostics import plot_success_by_distance, success_by_distance
     from robot_rl.evaluate import EvalConfig, evaluate, policy_act
     from robot_rl.hydra_utils import compose
     from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
-    from sim.collect import CollectConfig, collect
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json")
+    p.add_argument("--out", help="keep the lake-free run folders and plots here (default: a temp dir)")
+    p.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated subset of " + ",".join(LEARNERS))
+    p.add_argument("--device", default="cpu", help="cpu, cuda (bf16 autocast) or auto")
+    p.add_argument("--image-size", type=int, help="override the budget's image size (e.g. 64 on a GPU)")
+    p.add_argument("--updates", type=int, help="override the budget's updates per learner")
+    p.add_argument("--batch", type=int, help="override the budget's batch size")
+    p.add_argument("--episodes", type=int, help="override the budget's lake size")
+    p.add_argument("--workers", type=int, default=2, help="collection processes")
     a = p.parse_args()
     b = QUICK if a.quick else FULL
+    overrides = {"image_size": a.image_size, "updates": a.updates, "batch": a.batch, "episodes": a.episodes}
+    b = dataclasses.replace(b, **{k: v for k, v in overrides.items() if v is not None})
     t0 = time.perf_counter()
     figs: dict[str, float] = {}
+    by_distance: dict[str, list[dict]] = {}
+    curves: dict[str, list[tuple[int, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        out = Path(a.out) if a.out else root / "runs"
+        out.mkdir(parents=True, exist_ok=True)
         uri = str(root / "lake")
-        for k, task in enumerate(DATA_TASKS):
-            collect(
-                CollectConfig(
-                    task=task,
-                    episodes=b.episodes,
-                    lake=uri,
-                    policy="noisy",
-                    seed=k,
-                    image_size=b.image_size,
-                    cameras=("front",),
-                    workers=2,
-                    progress=False,
-                )
-            )
-        Lake.open(uri).tag("v1")
+        build_lake(uri, b, a.workers)
         figs["collect_s"] = time.perf_counter() - t0
-        relabels = {
-            "actionable_models": RelabelConfig(future=0.6, final=0.1, negative=0.3, commanded=0, task=0, gamma=0.9),
-            "bc": RelabelConfig(future=0.7, final=0.3, negative=0, commanded=0, task=0, gamma=0.9),
-        }
         ecfg = EvalConfig(
             tasks=EVAL_TASKS, episodes=b.eval_episodes, seed=900_000, num_envs=4, video_episodes=0, progress=False
         )
-        for algo, key in (("actionable_models", "am"), ("bc", "gcbc")):
+        spec = None
+        for key in a.learners.split(","):
+            algo, overrides, relabel = LEARNERS[key]
             t1 = time.perf_counter()
             algo_cfg = {k: v for k, v in compose("pretrain", [f"algo={algo}"])["algo"].items() if k != "name"}
-            algo_cfg |= {"gamma": 0.9} if algo != "bc" else {}
+            for k, v in overrides.items():
+                algo_cfg[k] = {**algo_cfg[k], **v} if isinstance(v, dict) else v
             run = pretrain(
                 PretrainConfig(
                     algo=algo,
                     algo_cfg=algo_cfg,
                     lake=LakeConfig(uri, "tag:v1"),
                     obs=ObsConfig(cameras=("front",), use_state=True, augment_pad=2),
-                    task=TaskConfig(conditioning="goal", relabel=relabels[algo]),
+                    task=TaskConfig(
+                        conditioning="goal",
+                        relabel=RelabelConfig(**relabel, commanded=0, task=0, gamma=GAMMA),
+                        eval_tasks=EVAL_TASKS,
+                    ),
                     steps=b.updates,
                     batch_size=b.batch,
-                    run_dir=str(root / algo),
+                    device=a.device,
+                    amp=a.device.startswith("cuda"),
+                    run_dir=str(out / key),
                     save_every=b.updates,
+                    eval_every=max(1, b.updates // (b.curve_points + 1)),
+                    eval_episodes=max(2, b.eval_episodes // 5),
+                    calibration_episodes=0 if key == "gcbc" else 4,
                     progress=False,
                 )
             )
+            figs[f"{key}_train_s"] = time.perf_counter() - t1
+            curve = [json.loads(f.read_text()) for f in sorted((run / "eval").glob("step_*.json"))]
+            curves[key] = [
+                (int(f.stem.split("_")[1]), c["success_rate"])
+                for f, c in zip(sorted((run / "eval").glob("step_*.json")), curve, strict=True)
+            ][:-1]
             trained, _ = load_policy(run / "checkpoints" / "latest")
-            res = evaluate(policy_act(trained), trained.spec, ecfg)
-            figs[f"{key}_success"] = res.success_rate
-            figs |= {f"{key}_{t.split('/')[1]}": s["success_rate"] for t, s in res.per_task.items()}
+            spec = trained.spec
+            res = evaluate(policy_act(trained), spec, ecfg)
+            (out / f"{key}_eval.json").write_text(json.dumps(res.to_json(), indent=1))
+            record(figs, key, res)
+            curves[key].append((b.updates, res.success_rate))
+            by_distance[key] = success_by_distance(res.episodes, DISTANCE_EDGES)
             figs[f"{key}_train_eval_s"] = time.perf_counter() - t1
-        res = evaluate(None, trained.spec, ecfg)
-        figs["random_success"] = res.success_rate
-        figs |= {f"random_{t.split('/')[1]}": s["success_rate"] for t, s in res.per_task.items()}
+        res = evaluate(None, spec, ecfg)
+        record(figs, "random", res)
+        by_distance["random"] = success_by_distance(res.episodes, DISTANCE_EDGES)
+        plot_success_by_distance(by_distance, out / "success_by_distance.png", "success by start-to-goal distance")
+        plot_curves(curves, out / "curves.png")
+        (out / "success_by_distance.json").write_text(json.dumps(by_distance, indent=1))
     figs |= {
         "budget_updates": float(b.updates),
         "batch_size": float(b.batch),
         "image_size": float(b.image_size),
+        "lake_episodes": float(b.episodes),
         "eval_episodes_per_task": float(b.eval_episodes),
         "seconds": time.perf_counter() - t0,
     }
-    report(figs, {"am_success": "> gcbc_success and > random_success"}, a.json)
+    targets = {
+        "am_reach_red": ">= 0.9",
+        "am_push_red_to_pad": ">= 0.5",
+        "am_success": ">= gcbc_success",
+    }
+    report(figs, targets, a.json, skip=tuple(k for k in figs if k.endswith(("_ci_low", "_ci_high"))))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ Takes every ``robot-rl finetune`` setting plus ``compare.*``. Each variant runs 
     pretrained_aux   the checkpoint, ξ = compare.xi (L = L_task + ξ·L_g)
 
 Writes ``<out>/<variant>/seed<k>/`` (full finetune runs, each with its flywheel branch),
-``<out>/compare.json`` (every curve, and per variant the mean first and final success), and
+``<out>/compare.json`` (every curve, and per variant the mean first and final success with the
+evaluations of all seeds pooled into a Wilson 95% interval), and
 ``<out>/compare.png`` (mean success over seeds with the min-max band, per variant).
 """
 
@@ -87,6 +88,8 @@ def compare(
                 "first_success": float(np.mean([c[0]["success_rate"] for c in runs])),
                 "final_success": float(np.mean([c[-1]["success_rate"] for c in runs])),
                 "final_per_seed": [c[-1]["success_rate"] for c in runs],
+                **pooled("first", [c[0] for c in runs], base.eval_episodes),
+                **pooled("final", [c[-1] for c in runs], base.eval_episodes),
                 "curves": runs,
             }
             for name, runs in curves.items()
@@ -95,6 +98,15 @@ def compare(
     (out / "compare.json").write_text(json.dumps(summary, indent=1))
     plot_comparison(curves, out / "compare.png", f"{base.task}: {base.algo}, seeds {seeds}")
     return summary
+
+
+def pooled(prefix: str, rows: list[dict[str, Any]], episodes: int) -> dict[str, Any]:
+    """One evaluation row per seed pooled: successes, episodes and the Wilson 95% interval."""
+    from robot_rl.evaluate import wilson_interval
+
+    wins = int(sum(round(r["success_rate"] * episodes) for r in rows))
+    n = episodes * len(rows)
+    return {f"{prefix}_successes": wins, f"{prefix}_episodes": n, f"{prefix}_ci95": list(wilson_interval(wins, n))}
 
 
 def plot_comparison(curves: dict[str, list[list[dict[str, Any]]]], path: Path, title: str) -> Path:

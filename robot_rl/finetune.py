@@ -306,6 +306,12 @@ class Finetuner:
         self.algo.attach_auxiliary(heads)
         aux_nets = torch.nn.ModuleDict({"encoder": self.algo.nets.encoder, **{k[4:]: m for k, m in heads.items()}})
         self.aux_cfg = am.cfg
+        if abs(am.cfg.gamma - self.cfg.aux.relabel.gamma) > 1e-9:
+            raise ValueError(
+                f"aux.relabel.gamma={self.cfg.aux.relabel.gamma} but the goal-reaching head's gamma is "
+                f"{am.cfg.gamma}: L_g's Monte-Carlo returns are discounted with aux.relabel.gamma; set it to "
+                f"{am.cfg.gamma}"
+            )
         self.aux_sampler = self._sampler(
             self.view, None, self.cfg.aux.batch_size, self.cfg.seed + 1, self.cfg.aux.relabel
         )
@@ -442,6 +448,7 @@ class Finetuner:
             episodes=cfg.eval_episodes,
             num_envs=cfg.eval_envs,
             max_steps=cfg.max_steps,
+            seed=100_000 + 10_000 * cfg.seed,  # held-out resets, different per finetuning seed
             video_episodes=2,
             video_format="gif",  # embeddable in markdown reports
             progress=False,

@@ -405,6 +405,27 @@ def run_evaluation(algo: Any, cfg: PretrainConfig, vocab: tuple[str, ...], run: 
 
 
 # ---------------------------------------------------------------------------- the loop
+def check_goal_is_observable(cfg: PretrainConfig, schema: dict[str, Any]) -> None:
+    """Refuse a model that can see neither the scene nor the goal of goal-bearing episodes.
+
+    Without goal conditioning, cameras or the scene vector, the networks see proprioception only;
+    in a lake whose episodes carry a scene (``achieved_goal``: where the block is) the policy then
+    cannot know where to go, and learns the average motion of the data.
+    """
+    if cfg.task.conditioning == "goal" or cfg.obs.cameras or cfg.obs.scene_state:
+        return
+    if "achieved_goal" not in schema.get("step", {}):
+        return
+    raise ValueError(
+        f"task.conditioning={cfg.task.conditioning} with no camera and obs.scene_state=false: the model sees "
+        "only the robot's proprioception, not the scene (the lake's 'achieved_goal') nor the goal, so on this "
+        "lake's tasks it cannot know where the object or the goal is. Set one of: "
+        "task.conditioning=goal task.relabel.commanded=1.0 task.relabel.task=0.0 (the task's goal state as "
+        "input), obs.scene_state=true (the scene vector as input; enough when the goal is fixed by the scene), "
+        "or obs=image (a camera)"
+    )
+
+
 def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Path:
     """Train ``cfg.steps`` updates (continuing ``run_dir`` when ``resume``); returns the run directory."""
     from tqdm import tqdm
@@ -431,6 +452,7 @@ def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Pat
     sampler = Sampler(
         view, cfg.sampler_config(dist.rank, dist.world_size, train_ids), device, progress=cfg.progress and dist.main
     )
+    check_goal_is_observable(cfg, view.schema or {"step": {}})
     calib = Calibration(view, cfg, held_out, device) if held_out and dist.main else None
     vocab = sampler.tasks
     num_tasks = len(vocab) if cfg.task.conditioning == "task" else 0

@@ -294,3 +294,23 @@ def collect(cfg: CollectConfig) -> CollectResult:
         writer.shutdown(wait=True)
         bar.close()
     return CollectResult(added, skipped, commits, frames, successes, time.perf_counter() - t0)
+
+
+def collect_mix(
+    lake: str,
+    mix: Sequence[tuple[str, int, str, float | None]],
+    tag: str | None = "v1",
+    **common: Any,
+) -> list[CollectResult]:
+    """Collect several ``(task, episodes, policy, noise)`` runs into one lake, run k with seed k, then
+    tag the result (``tag=None``: no tag). ``common``: the other ``CollectConfig`` fields, the same
+    for every run (e.g. ``image_size=32, cameras=("front",), workers=2, progress=False``)."""
+    from data_lake import Lake
+
+    results = [
+        collect(CollectConfig(task=task, episodes=n, lake=lake, policy=policy, noise=noise, seed=k, **common))
+        for k, (task, n, policy, noise) in enumerate(mix)
+    ]
+    if tag is not None:
+        Lake.open(lake).tag(tag)
+    return results

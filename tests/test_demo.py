@@ -54,3 +54,19 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / img).stat().st_size > 1000, img
     assert "## Stage timings" in report and "## Lake log" in report
+
+    # summary.json: the same three figures, each read from the evaluation JSON it names
+    summary = json.loads((out / "summary.json").read_text())
+    by_name = {r[0]: (float(r[1]), r[4]) for r in rows}
+    for key, name in (
+        ("zero_shot_success", "pretrained, zero-shot (task goal image)"),
+        ("finetuned_success", "pretrained + finetuning (ξ·L_g)"),
+        ("scratch_success", "from scratch, same budget and seed"),
+    ):
+        ev = json.loads((out / summary[f"{key}_eval_json"]).read_text())
+        assert summary[f"{key}_eval_json"] == by_name[name][1]
+        assert (
+            summary[key] == ev["success_rate"]
+            and [summary[f"{key}_ci_low"], summary[f"{key}_ci_high"]] == ev["success_ci95"]
+        )
+    assert summary["wall_seconds"] > 0

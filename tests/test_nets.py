@@ -77,6 +77,22 @@ def test_multiple_cameras_shared_or_not(share: bool) -> None:
     torch.testing.assert_close(f[:, 32:], o.state)
 
 
+def test_conv_trunk_is_sized_for_the_image() -> None:
+    from robot_rl.nets.encoders import ConvTrunk, conv_strides_for
+
+    assert conv_strides_for((32, 32), 4) == (2, 1, 1, 1)  # DrQ's encoder at the size it was made for
+    assert conv_strides_for((64, 64), 4) == (2, 2, 1, 1)
+    assert conv_strides_for((128, 128), 4) == (2, 2, 2, 1)
+    assert conv_strides_for((256, 256), 2) == (2, 2)
+    strides = [m.stride[0] for m in ConvTrunk(3, (64, 64), EncoderConfig()).convs if isinstance(m, nn.Conv2d)]
+    assert strides == [2, 2, 1, 1]
+    explicit = ConvTrunk(3, (64, 64), EncoderConfig(conv_strides=(2, 1, 1, 1)))
+    assert explicit.projection[0].in_features == 32 * 25 * 25
+    assert ConvTrunk(3, (64, 64), EncoderConfig()).projection[0].in_features == 32 * 11 * 11
+    with pytest.raises(ValueError, match="one stride >= 1 per conv layer"):
+        EncoderConfig(conv_strides=(2, 1))
+
+
 def test_unequal_sizes_need_separate_trunks() -> None:
     with pytest.raises(SpecError, match="share_cameras=False"):
         ObservationEncoder(spec({"front": 16, "wrist": 20}), EncoderConfig())

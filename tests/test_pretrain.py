@@ -145,6 +145,7 @@ def test_data_parallel_ranks_stay_in_sync(lake_uri: str, tmp_path: Path) -> None
         "algo=iql",
         "obs=state",
         "task=single_task",
+        "obs.scene_state=true",
         f"lake.uri={lake_uri}",
         "lake.ref=tag:v1",
         "steps=6",
@@ -272,6 +273,28 @@ def test_state_only_pretraining_observes_the_scene_with_normalized_inputs(tablet
     pretrain(dataclasses.replace(cfg, run_dir=str(unnormalized), obs=dataclasses.replace(cfg.obs, normalize=False)))
     raw, _ = checkpoint.load_policy(unnormalized / "policy")
     assert raw.spec.state_mean == () and raw.spec.goal_state_mean == ()
+
+
+def test_single_task_from_proprioception_alone_is_refused(tabletop_lake: str, tmp_path: Path) -> None:
+    """Regression (issue 13): task=single_task obs=state dropped the goal and the scene silently."""
+    none = TaskConfig(conditioning="none", relabel=RelabelConfig(future=0, final=0, negative=0, task=1.0))
+    blind = config(
+        tabletop_lake,
+        tmp_path / "blind",
+        steps=2,
+        algo="iql",
+        algo_cfg={"hidden": [16, 16]},
+        lake=LakeConfig(tabletop_lake, "main"),
+        obs=ObsConfig(cameras=(), use_state=True, augment_pad=0),
+        task=none,
+    )
+    with pytest.raises(ValueError, match=r"task.conditioning=goal .*obs.scene_state=true.*obs=image"):
+        pretrain(blind)
+    assert not (tmp_path / "blind" / "checkpoints").exists()
+    seeing = dataclasses.replace(
+        blind, run_dir=str(tmp_path / "scene"), obs=dataclasses.replace(blind.obs, scene_state=True)
+    )
+    assert (pretrain(seeing) / "checkpoints" / "latest" / "state.json").exists()
 
 
 def test_random_policy_evaluation_and_wilson_interval() -> None:
