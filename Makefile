@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.lake --quick
 	$(VENV)/bin/python -m benchmarks.sampler --quick
 	$(VENV)/bin/python -m benchmarks.learner --quick
+	$(VENV)/bin/python -m benchmarks.profile_update --quick
 	$(VENV)/bin/python -m benchmarks.cem --quick
 	$(VENV)/bin/python -m benchmarks.collect --quick
 	$(VENV)/bin/python -m benchmarks.render --quick

@@ -59,10 +59,11 @@ class Budget:
     dip_online_steps: int
     dip_eval_every: int
     dip_eval_episodes: int
+    dip_utd: float
 
 
-QUICK = Budget((0,), 12, 40, 60, 0.25, 60, 4, 32, 2, 0.1, 40, 40, 20, 4)
-FULL = Budget((0, 1, 2, 3, 4), 240, 2000, 1000, 0.25, 500, 20, 128, 3, 0.1, 1500, 300, 30, 50)
+QUICK = Budget((0,), 12, 40, 60, 0.25, 60, 4, 32, 2, 0.1, 40, 40, 20, 4, 1.0)
+FULL = Budget((0, 1, 2, 3, 4), 240, 2000, 1000, 0.25, 500, 20, 128, 3, 0.1, 1500, 200, 40, 50, 2.0)
 
 
 def build_lake(root: Path, task: str, b: Budget) -> str:
@@ -119,6 +120,7 @@ def pretrain_task(uri: str, root: Path, algo: str, b: Budget) -> Path:
         batch_size=256,
         run_dir=str(root / f"pretrain-{algo}"),
         save_every=b.dip_pretrain_steps,
+        calibration_episodes=4,  # calibration.png: Cal-QL's Q should sit on or above the return, CQL's below
         progress=False,
     )
     return pretrain(cfg)
@@ -191,7 +193,7 @@ def main() -> None:
                         aux=AuxConfig(xi=0.0),
                         reward_budget=None,
                         online_steps=b.dip_online_steps,
-                        utd=1.0,
+                        utd=b.dip_utd,
                         batch_size=256,
                         eval_every=b.dip_eval_every,
                         eval_episodes=b.dip_eval_episodes,

@@ -25,8 +25,8 @@ Evaluation: each task's goal image on held-out reset seeds (never used for colle
 task's detector at any step, ``eval_episodes`` per task (100 in the full run) with Wilson 95%
 intervals. JSON: ``<learner>_success`` over all tasks and ``<learner>_<task>`` per task, each with
 ``_ci_low``/``_ci_high``; ``budget_updates``, ``seconds``. ``--out`` keeps the runs (TensorBoard,
-learning curves ``eval.csv``, Q calibration on held-out episodes) and writes
-``success_by_distance.png`` and ``curves.png``.
+learning curves ``eval.csv``, Q calibration on held-out episodes, ``<learner>_eval.json``) and
+writes ``curves.png`` and ``success_by_distance_<task>.png``.
 """
 
 from __future__ import annotations
@@ -96,19 +96,36 @@ def record(figs: dict[str, float], key: str, res) -> None:
         with_ci(figs, f"{key}_{task.split('/')[1]}", s)
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+def write_success_by_distance(episodes: dict[str, list[dict]], out: Path) -> None:
+    """Per evaluation task: ``success_by_distance_<task>.png`` (one line per learner) and one JSON of all."""
+    from robot_rl.diagnostics import plot_success_by_distance, success_by_distance
+
+    table = {}
+    for task in EVAL_TASKS:
+        name = task.split("/")[1]
+        table[name] = {
+            key: success_by_distance([e for e in eps if e["task"] == task], DISTANCE_EDGES)
+            for key, eps in episodes.items()
+        }
+        plot_success_by_distance(table[name], out / f"success_by_distance_{name}.png", f"{name}: success by distance")
+    (out / "success_by_distance.json").write_text(json.dumps(table, indent=1))
+
+
+def plot_curves(curves: dict[str, list[tuple[int, dict[str, float]]]], path: Path) -> None:
+    """Success against updates, one panel per evaluation task, one line per learner."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for name, pts in curves.items():
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
-    ax.set(xlabel="updates", ylabel="success (all tasks)", ylim=(-0.02, 1.02), title="goal reaching from images")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(EVAL_TASKS), figsize=(4 * len(EVAL_TASKS), 3.4), sharey=True)
+    for ax, task in zip(axes, EVAL_TASKS, strict=True):
+        for name, pts in curves.items():
+            ax.plot([p[0] for p in pts], [p[1][task] for p in pts], marker="o", label=name)
+        ax.set(xlabel="updates", title=task.split("/")[1], ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("success")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -117,7 +134,6 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
 def main() -> None:
     from data_lake.sampler import RelabelConfig
     from robot_rl.checkpoint import load_policy
-    from robot_rl.diagnostics import plot_success_by_distance, success_by_distance
     from robot_rl.evaluate import EvalConfig, evaluate, policy_act
     from robot_rl.hydra_utils import compose
     from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
@@ -133,6 +149,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, help="override the budget's batch size")
     p.add_argument("--episodes", type=int, help="override the budget's lake size")
     p.add_argument("--workers", type=int, default=2, help="collection processes")
+    p.add_argument(
+        "--obs", choices=("images", "states"), default="images", help="states: proprioception + scene vector, no image"
+    )
     a = p.parse_args()
     b = QUICK if a.quick else FULL
     overrides = {"image_size": a.image_size, "updates": a.updates, "batch": a.batch, "episodes": a.episodes}
@@ -140,7 +159,7 @@ def main() -> None:
     t0 = time.perf_counter()
     figs: dict[str, float] = {}
     by_distance: dict[str, list[dict]] = {}
-    curves: dict[str, list[tuple[int, float]]] = {}
+    curves: dict[str, list[tuple[int, dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         out = Path(a.out) if a.out else root / "runs"
@@ -152,6 +171,9 @@ def main() -> None:
             tasks=EVAL_TASKS, episodes=b.eval_episodes, seed=900_000, num_envs=4, video_episodes=0, progress=False
         )
         spec = None
+        obs = ObsConfig(cameras=("front",), use_state=True, augment_pad=2)
+        if a.obs == "states":
+            obs = ObsConfig(cameras=(), use_state=True, scene_state=True, augment_pad=0)
         for key in a.learners.split(","):
             algo, overrides, relabel = LEARNERS[key]
             t1 = time.perf_counter()
@@ -163,7 +185,7 @@ def main() -> None:
                     algo=algo,
                     algo_cfg=algo_cfg,
                     lake=LakeConfig(uri, "tag:v1"),
-                    obs=ObsConfig(cameras=("front",), use_state=True, augment_pad=2),
+                    obs=obs,
                     task=TaskConfig(
                         conditioning="goal",
                         relabel=RelabelConfig(**relabel, commanded=0, task=0, gamma=GAMMA),
@@ -175,36 +197,37 @@ def main() -> None:
                     amp=a.device.startswith("cuda"),
                     run_dir=str(out / key),
                     save_every=b.updates,
-                    eval_every=max(1, b.updates // (b.curve_points + 1)),
+                    eval_every=max(1, b.updates // (b.curve_points + 1)),  # the curve's points
                     eval_episodes=max(2, b.eval_episodes // 5),
                     calibration_episodes=0 if key == "gcbc" else 4,
                     progress=False,
                 )
             )
             figs[f"{key}_train_s"] = time.perf_counter() - t1
-            curve = [json.loads(f.read_text()) for f in sorted((run / "eval").glob("step_*.json"))]
-            curves[key] = [
-                (int(f.stem.split("_")[1]), c["success_rate"])
-                for f, c in zip(sorted((run / "eval").glob("step_*.json")), curve, strict=True)
-            ][:-1]
+            every = max(1, b.updates // (b.curve_points + 1))
+            curves[key] = []
+            for f in sorted((run / "eval").glob("step_*.json")):  # during training (the last is the final's)
+                step = int(f.stem.split("_")[1])
+                if step + every <= b.updates:
+                    per_task = json.loads(f.read_text())["per_task"]
+                    curves[key].append((step, {t: per_task[t]["success_rate"] for t in EVAL_TASKS}))
             trained, _ = load_policy(run / "checkpoints" / "latest")
             spec = trained.spec
             res = evaluate(policy_act(trained), spec, ecfg)
             (out / f"{key}_eval.json").write_text(json.dumps(res.to_json(), indent=1))
             record(figs, key, res)
-            curves[key].append((b.updates, res.success_rate))
-            by_distance[key] = success_by_distance(res.episodes, DISTANCE_EDGES)
+            curves[key].append((b.updates, {t: res.per_task[t]["success_rate"] for t in EVAL_TASKS}))
+            by_distance[key] = res.episodes
             figs[f"{key}_train_eval_s"] = time.perf_counter() - t1
         res = evaluate(None, spec, ecfg)
         record(figs, "random", res)
-        by_distance["random"] = success_by_distance(res.episodes, DISTANCE_EDGES)
-        plot_success_by_distance(by_distance, out / "success_by_distance.png", "success by start-to-goal distance")
+        by_distance["random"] = res.episodes
+        write_success_by_distance(by_distance, out)
         plot_curves(curves, out / "curves.png")
-        (out / "success_by_distance.json").write_text(json.dumps(by_distance, indent=1))
     figs |= {
         "budget_updates": float(b.updates),
         "batch_size": float(b.batch),
-        "image_size": float(b.image_size),
+        "image_size": float(b.image_size) if a.obs == "images" else 0.0,
         "lake_episodes": float(b.episodes),
         "eval_episodes_per_task": float(b.eval_episodes),
         "seconds": time.perf_counter() - t0,

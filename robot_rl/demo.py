@@ -11,9 +11,10 @@
 4. the online episodes land in the lake on ``finetune/<run>`` branches (the flywheel);
 5. ``<out>/report.md``: success rates (pretrained zero-shot with the task's goal image, after
    finetuning, from scratch), each from the evaluation JSON it cites; plots; a rollout gif; the
-   lake log; the stage timings.
+   lake log; the stage timings; and ``<out>/summary.json`` (the three success rates with their
+   intervals, each naming its evaluation JSON, and the wall-clock seconds).
 
-Settings: ``configs/demo/demo.yaml`` with ``scale=cpu`` (default, about 12 min on 2 cores),
+Settings: ``configs/demo/demo.yaml`` with ``scale=cpu`` (default, about 10 min on 2 cores),
 ``scale=gpu`` (CUDA, larger) or ``scale=tiny`` (a smoke run).
 """
 

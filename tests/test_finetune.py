@@ -181,3 +181,11 @@ def test_auxiliary_goal_reaching_loss(lake_uri: str, tmp_path: Path) -> None:
         assert not any(k.startswith("aux_") for k in plain.algo.nets) and plain.algo.auxiliary is None
     finally:
         plain.close()
+
+
+def test_auxiliary_loss_refuses_a_discount_unlike_its_heads(lake_uri: str, tmp_path: Path) -> None:
+    """Regression (issue 13): L_g's Monte-Carlo returns are discounted with aux.relabel.gamma; a value
+    unlike the goal-reaching head's gamma made its lower bound wrong without a word."""
+    aux = AuxConfig(xi=0.5, batch_size=8, relabel=RelabelConfig(gamma=0.9))
+    with pytest.raises(ValueError, match=r"aux.relabel.gamma=0.9 .* gamma is 0.99"):
+        Finetuner(config(lake_uri, tmp_path / "aux", aux=aux))

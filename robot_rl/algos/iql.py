@@ -22,6 +22,10 @@ Choices and deviations:
 - ``mc_lower_bound`` (off by default): Q's target is ``max(r + γ(1 − d)·V(s'), G)``, G the data's
   Monte-Carlo return (``qtopt.py`` explains why this is a lower bound of Q* in a deterministic
   simulator and what it buys on long-horizon goals).
+- ``beta`` defaults to 20, not the paper's 3 (locomotion) or 10 (AntMaze): with robot-rl's sparse
+  0/1 rewards Q lies in [0, 1] and advantages are a few hundredths, so β = 3 weights every dataset
+  action almost alike (behaviour cloning of noisy data). On tabletop reach_red from states (300
+  episodes, 5,000 updates, 100 held-out seeds): β = 3: 0.87, 10: 0.96, 20: 0.99 success.
 - ``Q̄`` in ``L_V`` and ``L_π`` is the Polyak target ensemble (as the reference), reading the
   online encoder's features (``base.py``: there is no target encoder).
 """
@@ -43,7 +47,7 @@ from robot_rl.nets.heads import check_actor_distribution
 @dataclasses.dataclass(frozen=True)
 class IQLConfig(AlgoConfig):
     expectile: float = 0.7  # τ of L₂^τ
-    beta: float = 3.0  # inverse temperature of the advantage weights
+    beta: float = 20.0  # inverse temperature of the advantage weights (see the module docstring)
     max_weight: float = 100.0  # w_max: exp-advantage weights are clipped here
     num_critics: int = 2
     mc_lower_bound: bool = False  # Q's target max(r + γ(1 − d)·V(s'), the data's Monte-Carlo return)
