@@ -40,6 +40,9 @@ import numpy as np
 from benchmarks.report import report
 
 GAMMA = 0.97
+# CQL and Cal-QL alike: no entropy in the backup (with 0/1 rewards it would dominate Q and lift it far
+# above the Monte-Carlo return that Cal-QL's bound compares with), a small initial entropy weight
+DIP_ALGO = {"gamma": GAMMA, "backup_entropy": False, "alpha_init": 0.1}
 AM_RELABEL = {"future": 0.3, "final": 0.4, "negative": 0.3, "commanded": 0.0, "task": 0.0, "gamma": GAMMA}
 
 
@@ -63,7 +66,7 @@ class Budget:
 
 
 QUICK = Budget((0,), 12, 40, 60, 0.25, 60, 4, 32, 2, 0.1, 40, 40, 20, 4, 1.0)
-FULL = Budget((0, 1, 2, 3, 4), 240, 2000, 1000, 0.25, 500, 20, 128, 3, 0.1, 1500, 200, 40, 50, 2.0)
+FULL = Budget((0, 1, 2, 3, 4), 240, 2000, 1000, 0.25, 500, 20, 128, 3, 0.1, 1000, 200, 40, 50, 1.0)
 
 
 def build_lake(root: Path, task: str, b: Budget) -> str:
@@ -112,7 +115,7 @@ def pretrain_task(uri: str, root: Path, algo: str, b: Budget) -> Path:
     relabel = RelabelConfig(future=0, final=0, negative=0, commanded=1.0, task=0, gamma=GAMMA, success_terminal=True)
     cfg = PretrainConfig(
         algo=algo,
-        algo_cfg=algo_defaults(algo, gamma=GAMMA),
+        algo_cfg=algo_defaults(algo, **DIP_ALGO),
         lake=LakeConfig(uri, "tag:v1"),
         obs=ObsConfig(cameras=(), use_state=True, scene_state=True, augment_pad=0),
         task=TaskConfig(conditioning="goal", relabel=relabel),
@@ -127,15 +130,17 @@ def pretrain_task(uri: str, root: Path, algo: str, b: Budget) -> Path:
 
 
 def dip(curve: list[dict], online_steps: int) -> float:
-    """Success before finetuning − the lowest success in the first 20% of online steps (>= 0)."""
-    early = [r["success_rate"] for r in curve[1:] if r["env_step"] <= 0.2 * online_steps]
+    """Success before finetuning − the lowest success in the first 20% of online steps (>= 0); the
+    first evaluation after the start always counts (episodes end off the evaluation grid)."""
+    early = [r["success_rate"] for r in curve[1:] if r["env_step"] <= 0.2 * online_steps] or [
+        r["success_rate"] for r in curve[1:2]
+    ]
     return max(0.0, curve[0]["success_rate"] - min(early)) if early else 0.0
 
 
 def main() -> None:
     from data_lake.sampler import RelabelConfig
-    from robot_rl.compare import compare
-    from robot_rl.finetune import AuxConfig, FinetuneConfig, finetune
+    from robot_rl.finetune import AuxConfig, FinetuneConfig
     from robot_rl.pretrain import LakeConfig
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,6 +149,7 @@ def main() -> None:
     p.add_argument("--out", help="keep the runs here (default: a temp dir)")
     p.add_argument("--task", default="tabletop/reach_red")
     p.add_argument("--skip-dip", action="store_true", help="only the scratch / pretrained / ξ comparison")
+    p.add_argument("--skip-compare", action="store_true", help="only the dip (no image pretraining)")
     a = p.parse_args()
     b = QUICK if a.quick else FULL
     t0 = time.perf_counter()
@@ -153,13 +159,13 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         uri = build_lake(root, a.task, b)
         figs["collect_s"] = time.perf_counter() - t0
-        am = pretrain_am(uri, root, b)
+        am = None if a.skip_compare else pretrain_am(uri, root, b)
         figs["pretrain_s"] = time.perf_counter() - t0 - figs["collect_s"]
         base = FinetuneConfig(
             task=a.task,
             algo="qtopt",
             algo_cfg=algo_defaults("qtopt", gamma=GAMMA, mc_lower_bound=True),
-            ckpt=str(am),
+            ckpt=None if am is None else str(am),
             lake=LakeConfig(uri, "tag:v1"),
             aux=AuxConfig(xi=0.0, batch_size=b.batch // 2, relabel=RelabelConfig(**AM_RELABEL)),
             online_steps=b.online_steps,
@@ -170,43 +176,12 @@ def main() -> None:
             eval_episodes=b.eval_episodes,
             progress=False,
         )
-        summary = compare(base, list(b.seeds), b.xi, root / "compare")
-        for name, v in summary["variants"].items():
-            figs[f"{name}_success"] = v["final_successes"] / v["final_episodes"]
-            figs[f"{name}_success_ci_low"], figs[f"{name}_success_ci_high"] = v["final_ci95"]
-        zs = summary["variants"]["pretrained"]
-        figs["pretrained_zero_shot"] = zs["first_successes"] / zs["first_episodes"]
-        figs["pretrained_zero_shot_ci_low"], figs["pretrained_zero_shot_ci_high"] = zs["first_ci95"]
-        figs["aux_effect"] = figs["pretrained_aux_success"] - figs["pretrained_success"]
-        figs["compare_s"] = time.perf_counter() - t0 - figs["collect_s"] - figs["pretrain_s"]
+        if am is not None:
+            run_compare(base, b, root, figs)
+            figs["compare_s"] = time.perf_counter() - t0 - figs["collect_s"] - figs["pretrain_s"]
         if not a.skip_dip:
             for algo in ("cql", "calql"):
-                ckpt = pretrain_task(uri, root, algo, b)
-                dips = []
-                for seed in b.seeds:
-                    run = root / f"dip-{algo}-{seed}"
-                    cfg = dataclasses.replace(
-                        base,
-                        algo=algo,
-                        algo_cfg=algo_defaults(algo, gamma=GAMMA),
-                        ckpt=str(ckpt),
-                        aux=AuxConfig(xi=0.0),
-                        reward_budget=None,
-                        online_steps=b.dip_online_steps,
-                        utd=b.dip_utd,
-                        batch_size=256,
-                        eval_every=b.dip_eval_every,
-                        eval_episodes=b.dip_eval_episodes,
-                        seed=seed,
-                        run_dir=str(run),
-                        branch=f"finetune/dip-{algo}-{seed}",
-                    )
-                    finetune(cfg)
-                    curve = json.loads((run / "curve.json").read_text())
-                    dips.append(dip(curve, b.dip_online_steps))
-                    figs[f"{algo}_before_seed{seed}"] = curve[0]["success_rate"]
-                    figs[f"{algo}_dip_seed{seed}"] = dips[-1]
-                figs[f"{algo}_dip"] = float(np.mean(dips))
+                figs |= run_dip(base, algo, pretrain_task(uri, root, algo, b), b, root)
     figs |= {
         "budget_env_steps": float(b.online_steps),
         "budget_pretrain_updates": float(b.pretrain_steps),
@@ -222,6 +197,52 @@ def main() -> None:
         "calql_dip": "< cql_dip (smaller dip)",
     }
     report(figs, targets, a.json, skip=tuple(k for k in figs if k.endswith(("_ci_low", "_ci_high"))))
+
+
+def run_compare(base, b: Budget, root: Path, figs: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+    """Scratch / pretrained / pretrained + ξ·L_g over the seeds; figures with pooled Wilson intervals."""
+    from robot_rl.compare import compare
+
+    summary = compare(base, list(b.seeds), b.xi, root / "compare")
+    for name, v in summary["variants"].items():
+        figs[f"{name}_success"] = v["final_successes"] / v["final_episodes"]
+        figs[f"{name}_success_ci_low"], figs[f"{name}_success_ci_high"] = v["final_ci95"]
+    zs = summary["variants"]["pretrained"]
+    figs["pretrained_zero_shot"] = zs["first_successes"] / zs["first_episodes"]
+    figs["pretrained_zero_shot_ci_low"], figs["pretrained_zero_shot_ci_high"] = zs["first_ci95"]
+    figs["aux_effect"] = figs["pretrained_aux_success"] - figs["pretrained_success"]
+
+
+def run_dip(base, algo: str, ckpt: Path, b: Budget, root: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Finetune the offline ``algo`` checkpoint online with the same algorithm on every seed; its dips."""
+    from robot_rl.finetune import AuxConfig, finetune
+
+    figs, dips = {}, []
+    for seed in b.seeds:
+        run = root / f"dip-{algo}-{seed}"
+        cfg = dataclasses.replace(
+            base,
+            algo=algo,
+            algo_cfg=algo_defaults(algo, **DIP_ALGO),
+            ckpt=str(ckpt),
+            aux=AuxConfig(xi=0.0),
+            reward_budget=None,
+            online_steps=b.dip_online_steps,
+            utd=b.dip_utd,
+            batch_size=256,
+            eval_every=b.dip_eval_every,
+            eval_episodes=b.dip_eval_episodes,
+            seed=seed,
+            run_dir=str(run),
+            branch=f"finetune/dip-{algo}-{seed}",
+        )
+        finetune(cfg)
+        curve = json.loads((run / "curve.json").read_text())
+        dips.append(dip(curve, b.dip_online_steps))
+        figs[f"{algo}_before_seed{seed}"] = curve[0]["success_rate"]
+        figs[f"{algo}_dip_seed{seed}"] = dips[-1]
+    figs[f"{algo}_dip"] = float(np.mean(dips))
+    return figs
 
 
 if __name__ == "__main__":
