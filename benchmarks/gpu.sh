@@ -28,8 +28,8 @@ stage() {  # stage SECONDS NAME COMMAND...
   echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0))s" | tee -a "$LOG"
 }
 
-stage 90 learner "$PY" -m benchmarks.learner --device cuda --json "$OUT/learner_cuda.json"
-stage 270 goal_reaching "$PY" -m benchmarks.goal_reaching --device cuda --learners am --image-size 64 --workers 12 \
+stage 120 learner "$PY" -m benchmarks.learner --device cuda --json "$OUT/learner_cuda.json"
+stage 250 goal_reaching "$PY" -m benchmarks.goal_reaching --device cuda --learners am --image-size 64 --workers 12 \
   --updates 50000 --batch 256 --json "$OUT/goal_reaching_64.json" --out "$OUT/goal_reaching_64"
-stage 220 demo "$PY" -m robot_rl.cli demo scale=gpu "out=$OUT/demo" progress=false
+stage 210 demo "$PY" -m robot_rl.cli demo scale=gpu "out=$OUT/demo" progress=false
 echo "done: $OUT" | tee -a "$LOG"

@@ -125,7 +125,8 @@ def plot_success_by_distance(curves: dict[str, list[dict[str, Any]]], path: str 
     for name, rows in curves.items():
         x = np.array([(r["lo"] + r["hi"]) / 2 for r in rows])
         y = np.array([r["success_rate"] for r in rows])
-        err = np.array([[y[i] - r["ci95"][0], r["ci95"][1] - y[i]] for i, r in enumerate(rows)]).T
+        # (2, n) distances to the interval ends; floating point can put an end a hair inside y
+        err = np.clip(np.array([[y[i] - r["ci95"][0], r["ci95"][1] - y[i]] for i, r in enumerate(rows)]).T, 0, None)
         ax.errorbar(x, y, yerr=err if len(rows) else None, marker="o", capsize=3, label=name)
     ax.set(xlabel="distance from start to goal (m)", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
     ax.grid(alpha=0.3)

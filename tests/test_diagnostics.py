@@ -34,6 +34,11 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert plot_calibration(cal, tmp_path / "c.png", "t").stat().st_size > 5000
     rows = success_by_distance([{"start_distance": 0.05, "success": True}], [0.0, 0.1])
     assert plot_success_by_distance({"a": rows}, tmp_path / "s.png", "t").stat().st_size > 5000
+    # regression: 6/6 and 0/11 put a Wilson end a hair inside the rate (matplotlib refused the error bars)
+    eps = [{"start_distance": 0.05, "success": True}] * 6 + [{"start_distance": 0.15, "success": False}] * 11
+    rows = success_by_distance(eps, [0.0, 0.1, 0.2])
+    assert [r["success_rate"] for r in rows] == [1.0, 0.0]
+    assert plot_success_by_distance({"a": rows}, tmp_path / "edges.png", "t").stat().st_size > 5000
 
 
 def test_success_by_distance_bins_with_wilson_intervals() -> None:
