@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import report
+from robot_rl.hydra_utils import algo_settings
 
 GAMMA = 0.97
 # CQL and Cal-QL alike: no entropy in the backup (with 0/1 rewards it would dominate Q and lift it far
@@ -79,22 +80,13 @@ def build_lake(root: Path, task: str, b: Budget) -> str:
     return uri
 
 
-def algo_defaults(algo: str, **overrides: object) -> dict:
-    from robot_rl.hydra_utils import compose
-
-    cfg = {k: v for k, v in compose("pretrain", [f"algo={algo}"])["algo"].items() if k != "name"}
-    for k, v in overrides.items():
-        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) else v
-    return cfg
-
-
 def pretrain_am(uri: str, root: Path, b: Budget) -> Path:
     from data_lake.sampler import RelabelConfig
     from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
 
     cfg = PretrainConfig(
         algo="actionable_models",
-        algo_cfg=algo_defaults("actionable_models", gamma=GAMMA, mc_lower_bound=True, encoder={"goal_delta": True}),
+        algo_cfg=algo_settings("actionable_models", gamma=GAMMA, mc_lower_bound=True, encoder={"goal_delta": True}),
         lake=LakeConfig(uri, "tag:v1"),
         obs=ObsConfig(cameras=("front",), use_state=True, augment_pad=2),
         task=TaskConfig(conditioning="goal", relabel=RelabelConfig(**AM_RELABEL)),
@@ -115,7 +107,7 @@ def pretrain_task(uri: str, root: Path, algo: str, b: Budget) -> Path:
     relabel = RelabelConfig(future=0, final=0, negative=0, commanded=1.0, task=0, gamma=GAMMA, success_terminal=True)
     cfg = PretrainConfig(
         algo=algo,
-        algo_cfg=algo_defaults(algo, **DIP_ALGO),
+        algo_cfg=algo_settings(algo, **DIP_ALGO),
         lake=LakeConfig(uri, "tag:v1"),
         obs=ObsConfig(cameras=(), use_state=True, scene_state=True, augment_pad=0),
         task=TaskConfig(conditioning="goal", relabel=relabel),
@@ -164,7 +156,7 @@ def main() -> None:
         base = FinetuneConfig(
             task=a.task,
             algo="qtopt",
-            algo_cfg=algo_defaults("qtopt", gamma=GAMMA, mc_lower_bound=True),
+            algo_cfg=algo_settings("qtopt", gamma=GAMMA, mc_lower_bound=True),
             ckpt=None if am is None else str(am),
             lake=LakeConfig(uri, "tag:v1"),
             aux=AuxConfig(xi=0.0, batch_size=b.batch // 2, relabel=RelabelConfig(**AM_RELABEL)),
@@ -223,7 +215,7 @@ def run_dip(base, algo: str, ckpt: Path, b: Budget, root: Path) -> dict[str, flo
         cfg = dataclasses.replace(
             base,
             algo=algo,
-            algo_cfg=algo_defaults(algo, **DIP_ALGO),
+            algo_cfg=algo_settings(algo, **DIP_ALGO),
             ckpt=str(ckpt),
             aux=AuxConfig(xi=0.0),
             reward_budget=None,

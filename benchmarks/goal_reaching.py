@@ -118,24 +118,23 @@ def plot_curves(curves: dict[str, list[tuple[int, dict[str, float]]]], path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from robot_rl.diagnostics import save_figure
+
     fig, axes = plt.subplots(1, len(EVAL_TASKS), figsize=(4 * len(EVAL_TASKS), 3.4), sharey=True)
     for ax, task in zip(axes, EVAL_TASKS, strict=True):
         for name, pts in curves.items():
             ax.plot([p[0] for p in pts], [p[1][task] for p in pts], marker="o", label=name)
         ax.set(xlabel="updates", title=task.split("/")[1], ylim=(-0.02, 1.02))
-        ax.grid(alpha=0.3)
     axes[0].set_ylabel("success")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes, path)
 
 
 def main() -> None:
     from data_lake.sampler import RelabelConfig
     from robot_rl.checkpoint import load_policy
     from robot_rl.evaluate import EvalConfig, evaluate, policy_act
-    from robot_rl.hydra_utils import compose
+    from robot_rl.hydra_utils import algo_settings
     from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,9 +176,7 @@ def main() -> None:
         for key in a.learners.split(","):
             algo, overrides, relabel = LEARNERS[key]
             t1 = time.perf_counter()
-            algo_cfg = {k: v for k, v in compose("pretrain", [f"algo={algo}"])["algo"].items() if k != "name"}
-            for k, v in overrides.items():
-                algo_cfg[k] = {**algo_cfg[k], **v} if isinstance(v, dict) else v
+            algo_cfg = algo_settings(algo, **overrides)
             run = pretrain(
                 PretrainConfig(
                     algo=algo,

@@ -84,6 +84,8 @@ def plot(rows: dict[str, dict[str, float]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from robot_rl.diagnostics import save_figure
+
     fig, ax = plt.subplots(figsize=(6.4, 1.2 + 0.6 * len(rows)))
     for y, secs in enumerate(rows.values()):
         left = 0.0
@@ -93,9 +95,7 @@ def plot(rows: dict[str, dict[str, float]], path: str) -> None:
     ax.set_yticks(range(len(rows)), list(rows))
     ax.set(xlabel="seconds per update", title="one Actionable Models image update, by phase")
     ax.legend(fontsize=7, ncol=3, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, ax, path)
 
 
 def main() -> None:

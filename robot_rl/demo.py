@@ -182,14 +182,13 @@ def stage_finetune(cfg: DemoConfig, uri: str, ckpt: Path, out: Path) -> dict[str
     from data_lake.sampler import RelabelConfig
     from robot_rl.compare import compare
     from robot_rl.finetune import AuxConfig, FinetuneConfig
-    from robot_rl.hydra_utils import compose
+    from robot_rl.hydra_utils import algo_settings
     from robot_rl.pretrain import LakeConfig
 
-    qtopt = {k: v for k, v in compose("pretrain", ["algo=qtopt"])["algo"].items() if k != "name"}
     base = FinetuneConfig(
         task=cfg.finetune_task,
         algo="qtopt",
-        algo_cfg={**qtopt, "gamma": GAMMA, "mc_lower_bound": True},
+        algo_cfg=algo_settings("qtopt", gamma=GAMMA, mc_lower_bound=True),
         ckpt=str(ckpt),
         lake=LakeConfig(uri, ""),
         aux=AuxConfig(xi=cfg.aux_xi, batch_size=max(8, cfg.finetune_batch // 2), relabel=RelabelConfig(**RELABEL)),
@@ -207,6 +206,19 @@ def stage_finetune(cfg: DemoConfig, uri: str, ckpt: Path, out: Path) -> dict[str
         progress=cfg.progress,
     )
     return compare(base, [cfg.seed], cfg.aux_xi, out, variants=("pretrained_aux", "scratch"))
+
+
+HEADLINE = (  # (summary.json key, report label, variant, curve index): the figures the demo is judged by
+    ("zero_shot_success", "pretrained, zero-shot (task goal image)", "pretrained_aux", 0),
+    ("finetuned_success", "pretrained + finetuning (ξ·L_g)", "pretrained_aux", -1),
+    ("scratch_success", "from scratch, same budget and seed", "scratch", -1),
+)
+
+
+def headline(summary: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(key, label, evaluation row) of each HEADLINE figure, from the compare summary (seed 0's curves)."""
+    v = summary["variants"]
+    return [(key, label, v[variant]["curves"][0][i]) for key, label, variant, i in HEADLINE]
 
 
 def _rate(path: str) -> tuple[float, float, float]:
@@ -247,13 +259,7 @@ def write_report(
     timings: dict[str, float],
 ) -> Path:
     lake = Lake.open(uri)
-    v = summary["variants"]
-    aux_curve, scratch_curve = v["pretrained_aux"]["curves"][0], v["scratch"]["curves"][0]
-    rows = [
-        ("pretrained, zero-shot (task goal image)", aux_curve[0]["eval_json"], aux_curve[0]["env_step"]),
-        ("pretrained + finetuning (ξ·L_g)", aux_curve[-1]["eval_json"], aux_curve[-1]["env_step"]),
-        ("from scratch, same budget and seed", scratch_curve[-1]["eval_json"], scratch_curve[-1]["env_step"]),
-    ]
+    rows = [(label, row["eval_json"], row["env_step"]) for _, label, row in headline(summary)]
     lines = [
         "# robot-rl demo report",
         "",
@@ -312,14 +318,8 @@ def write_report(
 def write_summary(out: Path, summary: dict[str, Any], wall_seconds: float) -> Path:
     """``<out>/summary.json``: the report's three success rates with their Wilson 95% intervals, each read
     from the evaluation JSON it names, and the demo's wall-clock seconds."""
-    v = summary["variants"]
-    aux_curve, scratch_curve = v["pretrained_aux"]["curves"][0], v["scratch"]["curves"][0]
     figs: dict[str, Any] = {}
-    for key, row in (
-        ("zero_shot_success", aux_curve[0]),
-        ("finetuned_success", aux_curve[-1]),
-        ("scratch_success", scratch_curve[-1]),
-    ):
+    for key, _, row in headline(summary):
         figs[key], figs[f"{key}_ci_low"], figs[f"{key}_ci_high"] = _rate(row["eval_json"])
         figs[f"{key}_eval_json"] = str(Path(row["eval_json"]).relative_to(out))
     figs["wall_seconds"] = wall_seconds
@@ -362,7 +362,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print("5/5 writing the report")
     report = write_report(cfg, out, uri, collected, pre_run, summary, t)
     figs = json.loads(write_summary(out, summary, time.perf_counter() - t_start).read_text())
-    for key in ("zero_shot_success", "finetuned_success", "scratch_success"):
+    for key, *_ in HEADLINE:
         print(f"    {key:18s} {figs[key]:.2f} [{figs[key + '_ci_low']:.2f}, {figs[key + '_ci_high']:.2f}]")
     print("\nstage timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
     print(f"report: {report}  (figures: {out / 'summary.json'}, {figs['wall_seconds']:.0f} s in all)")

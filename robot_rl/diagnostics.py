@@ -32,6 +32,19 @@ from data_lake.batch import GOAL_SOURCES
 SOURCE_NAMES = {code: name for name, code in GOAL_SOURCES.items()}
 
 
+def save_figure(fig: Any, axes: Any, path: str | Path) -> Path:
+    """Grid on ``axes`` (one or an array), tight layout, write ``path`` (110 dpi), close: the end of every plot."""
+    import matplotlib.pyplot as plt
+
+    for ax in np.atleast_1d(axes):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def calibration(algo: Any, batches: Sequence[Any]) -> dict[str, np.ndarray] | None:
     """Q(s, a, g) of the data's action, the data's return G and the goal source of every row of
     ``batches`` (device Batches): ``{"q", "mc", "source"}`` (N,) each; None for an algorithm
@@ -90,12 +103,7 @@ def plot_calibration(cal: dict[str, np.ndarray], path: str | Path, title: str) -
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="Q = G")
     ax.set(xlabel="data's discounted return G (a lower bound of Q*)", ylabel="Q(s, a, g)", title=title)
     ax.legend(fontsize=7, markerscale=3)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, ax, path)
 
 
 def success_by_distance(episodes: Sequence[dict[str, Any]], edges: Sequence[float]) -> list[dict[str, Any]]:
@@ -129,10 +137,5 @@ def plot_success_by_distance(curves: dict[str, list[dict[str, Any]]], path: str 
         err = np.clip(np.array([[y[i] - r["ci95"][0], r["ci95"][1] - y[i]] for i, r in enumerate(rows)]).T, 0, None)
         ax.errorbar(x, y, yerr=err if len(rows) else None, marker="o", capsize=3, label=name)
     ax.set(xlabel="distance from start to goal (m)", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, ax, path)

@@ -63,3 +63,13 @@ def dataclass_defaults(cls: type) -> dict[str, Any]:
             instance[f.name] = f.default_factory()
     plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in instance.items()}
     return json.loads(json.dumps(plain))
+
+
+def algo_settings(name: str, **overrides: Any) -> dict[str, Any]:
+    """The algorithm's config group ``configs/algo/<name>.yaml`` as a plain ``algo_cfg`` dict (without
+    ``name``), with ``overrides`` applied; a dict override (e.g. ``encoder={...}``) updates that
+    nested group key by key instead of replacing it."""
+    cfg = {k: v for k, v in compose("pretrain", [f"algo={name}"])["algo"].items() if k != "name"}
+    for k, v in overrides.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg

@@ -448,11 +448,11 @@ def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Pat
             "returns (Cal-QL, mc_lower_bound) are discounted with relabel.gamma; set both to the same value"
         )
     view = Lake.open(cfg.lake.uri).checkout(cfg.lake.ref)
+    check_goal_is_observable(cfg, view.schema or {"step": {}})
     train_ids, held_out = held_out_episodes(view, cfg.calibration_episodes)
     sampler = Sampler(
         view, cfg.sampler_config(dist.rank, dist.world_size, train_ids), device, progress=cfg.progress and dist.main
     )
-    check_goal_is_observable(cfg, view.schema or {"step": {}})
     calib = Calibration(view, cfg, held_out, device) if held_out and dist.main else None
     vocab = sampler.tasks
     num_tasks = len(vocab) if cfg.task.conditioning == "task" else 0

@@ -19,7 +19,7 @@ import pytest
 from data_lake.sampler import RelabelConfig
 from robot_rl.checkpoint import load_policy
 from robot_rl.evaluate import EvalConfig, evaluate, policy_act
-from robot_rl.hydra_utils import compose
+from robot_rl.hydra_utils import algo_settings
 from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
 from sim.collect import collect_mix
 
@@ -44,11 +44,6 @@ def hindsight_lake(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
 
 
-def algo_cfg(algo: str, **overrides: object) -> dict:
-    cfg = {k: v for k, v in compose("pretrain", [f"algo={algo}"])["algo"].items() if k != "name"}
-    return cfg | overrides
-
-
 def success(run: Path, episodes: int) -> float:
     policy, _ = load_policy(run / "checkpoints" / "latest")
     cfg = EvalConfig(tasks=(TASK,), episodes=episodes, seed=700_000, num_envs=4, video_episodes=0, progress=False)
@@ -60,7 +55,7 @@ def test_reaches_goals_from_hindsight_relabeling_alone(algo: str, hindsight_lake
     run = pretrain(
         PretrainConfig(
             algo=algo,
-            algo_cfg=algo_cfg(algo, gamma=GAMMA, mc_lower_bound=True),
+            algo_cfg=algo_settings(algo, gamma=GAMMA, mc_lower_bound=True),
             lake=LakeConfig(hindsight_lake, "tag:v1"),
             obs=STATES,
             task=TaskConfig(
@@ -82,7 +77,7 @@ def test_iql_learns_reach_red_from_its_own_reward(tmp_path_factory: pytest.TempP
     run = pretrain(
         PretrainConfig(
             algo="iql",
-            algo_cfg=algo_cfg("iql", gamma=GAMMA),
+            algo_cfg=algo_settings("iql", gamma=GAMMA),
             lake=LakeConfig(uri, "tag:v1"),
             obs=STATES,
             task=TaskConfig(
