@@ -16,8 +16,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 # goal_source codes: which relabeling rule produced each row
-FUTURE, FINAL, NEGATIVE, COMMANDED, TASK = 0, 1, 2, 3, 4
-GOAL_SOURCES = {"future": FUTURE, "final": FINAL, "negative": NEGATIVE, "commanded": COMMANDED, "task": TASK}
+FUTURE, FINAL, NEGATIVE, COMMANDED, TASK, CURRENT = 0, 1, 2, 3, 4, 5
+GOAL_SOURCES = {
+    "future": FUTURE,
+    "final": FINAL,
+    "negative": NEGATIVE,
+    "commanded": COMMANDED,
+    "task": TASK,
+    "current": CURRENT,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +75,12 @@ class Batch:
     task_ids: torch.Tensor  # (B,) int64, index into the sampler's task vocabulary
     mc_returns: torch.Tensor  # (B,) float32 behaviour-policy Monte-Carlo return (Cal-QL)
     goal_source: torch.Tensor  # (B,) int64, one of GOAL_SOURCES
+    actor_goals: Observation | None = None  # the actor's own goals (``RelabelConfig.actor_goals``); None: ``goals``
+
+    @property
+    def policy_goals(self) -> Observation | None:
+        """The goals the actor learns to reach: ``actor_goals`` when sampled separately, else ``goals``."""
+        return self.goals if self.actor_goals is None else self.actor_goals
 
     def to(self, device: torch.device | str, non_blocking: bool = True, float_images: bool = True) -> Batch:
         """Copy to ``device``; images become float (B, 3, H, W) in [0, 1] there (unless ``float_images``
@@ -86,6 +99,7 @@ class Batch:
             task_ids=mv(self.task_ids),
             mc_returns=mv(self.mc_returns),
             goal_source=mv(self.goal_source),
+            actor_goals=None if self.actor_goals is None else self.actor_goals.to(device, non_blocking, float_images),
         )
 
     def pin_memory(self) -> Batch:
@@ -99,6 +113,7 @@ class Batch:
             task_ids=self.task_ids.pin_memory(),
             mc_returns=self.mc_returns.pin_memory(),
             goal_source=self.goal_source.pin_memory(),
+            actor_goals=None if self.actor_goals is None else self.actor_goals.pin_memory(),
         )
 
     def __len__(self) -> int:
@@ -121,8 +136,8 @@ def cat_batches(batches: list[Batch]) -> Batch:
         raise ValueError("cat_batches needs at least one batch")
     if len(batches) == 1:
         return batches[0]
-    if len({b.goals is None for b in batches}) != 1:
-        raise ValueError("batches to concatenate must all have goals or all have none")
+    if len({b.goals is None for b in batches}) != 1 or len({b.actor_goals is None for b in batches}) != 1:
+        raise ValueError("batches to concatenate must all have goals (and actor goals) or all have none")
     return Batch(
         observations=_cat_obs([b.observations for b in batches]),
         actions=torch.cat([b.actions for b in batches]),
@@ -133,4 +148,7 @@ def cat_batches(batches: list[Batch]) -> Batch:
         task_ids=torch.cat([b.task_ids for b in batches]),
         mc_returns=torch.cat([b.mc_returns for b in batches]),
         goal_source=torch.cat([b.goal_source for b in batches]),
+        actor_goals=None
+        if batches[0].actor_goals is None
+        else _cat_obs([b.actor_goals for b in batches if b.actor_goals is not None]),
     )

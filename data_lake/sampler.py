@@ -21,6 +21,8 @@ with the configured probabilities (they must sum to 1), then a transition eligib
                goal = o_j (goal cameras; goal state = achieved_goal_j, else state_j)
                r = d = 1 if t + 1 == j (index rule) or |ag_{t+1} - ag_j| < eps (distance rule)
                mc_return = gamma^(j - t - 1)
+    current    j = t: the goal is the row's own observation, already reached: r = d = mc_return = 1
+               (OGBench's ``p_curgoal``)
     negative   goal = a uniformly drawn step of a *different* episode; r = d = mc_return = 0
     commanded  the episode's stored goal (only episodes that have one), task reward r_t,
                d = is_terminal[t+1], mc_return = discounted return-to-go within the episode
@@ -28,6 +30,11 @@ with the configured probabilities (they must sum to 1), then a transition eligib
                (``success_terminal``: for both, a reward > 0 also ends the episode, d = 1, and
                mc_return = gamma^(m - t) to the first rewarded transition m, as when an episode
                stops at success)
+
+Actor goals (``actor_goals``): ``same`` (default) gives the actor the rows' goals above;
+``future_uniform`` draws a second goal per row for the actor, uniformly from the rest of its own
+episode, ``j ~ U{t+1..T}`` (OGBench's actor goals: the value function learns from current, future
+and random goals, the policy only from goals its own trajectory reached); ``Batch.actor_goals``.
 
 MT-Opt task relabeling: with probability ``p_task`` a row is given another task ``k`` (one with
 stored success labels) and ``r = d = label_k[t+1]``, ``mc_return`` the labels' return-to-go.
@@ -52,13 +59,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_lake.batch import COMMANDED, FINAL, FUTURE, GOAL_SOURCES, NEGATIVE, TASK, Batch, Observation
+from data_lake.batch import COMMANDED, CURRENT, FINAL, FUTURE, GOAL_SOURCES, NEGATIVE, TASK, Batch, Observation
 from data_lake.lake import LakeView
 from data_lake.segment import SegmentData, concat_segments
 
 
 class SamplerError(ValueError):
     pass
+
+
+ACTOR_GOALS = ("same", "future_uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +80,7 @@ class RelabelConfig:
     negative: float = 0.2
     commanded: float = 0.0
     task: float = 0.1
+    current: float = 0.0  # goal = the row's own observation (OGBench's p_curgoal)
     future_mode: str = "geometric"  # "geometric" | "uniform"
     geometric_p: float = 0.1
     reward_rule: str = "index"  # "index" | "distance"
@@ -77,6 +88,7 @@ class RelabelConfig:
     gamma: float = 0.99
     p_task: float = 0.0  # MT-Opt task relabeling
     success_terminal: bool = False  # commanded/task rows: a reward > 0 ends the episode (success is absorbing)
+    actor_goals: str = "same"  # "same": the rows' goals | "future_uniform": the actor's own, U{t+1..T}
 
     def __post_init__(self) -> None:
         probs = self.probabilities
@@ -94,6 +106,8 @@ class RelabelConfig:
             raise SamplerError(f"gamma must be in (0, 1], got {self.gamma}")
         if not 0 <= self.p_task <= 1:
             raise SamplerError(f"p_task must be in [0, 1], got {self.p_task}")
+        if self.actor_goals not in ACTOR_GOALS:
+            raise SamplerError(f"actor_goals must be one of {ACTOR_GOALS}, got {self.actor_goals!r}")
 
     @property
     def probabilities(self) -> dict[str, float]:
@@ -101,7 +115,7 @@ class RelabelConfig:
 
     @property
     def uses_goals(self) -> bool:
-        return self.future + self.final + self.negative + self.commanded > 0
+        return self.future + self.final + self.negative + self.commanded + self.current > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +271,7 @@ class Rows:
     terminal: np.ndarray
     mc_return: np.ndarray
     task_id: np.ndarray
+    actor_goal_step: np.ndarray | None = None  # the actor's own goal step (``actor_goals != "same"``)
 
 
 def _draw_steps(
@@ -319,6 +334,11 @@ def sample_rows(pool: EpisodePool, cfg: SamplerConfig, rng: np.random.Generator,
     terminal[pos] = reached[pos]
     mc[pos] = rc.gamma ** (j[pos] - t[pos] - 1)
 
+    # current: the goal is this very observation, reached before acting
+    cur = source == CURRENT
+    goal_step[cur] = t[cur]
+    reward[cur] = terminal[cur] = mc[cur] = 1.0
+
     # negative: a step of another episode
     neg = np.flatnonzero(source == NEGATIVE)
     if len(neg):
@@ -354,7 +374,10 @@ def sample_rows(pool: EpisodePool, cfg: SamplerConfig, rng: np.random.Generator,
             mc[rows] = pool.label_mc[int(k_id)][t[rows]]
             goal_step[rows] = -1
             source[rows] = TASK
-    return Rows(t, goal_step, source, reward, terminal, mc, task_id)
+    actor_goal_step = None
+    if rc.actor_goals == "future_uniform":
+        actor_goal_step = t + 1 + np.floor(rng.random(batch_size) * (last - t)).astype(np.int64)  # U{t+1..T}
+    return Rows(t, goal_step, source, reward, terminal, mc, task_id, actor_goal_step)
 
 
 def gather(pool: EpisodePool, rows: Rows, goals: bool) -> Batch:
@@ -391,6 +414,17 @@ def gather(pool: EpisodePool, rows: Rows, goals: bool) -> Batch:
                 gs[cmd] = pool.goal_state[ep[cmd]]
             gstate = torch.from_numpy(gs)
         goal_obs = Observation(images, gstate)
+    actor_goals = None
+    if goals and rows.actor_goal_step is not None:
+        a = rows.actor_goal_step
+        gstate_src = pool.achieved if pool.achieved is not None else pool.state
+        missing = [c for c in (goal_obs.images if goal_obs else {}) if c not in pool.images]
+        if missing:
+            raise SamplerError(f"actor_goals={'future_uniform'!r} needs goal cameras {missing} among the observations")
+        actor_goals = Observation(
+            {c: torch.from_numpy(pool.images[c][a]) for c in (goal_obs.images if goal_obs else {})},
+            None if gstate_src is None else torch.from_numpy(gstate_src[a].astype(np.float32)),
+        )
     return Batch(
         observations=obs(t),
         actions=torch.from_numpy(pool.action[t]),
@@ -401,6 +435,7 @@ def gather(pool: EpisodePool, rows: Rows, goals: bool) -> Batch:
         task_ids=torch.from_numpy(rows.task_id),
         mc_returns=torch.from_numpy(rows.mc_return),
         goal_source=torch.from_numpy(rows.source),
+        actor_goals=actor_goals,
     )
 
 
@@ -675,6 +710,7 @@ class Sampler:
             observations=batch.observations.map_images(shift),
             next_observations=batch.next_observations.map_images(shift),
             goals=None if batch.goals is None else batch.goals.map_images(shift),
+            actor_goals=None if batch.actor_goals is None else batch.actor_goals.map_images(shift),
         )
 
     def close(self) -> None:

@@ -1,5 +1,7 @@
 """Write ``configs/algo/<name>.yaml`` for every algorithm in ALGOS: every config field with its default
-(so each can be overridden as ``algo.<field>=...``). Run after adding an algorithm or a config field:
+(so each can be overridden as ``algo.<field>=...``), and the named variants (``VARIANTS``: an algorithm
+with a paper's or benchmark's settings, e.g. ``algo=gciql_ogbench``). Run after adding an algorithm or a
+config field:
 
     .venv/bin/python -m robot_rl.algo_configs [NAME ...]
 
@@ -19,6 +21,24 @@ OVERRIDES = {"cql": {"backup_entropy": False, "alpha_init": 0.1}}
 NOTES = {
     "cql": "backup_entropy false, alpha_init 0.1: with sparse 0/1 rewards an entropy bonus in the backup dominates Q"
 }
+VARIANTS = {  # config-group file -> (algorithm, overrides of its defaults, note): published settings by name
+    "gciql_ogbench": (
+        "iql",
+        {
+            "hidden": [512, 512, 512],
+            "layer_norm": True,
+            "gamma": 0.99,
+            "expectile": 0.9,
+            "actor_loss": "ddpgbc",
+            "alpha": 0.3,
+            "reward_offset": -1.0,
+        },
+        "OGBench's GCIQL (impls/agents/gciql.py): reward success - 1, expectile 0.9, DDPG+BC actor "
+        "(alpha: 0.3 default; OGBench uses 1.0 on cube-single-play, 0.03 on cube-single-noisy, 0.003 on "
+        "pointmaze-medium-navigate), LayerNorm critics, 512x3 MLPs; pair it with task=ogbench (value goals "
+        "0.2 current / 0.5 geometric future / 0.3 random, actor goals uniform future)",
+    ),
+}
 
 
 def main(names: list[str]) -> None:
@@ -35,6 +55,18 @@ def main(names: list[str]) -> None:
             head += f"# Differs from the dataclass defaults: {NOTES[name]}.\n"
         (CONFIG_DIR / "algo" / f"{name}.yaml").write_text(head + yaml.safe_dump({"name": name, **d}, sort_keys=False))
         print("wrote", name)
+    for variant, (name, overrides, note) in VARIANTS.items():
+        if only and variant not in only:
+            continue
+        cls = ALGOS[name]
+        d = {k: v for k, v in dataclass_defaults(cls.config_class).items() if k != "seed"} | overrides
+        head = (
+            f"# @package algo\n# {variant}: {name} with published settings. Every field of "
+            f"{cls.config_class.__name__}; seed: top level\n# {note}.\n"
+        )
+        body = yaml.safe_dump({"name": name, **d}, sort_keys=False)
+        (CONFIG_DIR / "algo" / f"{variant}.yaml").write_text(head + body)
+        print("wrote", variant)
 
 
 if __name__ == "__main__":

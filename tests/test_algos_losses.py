@@ -370,3 +370,50 @@ def test_iql_mc_lower_bound_raises_the_q_target() -> None:
     # targets: plain (0.45, 1.0, 0.45); bounded (0.8, 1.0, 0.45)
     assert plain["critic/td_target"].item() == pytest.approx((0.45 + 1.0 + 0.45) / 3)
     assert bounded["critic/td_target"].item() == pytest.approx((0.8 + 1.0 + 0.45) / 3)
+
+
+def test_iql_reward_offset_gives_ogbench_success_minus_one_targets() -> None:
+    from robot_rl.algos import IQLConfig, iql
+
+    b = make_batch([0.0, 1.0], [0.0, 1.0])  # a step that misses the goal, one that reaches it (terminal)
+    nets = nn.ModuleDict({"critic": TableCritic([[0.0] * 2, [0.0] * 2]), "value": FixedValue([-10.0, -10.0])})
+    _, m = iql.critic_loss(encoded(b), nets, IQLConfig(gamma=0.9, reward_offset=-1.0))
+    # targets: -1 + 0.9 * (-10) = -10 and 1 - 1 = 0 (success ends it)
+    assert m["critic/td_target"].item() == pytest.approx((-10.0 + 0.0) / 2)
+    with pytest.raises(ValueError, match="mc_lower_bound"):
+        IQLConfig(reward_offset=-1.0, mc_lower_bound=True)
+
+
+def test_iql_ddpg_bc_actor_is_normalized_q_plus_alpha_bc() -> None:
+    from robot_rl.algos import IQLConfig, iql
+
+    actions = torch.tensor([[0.5, 0.0], [1.0, -1.0]])
+    critic = TableCritic([[2.0, 4.0], [3.0, 5.0]], slope=1.0)  # min over members: (2, 4) + a_0
+    nets = nn.ModuleDict({"critic": critic, "actor": FixedActor()})  # μ = 0 for every row
+    features = torch.zeros(2, 3)
+    loss, m = iql.ddpg_bc_actor_loss(features, actions, nets, IQLConfig(alpha=0.5))
+    q = torch.tensor([2.0, 4.0])  # at μ = 0
+    bc = 0.5 * 0.5 * actions.pow(2).sum(-1).mean()
+    assert m["actor/q_loss"].item() == pytest.approx((-q.mean() / q.abs().mean()).item())
+    assert m["actor/bc_loss"].item() == pytest.approx(bc.item())
+    loss.backward()
+    # d/dμ_0: -slope / E|Q| from the Q term, α·(μ − a) averaged for the BC term
+    want0 = -1.0 / 3.0 + 0.5 * (0.0 - actions[:, 0]).mean().item()
+    assert nets.actor.mu.grad[0].item() == pytest.approx(want0, rel=1e-5)
+
+
+def test_layer_norm_critic_normalizes_every_hidden_layer() -> None:
+    from robot_rl.nets import Critic
+
+    torch.manual_seed(0)
+    c = Critic(3, A, (8, 8), n=2, layer_norm=True)
+    f, a = torch.randn(5, 3), torch.rand(5, A)
+    q = c(f, a)
+    assert q.shape == (2, 5)
+    # the output depends on the first layer only through its normalized activations: scaling it changes nothing
+    with torch.no_grad():
+        c.hidden[0].weight.mul_(7.0)
+        c.hidden[0].bias.mul_(7.0)
+    assert torch.allclose(c(f, a), q, atol=1e-5)
+    plain = Critic(3, A, (8, 8), n=2)
+    assert not plain.layer_norm

@@ -61,7 +61,7 @@ def test_probabilities_must_sum_to_one() -> None:
 
 
 def test_relabel_distribution_matches_probabilities(small_lake: Lake) -> None:
-    probs = {"future": 0.4, "final": 0.1, "negative": 0.2, "commanded": 0.2, "task": 0.1}
+    probs = {"future": 0.3, "final": 0.1, "negative": 0.2, "commanded": 0.2, "task": 0.1, "current": 0.1}
     s = Sampler(small_lake.checkout(), cfg(**probs, batch_size=64), progress=False)
     counts = np.zeros(len(GOAL_SOURCES))
     n = 160
@@ -139,6 +139,35 @@ def test_uniform_future_and_geometric_truncation(small_lake: Lake) -> None:
     j = b.goals.images["front"][:, 0, 0, 1].numpy()
     assert (j > t).all()
     assert len(np.unique(j - t)) > 2
+
+
+def test_current_goals_are_the_row_itself_and_reached(small_lake: Lake) -> None:
+    s = Sampler(small_lake.checkout(), cfg(current=1.0, future=0, final=0, negative=0, task=0), progress=False)
+    b = s.sample_host()
+    t = b.observations.state[:, 1].numpy()
+    assert np.array_equal(b.goals.images["front"][:, 0, 0, 1].numpy(), t)  # the goal image is o_t
+    e = b.observations.state[:, 0].numpy()
+    assert np.allclose(b.goals.state.numpy(), np.stack([t / 10, e], 1))  # achieved_goal_t
+    assert (b.rewards == 1).all() and (b.terminals == 1).all() and (b.mc_returns == 1).all()
+    assert (b.goal_source == GOAL_SOURCES["current"]).all()
+
+
+def test_actor_goals_future_uniform_come_from_the_rest_of_the_episode(small_lake: Lake) -> None:
+    relabel = dict(current=0.2, future=0.5, negative=0.3, final=0, task=0, actor_goals="future_uniform")
+    s = Sampler(small_lake.checkout(), cfg(**relabel, batch_size=256), progress=False)
+    b = s.sample_host()
+    assert b.actor_goals is not None and b.policy_goals is b.actor_goals
+    t, e = b.observations.state[:, 1].numpy(), b.observations.state[:, 0].numpy()
+    j = b.actor_goals.images["front"][:, 0, 0, 1].numpy()
+    assert (b.actor_goals.images["front"][:, 0, 0, 0].numpy() == e).all()  # the row's own episode
+    assert (j > t).all() and len(np.unique(j - t)) > 2
+    assert np.allclose(b.actor_goals.state[:, 1].numpy(), e)
+    # the value goals are unchanged by it: negatives still come from other episodes
+    neg = b.goal_source.numpy() == NEGATIVE
+    assert (b.goals.images["front"][neg, 0, 0, 0].numpy() != e[neg]).all()
+    assert Sampler(small_lake.checkout(), cfg(), progress=False).sample_host().actor_goals is None
+    with pytest.raises(SamplerError, match="actor_goals must be one of"):
+        RelabelConfig(actor_goals="random")
 
 
 def test_task_relabeling_uses_stored_labels(small_lake: Lake) -> None:

@@ -39,6 +39,7 @@ class AlgoConfig:
     critic_lr: float = 3e-4
     gamma: float = 0.99
     tau: float = 0.005  # Polyak rate of target networks
+    layer_norm: bool = False  # LayerNorm in the hidden layers of critics and values (OGBench's setting)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -72,6 +73,13 @@ def encode(encoder: ObservationEncoder, batch: Batch, next_observations: bool = 
             (nf,) = encoder.observation_features([batch.next_observations], batch.goals)
             next_features = encoder.join(nf, None if g is None else g.detach())  # (B, F)
     return Encoded(batch, features, next_features)
+
+
+@torch.no_grad()
+def encode_goals(encoder: ObservationEncoder, batch: Batch, goals: Observation) -> torch.Tensor:
+    """Features (B, F) of the batch's observations with other goals (``Batch.actor_goals``), no gradients."""
+    (f,) = encoder.observation_features([batch.observations], goals)  # (B, D_o)
+    return encoder.join(f, encoder.goal_features(goals, batch.task_ids))  # (B, F)
 
 
 @torch.no_grad()
@@ -215,7 +223,7 @@ class Algorithm(abc.ABC):
         """``encoder``, a ``critic`` ensemble of ``num_critics`` heads on its features and ``target_critic``,
         built in this order (so every algorithm initializes them alike); algorithms add their actors."""
         encoder = self.encoder()
-        critic = Critic(encoder.out_dim, self.spec.action_dim, self.cfg.hidden, num_critics)
+        critic = Critic(encoder.out_dim, self.spec.action_dim, self.cfg.hidden, num_critics, self.cfg.layer_norm)
         return {"encoder": encoder, "critic": critic, "target_critic": self.target(critic)}
 
     @staticmethod

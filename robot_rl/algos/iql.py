@@ -26,6 +26,18 @@ Choices and deviations:
   0/1 rewards Q lies in [0, 1] and advantages are a few hundredths, so β = 3 weights every dataset
   action almost alike (behaviour cloning of noisy data). On tabletop reach_red from states (300
   episodes, 5,000 updates, 100 held-out seeds): β = 3: 0.87, 10: 0.96, 20: 0.99 success.
+- ``actor_loss="ddpgbc"`` (OGBench's GCIQL actor; Fujimoto & Gu, 2021) replaces eq. 7 by
+
+      L_π(φ) = −E[Q(s, μ_φ(s)) / stopgrad(E|Q(s, μ_φ(s))|)] + α·E[½‖μ_φ(s) − a‖²]
+
+  with μ the actor's mode and Q the online critics' minimum (only the actor steps): the BC term is
+  OGBench's −α·log π(a|s) under its constant unit standard deviation, up to a constant. The actor's
+  σ is then untrained (deterministic evaluation reads μ).
+- ``reward_offset`` shifts every reward of the TD target: −1 gives OGBench's ``r = success − 1``
+  (success ends the episode, so Q counts the negative number of steps to the goal); affine in Q
+  to robot-rl's 0/1 reward, but it changes the scale the expectile and the actor see.
+- Goals for the actor (``Batch.policy_goals``): the sampler's separate actor goals when drawn
+  (``RelabelConfig.actor_goals``, OGBench's uniform future goals), else the rows' own goals.
 - ``Q̄`` in ``L_V`` and ``L_π`` is the Polyak target ensemble (as the reference), reading the
   online encoder's features (``base.py``: there is no target encoder).
 """
@@ -38,8 +50,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from data_lake.batch import NEGATIVE, Batch
-from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
+from data_lake.batch import FINAL, FUTURE, NEGATIVE, Batch
+from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, encode_goals, make_optimizer, polyak_update
 from robot_rl.nets import ValueNetwork, make_actor
 from robot_rl.nets.heads import check_actor_distribution
 
@@ -52,10 +64,19 @@ class IQLConfig(AlgoConfig):
     num_critics: int = 2
     mc_lower_bound: bool = False  # Q's target max(r + γ(1 − d)·V(s'), the data's Monte-Carlo return)
     actor_distribution: str = "gaussian"  # "gaussian": N(tanh μ, σ²) | "tanh_gaussian": tanh(N(μ, σ²))
+    actor_loss: str = "awr"  # "awr": eq. 7 | "ddpgbc": DDPG + α·BC (OGBench's GCIQL)
+    alpha: float = 0.3  # BC coefficient of the DDPG+BC actor
+    reward_offset: float = 0.0  # added to every reward in the TD target (-1: OGBench's success − 1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_actor_distribution(self.actor_distribution)
+        if self.actor_loss not in ("awr", "ddpgbc"):
+            raise ValueError(f"actor_loss must be 'awr' or 'ddpgbc', got {self.actor_loss!r}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if self.reward_offset != 0 and self.mc_lower_bound:
+            raise ValueError("mc_lower_bound reads 0/1-reward returns: it cannot be combined with reward_offset")
         if not 0 < self.expectile < 1:
             raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
         if self.beta < 0 or self.max_weight <= 0:
@@ -84,7 +105,7 @@ def critic_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torc
     b = enc.batch
     with torch.no_grad():
         next_v = nets.value(enc.next_features)  # (B,)
-        td_target = b.rewards + cfg.gamma * (1.0 - b.terminals) * next_v  # (B,)
+        td_target = b.rewards + cfg.reward_offset + cfg.gamma * (1.0 - b.terminals) * next_v  # (B,)
         if cfg.mc_lower_bound:
             td_target = torch.maximum(td_target, b.mc_returns)  # (B,)
     q = nets.critic(enc.features, b.actions)  # (N, B)
@@ -115,6 +136,25 @@ def actor_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch
     return weighted_log_likelihood(nets.actor(features), actions, weight, advantage, cfg.max_weight)
 
 
+def ddpg_bc_actor_loss(
+    features: torch.Tensor, actions: torch.Tensor, nets: nn.ModuleDict, cfg: IQLConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_π = −E[Q(s, μ(s))] / E|Q(s, μ(s))| + α·E[½‖μ(s) − a‖²] (DDPG+BC), features (B, F) detached."""
+    mu = nets.actor(features).mode()  # (B, A)
+    q = nets.critic(features, mu.clamp(-1.0, 1.0)).min(0).values  # (B,)
+    q_loss = -q.mean() / q.abs().mean().detach().clamp_min(1e-6)
+    bc_loss = cfg.alpha * 0.5 * (mu - actions).pow(2).sum(-1).mean()
+    loss = q_loss + bc_loss
+    metrics = {
+        "actor/loss": loss.detach(),
+        "actor/q_loss": q_loss.detach(),
+        "actor/bc_loss": bc_loss.detach(),
+        "actor/q": q.mean().detach(),
+        "actor/mse": (mu - actions).pow(2).mean().detach(),
+    }
+    return loss, metrics
+
+
 def weighted_log_likelihood(
     dist: Any, actions: torch.Tensor, weight: torch.Tensor, advantage: torch.Tensor, max_weight: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -143,7 +183,7 @@ class IQL(Algorithm):
         f = nets["encoder"].out_dim
         return {
             **nets,
-            "value": ValueNetwork(f, cfg.hidden),
+            "value": ValueNetwork(f, cfg.hidden, cfg.layer_norm),
             "actor": make_actor(cfg.actor_distribution, f, spec.action_dim, cfg.hidden),
         }
 
@@ -160,7 +200,16 @@ class IQL(Algorithm):
         q_loss, q_metrics = critic_loss(enc, self.nets, self.cfg)
         self.optimize("critic", self.with_auxiliary(v_loss + q_loss, q_metrics))
 
-        pi_loss, pi_metrics = actor_loss(enc, self.nets, self.cfg)
+        if batch.actor_goals is not None:  # the actor's own goals: features of (s, g_actor)
+            enc = dataclasses.replace(enc, features=encode_goals(self.nets.encoder, batch, batch.actor_goals))
+        if self.cfg.actor_loss == "ddpgbc":
+            f, a = enc.features.detach(), batch.actions  # (B, F), (B, A)
+            if batch.goals is not None and batch.actor_goals is None:  # the rows' goals: own-trajectory ones
+                keep = (batch.goal_source == FUTURE) | (batch.goal_source == FINAL)  # (B,)
+                f, a = f[keep], a[keep]
+            pi_loss, pi_metrics = ddpg_bc_actor_loss(f, a, self.nets, self.cfg)
+        else:
+            pi_loss, pi_metrics = actor_loss(enc, self.nets, self.cfg)
         self.optimize("actor", pi_loss)
 
         polyak_update(self.nets.target_critic, self.nets.critic, self.cfg.tau)

@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, layer_norm: bool = False) -> nn.Sequential:
+    """Linear -> [LayerNorm ->] ReLU per hidden size, then a Linear to ``out_dim``."""
     layers: list[nn.Module] = []
     for h in hidden:
-        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        layers += [nn.Linear(in_dim, h), *([nn.LayerNorm(h)] if layer_norm else []), nn.ReLU()]
         in_dim = h
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
@@ -61,11 +62,15 @@ class Critic(nn.Module):
     ``W_f·f`` is computed once per state and broadcast over its M actions, so the features are never
     copied M times and the (F + A)-wide product runs on B rows instead of B·M. ``members`` evaluates
     only the first k members (CEM ranks by Q_1 alone: scoring the others would be thrown away).
+    ``layer_norm``: every hidden layer is normalized (LayerNorm without affine parameters) before its
+    ReLU, as OGBench's value networks (it keeps Q bounded when goals are drawn far from the data).
     """
 
-    def __init__(self, feature_dim: int, action_dim: int, hidden: tuple[int, ...], n: int = 2):
+    def __init__(
+        self, feature_dim: int, action_dim: int, hidden: tuple[int, ...], n: int = 2, layer_norm: bool = False
+    ) -> None:
         super().__init__()
-        self.n = n
+        self.n, self.layer_norm = n, layer_norm
         dims = [feature_dim + action_dim, *hidden]
         self.hidden = nn.ModuleList(EnsembleLinear(n, i, o) for i, o in itertools.pairwise(dims))
         self.out = EnsembleLinear(n, dims[-1], 1)
@@ -89,6 +94,8 @@ class Critic(nn.Module):
         h_a = torch.bmm(actions.reshape(1, B * M, A).expand(n, B * M, A), w[:, F_:])  # (n, B·M, H)
         x = (h_a.view(n, B, M, -1) + h_f.unsqueeze(2)).view(n, B * M, -1)  # (n, B·M, H)
         for layer in layers[1:]:
+            if self.layer_norm:
+                x = F.layer_norm(x, x.shape[-1:])
             x = torch.baddbmm(layer.bias[:n], F.relu(x), layer.weight[:n])  # (n, B·M, H')
         return x.view(n, B, M)  # (n, B, M)
 
@@ -96,9 +103,9 @@ class Critic(nn.Module):
 class ValueNetwork(nn.Module):
     """V(features) -> (B,)."""
 
-    def __init__(self, feature_dim: int, hidden: tuple[int, ...]):
+    def __init__(self, feature_dim: int, hidden: tuple[int, ...], layer_norm: bool = False):
         super().__init__()
-        self.net = mlp(feature_dim, hidden, 1)
+        self.net = mlp(feature_dim, hidden, 1, layer_norm)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features).squeeze(-1)  # (B,)
