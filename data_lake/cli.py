@@ -108,8 +108,9 @@ def cmd_append(a: argparse.Namespace) -> None:
 
 def cmd_ingest(a: argparse.Namespace) -> None:
     from data_lake.ingest import IngestRejected, ingest, load_mapping, write_report
+    from data_lake.ingest.mapping import default_mapping
 
-    mapping = load_mapping(a.mapping)
+    mapping = load_mapping(a.mapping) if a.mapping else default_mapping(a.format)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     try:
         rep = ingest(
@@ -271,13 +272,17 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = add("append", cmd_append, "append episodes (.npz files or episode directories) in one commit")
     p.add_argument("paths", nargs="+", help="episode .npz files, episode directories, or directories of them")
     _add_write_options(p)
-    p = add("ingest", cmd_ingest, "ingest robot logs (MCAP, ROS bags, HDF5, LeRobot, Minari) in one commit")
+    p = add("ingest", cmd_ingest, "ingest robot logs (MCAP, ROS bags, HDF5, LeRobot, Minari, OGBench) in one commit")
     p.add_argument("paths", nargs="+", help="log files, dataset directories, or directories of them")
-    p.add_argument("--mapping", required=True, help="mapping YAML (docs/ingest.md; examples in configs/ingest/)")
+    p.add_argument(
+        "--mapping",
+        default=None,
+        help="mapping YAML (docs/ingest.md; examples in configs/ingest/); optional for --format ogbench",
+    )
     p.add_argument(
         "--format",
         default=None,
-        choices=["mcap", "ros1", "ros2", "robomimic", "aloha", "lerobot", "minari"],
+        choices=["mcap", "ros1", "ros2", "robomimic", "aloha", "lerobot", "minari", "ogbench"],
         help="input format (default: the mapping's 'format')",
     )
     _add_write_options(p)

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name -> (module, function that adds 
     "finetune": ("robot_rl.finetune", "add_finetune_parser"),
     "compare": ("robot_rl.compare", "add_compare_parser"),
     "demo": ("robot_rl.demo", "add_demo_parser"),
+    "ogbench": ("robot_rl.ogbench_cmd", "add_ogbench_parser"),
 }
 
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from data_lake import parallel
 from data_lake.episode import Episode
-from data_lake.ingest import hdf5, images, lerobot, mcap_reader, minari, rosbag
+from data_lake.ingest import hdf5, images, lerobot, mcap_reader, minari, ogbench, rosbag
 from data_lake.ingest.errors import IngestError, IngestRejected, Note
 from data_lake.ingest.mapping import FORMATS, Mapping, SourceSpec, ValueSpec
 from data_lake.ingest.streams import Source, Unit, stack_frames
@@ -50,12 +50,16 @@ FRAME_BATCH = 256  # frames per decode block (fewer for large frames, see _Frame
 
 @dataclasses.dataclass(frozen=True)
 class ReaderSpec:
-    """How one format is recognised, expanded from directories, and read."""
+    """How one format is recognised, expanded from directories, and read. ``build`` turns a unit
+    into episodes: by default ``episodes_of`` (order, split, resample); formats whose units are
+    already one row per step (OGBench) build their own, with fields the mapping cannot express
+    (``sim_state``, ``achieved_goal``)."""
 
     sniff: Callable[[Path], bool]
     expand: Callable[[Path], list[Path]]
     read: Callable[[Path, Mapping], Iterable[Unit | IngestError]]
     describe: str
+    build: Callable[[Unit, BuildContext], tuple[list[Episode], list[str], list[Note]]] | None = None
 
 
 READERS: dict[str, ReaderSpec] = {
@@ -73,13 +77,16 @@ READERS: dict[str, ReaderSpec] = {
     "aloha": ReaderSpec(hdf5.is_hdf5, hdf5.expand, hdf5.read_aloha, "an ALOHA HDF5 file"),
     "lerobot": ReaderSpec(lerobot.is_lerobot, lerobot.expand, lerobot.read, "a LeRobot dataset directory"),
     "minari": ReaderSpec(lambda p: minari.main_file(p) is not None, minari.expand, minari.read, "a Minari dataset"),
+    "ogbench": ReaderSpec(
+        ogbench.is_ogbench, ogbench.expand, ogbench.read, "an OGBench .npz dataset file", ogbench.build
+    ),
 }
 assert set(READERS) == set(FORMATS)
 
 
 def detect_format(path: Path) -> str | None:
     """What ``path`` looks like (for ``wrong_format`` messages); HDF5 layouts report ``hdf5``."""
-    for fmt in ("mcap", "ros1", "ros2", "lerobot", "minari"):
+    for fmt in ("mcap", "ros1", "ros2", "lerobot", "minari", "ogbench"):
         if READERS[fmt].sniff(path):
             return fmt
     return "hdf5" if hdf5.is_hdf5(path) else None
@@ -547,7 +554,7 @@ def ingest(
                             errors.append(item.located(str(path)).note)
                             continue
                         try:
-                            eps, labs, notes = episodes_of(item, ctx)
+                            eps, labs, notes = (READERS[fmt].build or episodes_of)(item, ctx)
                         except IngestError as e:
                             errors.append(e.located(item.label).note)
                             continue

@@ -2,7 +2,7 @@
 
 A mapping is YAML (see ``docs/ingest.md`` and ``configs/ingest/*.yaml``)::
 
-    format: mcap                      # mcap | ros1 | ros2 | robomimic | aloha | lerobot | minari
+    format: mcap                      # mcap | ros1 | ros2 | robomimic | aloha | lerobot | minari | ogbench
                                       # (or --format on the command line)
     rate_hz: 30                       # the target clock every stream is resampled onto
     cameras: {front: /cam/front/compressed}          # name -> source (a string is the topic/key)
@@ -34,7 +34,7 @@ import yaml
 
 from data_lake.ingest.errors import MappingError
 
-FORMATS = ("mcap", "ros1", "ros2", "robomimic", "aloha", "lerobot", "minari")
+FORMATS = ("mcap", "ros1", "ros2", "robomimic", "aloha", "lerobot", "minari", "ogbench")
 RESIZE_POLICIES = ("crop", "pad", "stretch")
 SPLITS = ("file", "marker", "gap")
 REDUCE = ("any", "all", "last", "first")
@@ -378,6 +378,24 @@ def _text(v: Any, where: str, src: str) -> ValueSpec:
     if isinstance(v, AnyMapping):
         return ValueSpec(source=SourceSpec.parse(v, where, src))
     raise MappingError(f"expected a string, {{topic|key: ...}} or null, found {v!r}", source=src, where=where)
+
+
+# Formats with a fixed layout, so that ``--format`` alone is enough (no ``--mapping``); each is
+# also written out, with comments, as configs/ingest/<format>.yaml.
+DEFAULT_MAPPINGS: dict[str, dict[str, Any]] = {
+    "ogbench": {"format": "ogbench", "rate_hz": 20, "state": ["observations"], "action": ["actions"]},
+}
+
+
+def default_mapping(fmt: str | None) -> Mapping:
+    """The built-in mapping of a fixed-layout format (``DEFAULT_MAPPINGS``)."""
+    if fmt not in DEFAULT_MAPPINGS:
+        raise MappingError(
+            f"--format {fmt} needs --mapping FILE (examples in configs/ingest/); only {list(DEFAULT_MAPPINGS)} "
+            "have a built-in mapping",
+            source="<no mapping>",
+        )
+    return Mapping.from_dict(DEFAULT_MAPPINGS[fmt], path=f"<built-in {fmt} mapping>")
 
 
 def load_mapping(path: str | os.PathLike[str]) -> Mapping:

@@ -1,0 +1,225 @@
+"""OGBench datasets: generated with OGBench's environments and oracles (tasks/ogbench_data.py),
+saved as OGBench's .npz pair, ingested with `robot-rl lake ingest --format ogbench` into real
+Icechunk lakes and read back exactly; malformed files rejected with nothing committed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from data_lake import Lake
+from data_lake.ingest import IngestRejected, ingest, load_mapping
+from data_lake.ingest.mapping import default_mapping
+from data_lake.ingest.ogbench import arrays_from_lake
+from robot_rl.cli import main as cli
+from tasks.ogbench_data import generate, settings, write_to_lake
+
+DATASET = "cube-single-play-v0"
+
+
+@pytest.fixture(scope="module")
+def cube() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """10 train + 1 val trajectories of 20 steps (OGBench's cube oracle, seed 0)."""
+    return generate(DATASET, episodes=10, seed=0, max_episode_steps=20, progress=False)
+
+
+def save_pair(folder: Path, dataset: str, train: dict[str, Any], val: dict[str, Any] | None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dataset}.npz"
+    np.savez_compressed(path, **train)
+    if val is not None:
+        np.savez_compressed(folder / f"{dataset}-val.npz", **val)
+    return path
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert np.array_equal(a[k], b[k]), k
+
+
+def fake(n_traj: int = 3, T: int = 4, visual: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+    """A small file in OGBench's layout (random numbers; with button_states)."""
+    rng = np.random.default_rng(seed)
+    N = n_traj * T
+    obs = rng.integers(0, 255, (N, 8, 8, 3), dtype=np.uint8) if visual else rng.normal(size=(N, 5)).astype(np.float32)
+    term = np.zeros(N, bool)
+    term[T - 1 :: T] = True
+    return {
+        "observations": obs,
+        "actions": rng.uniform(-1, 1, (N, 2)).astype(np.float32),
+        "terminals": term,
+        "qpos": rng.normal(size=(N, 3)).astype(np.float32),
+        "qvel": rng.normal(size=(N, 3)).astype(np.float32),
+        "button_states": rng.integers(0, 2, (N, 2)).astype(np.int64),
+    }
+
+
+# ---------------------------------------------------------------------------- round trips
+def test_generate_save_ingest_read_back_exactly(tmp_path: Path, cube: tuple[dict, dict]) -> None:
+    train, val = cube
+    assert {k: v.dtype.name for k, v in train.items()} == {
+        "observations": "float32",
+        "actions": "float32",
+        "terminals": "bool",
+        "qpos": "float32",
+        "qvel": "float32",
+    }
+    assert train["terminals"].sum() == 10 and val["terminals"].sum() == 1 and len(train["actions"]) == 200
+    path = save_pair(tmp_path / "data", DATASET, train, val)
+    lake_dir = tmp_path / "lake"
+    assert cli(["lake", "init", str(lake_dir)]) == 0
+    assert cli(["lake", "ingest", "--lake", str(lake_dir), "--format", "ogbench", "-q", str(path)]) == 0
+    lake = Lake.open(lake_dir)
+    assert_same(arrays_from_lake(lake, DATASET, "train"), train)
+    assert_same(arrays_from_lake(lake, split="val"), val)
+
+    view = lake.checkout("main")
+    recs = view.episodes()
+    assert len(recs) == 11 and [r.metadata["split"] for r in recs].count("val") == 1
+    rec = recs[0]
+    assert rec.task == "ogbench/cube-single"
+    og, prov = rec.metadata["ogbench"], rec.metadata["ingest"]
+    assert og["env"] == "cube-single-v0" and og["dataset"] == DATASET and og["index"] == 0
+    assert [p["key"] for p in og["sim_state_layout"]] == ["qpos", "qvel"]
+    assert prov["source"] == str(path) and prov["format"] == "ogbench" and len(prov["source_sha256"]) == 64
+    val_rec = next(r for r in recs if r.metadata["split"] == "val")
+    assert val_rec.metadata["ingest"]["source"].endswith(f"{DATASET}-val.npz")
+    ep = view.read_episode(rec.episode_id)
+    assert ep.steps["sim_state"].dtype == np.float64 and ep.steps["sim_state"].shape == (20, 41)
+    assert np.array_equal(ep.steps["achieved_goal"], ep.steps["state"])
+    assert not ep.steps["reward"].any() and not ep.steps["is_terminal"].any()
+    assert np.array_equal(np.diff(ep.steps["timestamp_ns"]), np.full(19, 50_000_000))
+
+    # Re-ingesting is a no-op; the generator's own write path builds the very same episodes.
+    snap = lake.resolve("main")
+    assert cli(["lake", "ingest", "--lake", str(lake_dir), "--format", "ogbench", "-q", str(path.parent)]) == 0
+    assert lake.resolve("main") == snap
+    other = Lake.create(f"memory://og-{tmp_path.name}")
+    write_to_lake(other, train, val, settings(DATASET, 10, 0, 20))
+    assert other.checkout("main").episode_ids() == view.episode_ids()
+    gen = other.checkout("main").episodes()[0].metadata["ingest"]
+    assert gen["source"].startswith("generated by robot-rl") and gen["settings"]["kind"] == "play"
+
+
+def test_visual_dataset_round_trip_with_camera_front(tmp_path: Path) -> None:
+    train, val = fake(3, 4, visual=True), fake(1, 4, visual=True, seed=1)
+    path = save_pair(tmp_path, "visual-cube-single-play-v0", train, val)
+    lake = Lake.create(tmp_path / "lake")
+    rep = ingest([path], default_mapping("ogbench"), lake)
+    assert rep.result is not None and rep.result.added == 4
+    ep = next(iter(lake.checkout("main").iter_episodes()))
+    assert (
+        ep.steps["images/front"].shape == (4, 8, 8, 3)
+        and not ep.steps["state"].any()
+        and ep.steps["state"].shape == (4, 1)
+    )
+    assert "achieved_goal" not in ep.steps and ep.task == "ogbench/cube-single"
+    assert_same(arrays_from_lake(lake, split="train"), train)
+    assert_same(arrays_from_lake(lake, split="val"), val)
+
+
+# ---------------------------------------------------------------------------- bad files
+def _bad(kind: str) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
+    """(train, val, the file blamed, words the error must hold) for one kind of damage."""
+    train, val = fake(), fake(seed=1)
+    if kind == "missing_key":
+        del train["qvel"]
+        return train, val, "d-v0.npz", ["[missing_source]", "qvel"]
+    if kind == "length_mismatch":
+        train["actions"] = train["actions"][:-1]
+        return train, val, "d-v0.npz", ["[shape_change]", "actions", "11 rows", "12"]
+    if kind == "nan":
+        train["qpos"][6, 1] = np.nan
+        return train, val, "d-v0.npz", ["[non_finite]", "qpos", "[6, 1]", "step 6"]
+    if kind == "bad_terminals":
+        train["terminals"][-1] = False
+        return train, val, "d-v0.npz", ["[truncated]", "terminals", "index 11", "starting at index 8"]
+    if kind == "wrong_dtype":
+        train["actions"] = train["actions"].astype(np.float64)
+        return train, val, "d-v0.npz", ["[unsupported_type]", "actions", "float64", "float32"]
+    if kind == "empty":
+        train = {k: v[:0] for k, v in train.items()}
+        return train, val, "d-v0.npz", ["[too_short]", "no steps"]
+    assert kind == "bad_val"  # a good training file whose validation split is bad: neither lands
+    val["observations"][3, 0] = np.inf
+    return train, val, "d-v0-val.npz", ["[non_finite]", "observations", "[3, 0]"]
+
+
+@pytest.mark.parametrize(
+    "kind", ["missing_key", "length_mismatch", "nan", "bad_terminals", "wrong_dtype", "empty", "bad_val"]
+)
+def test_malformed_file_commits_nothing(tmp_path: Path, kind: str) -> None:
+    train, val, blamed, words = _bad(kind)
+    path = save_pair(tmp_path / "data", "d-v0", train, val)
+    save_pair(tmp_path / "data", "good-v0", fake(seed=2), None)  # a good dataset beside it
+    lake = Lake.create(tmp_path / "lake")
+    snap = lake.resolve("main")
+    with pytest.raises(IngestRejected) as exc:
+        ingest([path.parent], default_mapping("ogbench"), lake)
+    assert len(exc.value.notes) == 1
+    msg = str(exc.value.notes[0])
+    assert blamed in msg and all(w in msg for w in words), msg
+    assert lake.resolve("main") == snap and len(lake.checkout("main")) == 0
+    # --skip-invalid commits the good dataset only: never one split of the bad pair.
+    rep = ingest([path.parent], default_mapping("ogbench"), lake, skip_invalid=True)
+    assert rep.result is not None and rep.result.added == 3
+    assert {r.metadata["ogbench"]["dataset"] for r in lake.checkout("main").episodes()} == {"good-v0"}
+
+
+def test_cli_error_names_the_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = fake()
+    del train["terminals"]
+    path = save_pair(tmp_path, "x-v0", train, None)
+    lake = tmp_path / "lake"
+    assert cli(["lake", "init", str(lake)]) == 0
+    assert cli(["lake", "ingest", "--lake", str(lake), "--format", "ogbench", "-q", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "x-v0.npz" in err and "'terminals'" in err and "nothing was committed" in err
+    assert cli(["lake", "ingest", "--lake", str(lake), "--format", "mcap", "-q", str(path)]) == 2
+    assert "needs --mapping" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the generator
+@pytest.mark.parametrize("dataset", ["cube-single-noisy-v0", "pointmaze-medium-navigate-v0"])
+def test_generation_is_deterministic_per_seed(dataset: str) -> None:
+    state = np.random.get_state()  # noqa: NPY002
+    a = generate(dataset, episodes=2, seed=3, max_episode_steps=15, progress=False)
+    b = generate(dataset, episodes=2, seed=3, max_episode_steps=15, progress=False)
+    c = generate(dataset, episodes=2, seed=4, max_episode_steps=15, progress=False)
+    after = np.random.get_state()  # noqa: NPY002
+    assert all(np.array_equal(x, y) for x, y in zip(state[1:], after[1:], strict=True))  # global RNG restored
+    assert_same(a[0], b[0])
+    assert not np.array_equal(a[0]["observations"], c[0]["observations"])
+    assert not np.array_equal(a[0]["actions"], c[0]["actions"])
+    assert len(a[1]["observations"]) == 0 and a[1]["observations"].shape[1:] == a[0]["observations"].shape[1:]
+
+
+def test_cli_generate_writes_lake_and_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lake, out = tmp_path / "lake", tmp_path / "npz" / "pm.npz"
+    argv = ["ogbench", "generate", "pointmaze-medium-navigate", "--episodes", "10", "--max-episode-steps", "12"]
+    assert cli([*argv, "--lake", str(lake), "--seed", "7", "--npz", str(out), "-q"]) == 0
+    assert "added 11 episodes" in capsys.readouterr().out
+    recs = Lake.open(lake).checkout("main").episodes()
+    assert len(recs) == 11 and recs[0].task == "ogbench/pointmaze-medium"
+    prov = recs[0].metadata["ingest"]
+    assert prov["source"] == "generated by robot-rl (tasks.ogbench_data)" and prov["seed"] == 7
+    assert prov["settings"]["noise"] == 0.5 and prov["settings"]["max_episode_steps"] == 12
+    assert out.is_file() and out.with_name("pm-val.npz").is_file()
+    with np.load(out, allow_pickle=False) as z:
+        assert_same({k: z[k] for k in z.files}, arrays_from_lake(Lake.open(lake), split="train"))
+
+    assert cli(["ogbench", "generate", "cube-triple-play", "--episodes", "1", "--lake", str(lake)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown OGBench dataset 'cube-triple-play'" in err and "cube-single-play-v0" in err
+
+
+def test_config_file_is_the_built_in_mapping() -> None:
+    cfg = load_mapping(Path(__file__).resolve().parents[1] / "configs" / "ingest" / "ogbench.yaml")
+    built_in = default_mapping("ogbench")
+    fields = ("format", "rate_hz", "state", "action", "cameras", "depth", "task", "robot")
+    assert [getattr(cfg, f) for f in fields] == [getattr(built_in, f) for f in fields]
