@@ -12,10 +12,12 @@
 ``tasks.names()`` lists every task; an unknown name raises a KeyError listing them. Scripted
 policies read the simulator, so ``policy.act`` takes the env (not an observation).
 Worlds: ``tabletop/*`` (:mod:`tasks.tabletop`, plus ``tabletop/play`` from :mod:`tasks.play`),
-``fetch/*`` (:mod:`tasks.fetch`) and ``pointmaze/umaze`` (:mod:`tasks.pointmaze`).
+``fetch/*`` (:mod:`tasks.fetch`), ``pointmaze/umaze`` (:mod:`tasks.pointmaze`) and OGBench's evaluation
+tasks ``ogbench/<env>-task<k>`` (:mod:`tasks.ogbench`; ``tasks.ogbench.ogbench_tasks("cube-single")``
+lists an env's five).
 """
 
-from tasks import fetch, play, pointmaze, tabletop  # noqa: F401  (importing registers the tasks)
+from tasks import fetch, ogbench, play, pointmaze, tabletop  # noqa: F401  (importing registers the tasks)
 from tasks.core import NOISE_LEVELS, REGISTRY, Policy, Task, get, make_policy, names
 
 __all__ = ["NOISE_LEVELS", "REGISTRY", "Policy", "Task", "get", "make_policy", "names"]
