@@ -178,6 +178,8 @@ def evaluate(
             raise SpecError(f"the agent was trained on tasks {list(task_vocab)}; it cannot be told {task_name!r}")
         steps = cfg.max_steps or task.max_episode_steps
         envs = [task.make_env(image_size, cams or task.cameras[:1]) for _ in range(min(cfg.num_envs, cfg.episodes))]
+        for env in envs:  # a state-only agent without a video needs no rendered observation
+            env.render_images = bool(cams) or len(videos) < cfg.video_episodes
         try:
             for start in range(0, cfg.episodes, len(envs)):
                 idx = list(range(start, min(start + len(envs), cfg.episodes)))

@@ -72,6 +72,9 @@ class RobotEnv(gym.Env[Observation, np.ndarray], abc.ABC):
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+    render_images: bool = True
+    """False: observations carry no images (``images == {}``): state-only agents skip the renderer,
+    which costs more than the physics step in most worlds. Goal images and ``render`` still work."""
 
     def __init__(
         self,
@@ -171,7 +174,7 @@ class RobotEnv(gym.Env[Observation, np.ndarray], abc.ABC):
     def observe(self) -> Observation:
         """The observation for the current simulator state (renders every camera)."""
         return {
-            "images": self.renderer.render_all(self.data),
+            "images": self.renderer.render_all(self.data) if self.render_images else {},
             "state": self.proprio().astype(np.float32),
             "achieved_goal": self.achieved_goal().astype(np.float32),
             "desired_goal": self.desired_goal().astype(np.float32),

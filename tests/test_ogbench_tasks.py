@@ -257,3 +257,21 @@ def test_finetune_then_eval_on_an_ogbench_task(lake_uri: str, tmp_path: Path) ->
     assert summary["episodes"] == 2 and summary["per_task"][TASK]["episodes"] == 2
     goal = summary["episode_results"][0]["goal"]
     assert len(goal) == 2  # the goal state is OGBench's goal observation (x, y)
+
+
+def test_observations_without_rendering_keep_the_same_state() -> None:
+    """``render_images = False`` (state-only evaluation) drops the images and nothing else."""
+    task = tasks.get("ogbench/pointmaze-medium-task2")
+    seen = []
+    for render in (True, False):
+        env = task.make_env(image_size=32, seed=3)
+        env.render_images = render
+        obs, _ = env.reset(seed=3)
+        for _ in range(5):
+            obs, *_ = env.step(np.array([0.5, -0.3], np.float32))
+        seen.append(obs)
+        assert task.goal_images(env)[task.cameras[0]].shape == (32, 32, 3)  # goal images still render
+        env.close()
+    assert seen[0]["images"] and seen[1]["images"] == {}
+    for key in ("state", "achieved_goal", "desired_goal", "scene"):
+        np.testing.assert_array_equal(seen[0][key], seen[1][key])
