@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.profile_update --quick
 	$(VENV)/bin/python -m benchmarks.cem --quick
 	$(VENV)/bin/python -m benchmarks.collect --quick
+	$(VENV)/bin/python -m benchmarks.ogbench --quick
 	$(VENV)/bin/python -m benchmarks.render --quick
 	$(VENV)/bin/python -m benchmarks.ingest --quick
 	$(VENV)/bin/python -m benchmarks.goal_reaching --quick
