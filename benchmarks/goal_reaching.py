@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import report
+from benchmarks.report import report, with_ci
 
 EVAL_TASKS = ("tabletop/reach_red", "tabletop/push_red_to_pad", "tabletop/pick_and_lift_red")
 DATA = (  # (task, share of the episodes, action noise)
@@ -83,11 +83,6 @@ def build_lake(uri: str, b: Budget, workers: int = 2) -> None:
 
     mix = [(task, max(2, round(share * b.episodes)), "noisy", noise) for task, share, noise in DATA]
     collect_mix(uri, mix, image_size=b.image_size, cameras=("front",), workers=workers, progress=False)
-
-
-def with_ci(figs: dict[str, float], key: str, summary: dict) -> None:
-    figs[key] = float(summary["success_rate"])
-    figs[f"{key}_ci_low"], figs[f"{key}_ci_high"] = (float(x) for x in summary["success_ci95"])
 
 
 def record(figs: dict[str, float], key: str, res) -> None:

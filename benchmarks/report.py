@@ -6,6 +6,12 @@ import json
 from pathlib import Path
 
 
+def with_ci(figs: dict[str, float], key: str, summary: dict) -> None:
+    """``figs[key]`` = an evaluation summary's success rate, ``key_ci_low``/``key_ci_high`` its Wilson interval."""
+    figs[key] = float(summary["success_rate"])
+    figs[f"{key}_ci_low"], figs[f"{key}_ci_high"] = (float(x) for x in summary["success_ci95"])
+
+
 def report(figs: dict[str, float], targets: dict[str, str], json_path: str | None, skip: tuple[str, ...] = ()) -> None:
     """Print ``figure  value  target`` rows (``skip`` keys only go to the JSON), then write JSON."""
     width = max(28, *(len(k) for k in figs))
