@@ -141,7 +141,6 @@ CameraSpec = str | FreeCamera
 """A named MJCF camera or a :class:`FreeCamera`."""
 
 _LIVE_RENDERERS: weakref.WeakSet[CameraRenderer] = weakref.WeakSet()
-_exit_hook_registered = False
 
 
 def _close_live_renderers() -> None:
@@ -150,13 +149,12 @@ def _close_live_renderers() -> None:
 
 
 def _register_exit_hook() -> None:
-    # Registered after the first GL context exists, hence after mujoco.egl registers its own
-    # display teardown; atexit runs hooks last-in first-out, so contexts are freed while the
-    # display still exists (otherwise Renderer.__del__ prints EGL errors at interpreter exit).
-    global _exit_hook_registered
-    if not _exit_hook_registered:
-        atexit.register(_close_live_renderers)
-        _exit_hook_registered = True
+    # (Re-)registered each time a renderer is made, hence after mujoco.egl registers its own display
+    # teardown and after any library imported since then registered one (dm_control, which OGBench
+    # imports, does); atexit runs hooks last-in first-out, so contexts are freed while the display
+    # still exists (otherwise Renderer.__del__ prints EGL errors at interpreter exit).
+    atexit.unregister(_close_live_renderers)
+    atexit.register(_close_live_renderers)
 
 
 class CameraRenderer:

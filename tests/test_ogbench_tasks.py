@@ -275,3 +275,22 @@ def test_observations_without_rendering_keep_the_same_state() -> None:
     assert seen[0]["images"] and seen[1]["images"] == {}
     for key in ("state", "achieved_goal", "desired_goal", "scene"):
         np.testing.assert_array_equal(seen[0][key], seen[1][key])
+
+
+def test_no_egl_errors_at_exit_when_ogbench_is_imported_after_a_renderer() -> None:
+    """dm_control (imported by OGBench) registers its own EGL teardown at exit; our renderers must be
+    freed before it, or mujoco's finalizers print EGL_NOT_INITIALIZED tracebacks at every exit."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import tasks\n"
+        "a = tasks.get('pointmaze/umaze').make_env(image_size=16); a.reset(seed=0)\n"
+        "b = tasks.get('ogbench/cube-single-task1').make_env(image_size=16); b.reset(seed=0)\n"
+        "print('done')\n"
+    )
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "done" in out.stdout, out.stderr[-2000:]
+    assert "Exception ignored" not in out.stderr, out.stderr[-2000:]
