@@ -77,11 +77,6 @@ class Batch:
     goal_source: torch.Tensor  # (B,) int64, one of GOAL_SOURCES
     actor_goals: Observation | None = None  # the actor's own goals (``RelabelConfig.actor_goals``); None: ``goals``
 
-    @property
-    def policy_goals(self) -> Observation | None:
-        """The goals the actor learns to reach: ``actor_goals`` when sampled separately, else ``goals``."""
-        return self.goals if self.actor_goals is None else self.actor_goals
-
     def to(self, device: torch.device | str, non_blocking: bool = True, float_images: bool = True) -> Batch:
         """Copy to ``device``; images become float (B, 3, H, W) in [0, 1] there (unless ``float_images``
         is False: the sampler augments uint8 images on the device first)."""

@@ -392,6 +392,7 @@ def gather(pool: EpisodePool, rows: Rows, goals: bool) -> Batch:
         )
 
     goal_obs = None
+    gstate_src = pool.achieved if pool.achieved is not None else pool.state  # goal states: achieved_goal, else state
     if goals:
         g = rows.goal_step
         has_step = g >= 0
@@ -405,7 +406,6 @@ def gather(pool: EpisodePool, rows: Rows, goals: bool) -> Batch:
             if c in pool.goal_images and cmd.any():
                 img[cmd] = pool.goal_images[c][ep[cmd]]
             images[c] = torch.from_numpy(img)
-        gstate_src = pool.achieved if pool.achieved is not None else pool.state
         gstate = None
         if gstate_src is not None:
             gs = gstate_src[gi].astype(np.float32)
@@ -417,10 +417,9 @@ def gather(pool: EpisodePool, rows: Rows, goals: bool) -> Batch:
     actor_goals = None
     if goals and rows.actor_goal_step is not None:
         a = rows.actor_goal_step
-        gstate_src = pool.achieved if pool.achieved is not None else pool.state
         missing = [c for c in (goal_obs.images if goal_obs else {}) if c not in pool.images]
         if missing:
-            raise SamplerError(f"actor_goals={'future_uniform'!r} needs goal cameras {missing} among the observations")
+            raise SamplerError(f"actor_goals='future_uniform' needs goal cameras {missing} among the observations")
         actor_goals = Observation(
             {c: torch.from_numpy(pool.images[c][a]) for c in (goal_obs.images if goal_obs else {})},
             None if gstate_src is None else torch.from_numpy(gstate_src[a].astype(np.float32)),

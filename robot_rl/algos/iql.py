@@ -36,7 +36,7 @@ Choices and deviations:
 - ``reward_offset`` shifts every reward of the TD target: −1 gives OGBench's ``r = success − 1``
   (success ends the episode, so Q counts the negative number of steps to the goal); affine in Q
   to robot-rl's 0/1 reward, but it changes the scale the expectile and the actor see.
-- Goals for the actor (``Batch.policy_goals``): the sampler's separate actor goals when drawn
+- Goals for the actor (``Batch.actor_goals``): the sampler's separate actor goals when drawn
   (``RelabelConfig.actor_goals``, OGBench's uniform future goals), else the rows' own goals.
 - ``Q̄`` in ``L_V`` and ``L_π`` is the Polyak target ensemble (as the reference), reading the
   online encoder's features (``base.py``: there is no target encoder).
