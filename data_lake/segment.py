@@ -295,6 +295,110 @@ def walk_arrays(group: zarr.Group, prefix: str = "") -> list[tuple[str, zarr.Arr
     return out
 
 
+def error_summary(e: BaseException, limit: int = 300) -> str:
+    """``Type: first line`` of an exception: Icechunk's storage errors run to dozens of lines
+    (its first line names the failure and, for a missing chunk file, the file)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    if first.startswith("x "):  # the marker of Icechunk's error reports
+        first = first[2:]
+    return f"{type(e).__name__}: {first[:limit]}" if first else type(e).__name__
+
+
+class UnreadableEpisodesError(Exception):
+    """Episodes of a segment could not be read; ``errors`` maps their positions to why."""
+
+    def __init__(self, segment: str, errors: dict[int, str]):
+        self.segment = segment
+        self.errors = dict(sorted(errors.items()))
+        first = next(iter(self.errors.values()), "")
+        super().__init__(f"segment {segment}: episodes at positions {list(self.errors)} are unreadable: {first}")
+
+
+def read_segment_episodes(group: zarr.Group, indices: Sequence[int]) -> SegmentData:
+    """Some episodes of a segment (positions ``indices``) as a segment of their own: their step
+    ranges of ``steps/*`` and ``labels/*``, their rows of ``goals/*`` and their table rows, in
+    segment order. Chunks that hold none of them are never read, so a damaged chunk of another
+    episode does not matter (``Lake.delete`` keeps a segment's other episodes this way).
+
+    Consecutive episodes are read as one range per array; where a range fails, its episodes are
+    read one by one to find which. Raises :class:`UnreadableEpisodesError` naming every requested
+    episode that cannot be read.
+    """
+    attrs = attrs_of(group)
+    table: dict[str, list[Any]] = attrs["episodes"]
+    lengths = np.asarray(table["length"], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    idx = sorted(set(int(i) for i in indices))
+    runs: list[list[int]] = []
+    for i in idx:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    arrays: list[tuple[str, str, zarr.Array]] = []  # (prefix, path, array)
+    for prefix in ("steps", "goals", "labels"):
+        if prefix in group:
+            sub = group[prefix]
+            assert isinstance(sub, zarr.Group)
+            arrays += [(prefix, path, arr) for path, arr in walk_arrays(sub)]
+
+    def rows(prefix: str, first: int, last: int) -> slice:
+        """Rows of episodes ``first..last`` (inclusive): episode rows for goals, steps otherwise."""
+        return slice(first, last + 1) if prefix == "goals" else slice(int(starts[first]), int(ends[last]))
+
+    def fetch(job: tuple[zarr.Array, slice]) -> np.ndarray | str:
+        try:
+            return np.asarray(job[0][job[1]])
+        except Exception as e:  # storage, decompression, ...: reported per episode below
+            return error_summary(e)
+
+    pool = parallel.pool("segment-read", READ_THREADS)
+    jobs = [(arr, rows(prefix, run[0], run[-1])) for run in runs for prefix, _, arr in arrays]
+    results = list(pool.map(fetch, jobs))
+    per_run = [results[k * len(arrays) : (k + 1) * len(arrays)] for k in range(len(runs))]
+    errors: dict[int, str] = {}
+    for k, run in enumerate(runs):
+        if all(isinstance(r, np.ndarray) for r in per_run[k]):
+            continue
+        # a damaged chunk in this range: read its episodes one by one to find the unreadable ones
+        singles = list(pool.map(fetch, [(arr, rows(prefix, i, i)) for i in run for prefix, _, arr in arrays]))
+        pieces: list[list[np.ndarray]] = [[] for _ in arrays]
+        run_errors: dict[int, str] = {}
+        for j, i in enumerate(run):
+            got = singles[j * len(arrays) : (j + 1) * len(arrays)]
+            bad = [f"{p}/{path}: {r}" for (p, path, _), r in zip(arrays, got, strict=True) if isinstance(r, str)]
+            if bad:
+                run_errors[i] = bad[0]
+            for a, r in enumerate(got):
+                if isinstance(r, np.ndarray):
+                    pieces[a].append(r)
+        errors.update(run_errors)
+        if not run_errors:  # the range failed but each of its episodes reads on its own (a transient error)
+            per_run[k] = [np.concatenate(p) for p in pieces]
+    if errors:
+        raise UnreadableEpisodesError(group.basename, errors)
+    steps: dict[str, np.ndarray] = {}
+    goals: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    outs = {"steps": steps, "goals": goals, "labels": labels}
+    for a, (prefix, path, arr) in enumerate(arrays):
+        parts = [per_run[k][a] for k in range(len(runs))]
+        assert all(isinstance(p, np.ndarray) for p in parts)
+        data = np.concatenate(parts) if parts else np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
+        outs[prefix][path] = data
+    return SegmentData(
+        name=group.basename,
+        steps=steps,
+        goals=goals,
+        episode_ends=np.cumsum(lengths[idx]) if idx else np.zeros(0, np.int64),
+        table={c: [v[i] for i in idx] for c, v in table.items()},
+        has_goal={k: [f[i] for i in idx] for k, f in attrs.get("has_goal", {}).items()},
+        labels=labels,
+    )
+
+
 def concat_segments(segs: list[SegmentData], name: str) -> SegmentData:
     """Segments concatenated in order into one (labels kept for the tasks every segment has)."""
     if len(segs) == 1:
