@@ -8,11 +8,12 @@ import datetime as dt
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from data_lake.episode import Episode, iter_episode_paths
-from data_lake.lake import DEFAULT_URI, Lake, write_quarantine_report
+from data_lake.lake import DEFAULT_URI, Lake, LakeError, write_quarantine_report
 
 Handler = Callable[[argparse.Namespace], Any]
 
@@ -24,6 +25,7 @@ def _lake_arg(p: argparse.ArgumentParser) -> None:
         help="lake URI: a path, memory://name or s3://bucket/prefix (default: $ROBOT_RL_LAKE or ./lake)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("-v", "--verbose", action="store_true", help="on errors, every problem found (and the traceback)")
 
 
 def _human_bytes(n: float) -> str:
@@ -186,16 +188,76 @@ def cmd_diff(a: argparse.Namespace) -> None:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    rep = Lake.open(a.lake).verify(a.ref, progress=not a.json)
-    d = {
-        "snapshot_id": rep.snapshot_id,
-        "episodes_checked": rep.episodes_checked,
-        "ok": rep.ok,
-        "problems": rep.problems,
-    }
-    status = "OK" if rep.ok else f"FAILED ({len(rep.problems)} problems)"
-    _emit(a, d, "\n".join([f"verify {rep.snapshot_id}: {rep.episodes_checked} episodes, {status}", *rep.problems]))
-    return 0 if rep.ok else 1
+    """Exit 0 when the snapshot verifies, 1 when anything is damaged (every finding listed, then
+    how to recover), 2 for usage errors (no such lake or ref)."""
+    from data_lake.segment import error_summary
+
+    lake: Lake | None = None
+    try:
+        lake = Lake.open(a.lake)
+        rep = lake.verify(a.ref, progress=not a.json)
+    except (LakeError, KeyError, ValueError, OSError):
+        raise  # no lake there, unknown ref, bad URI, ...: run() prints them
+    except Exception as e:  # damage verify could not attribute (the branch's snapshot itself): no traceback
+        msg = f"verify {a.ref} could not complete: {error_summary(e)}"
+        hint = _verify_recovery(a, lake, [])
+        _emit(a, {"ok": False, "problems": [msg], "recovery": hint}, "\n".join([msg, "", *hint]))
+        return 1
+    d = rep.to_json()
+    head = f"verify {a.ref} (snapshot {rep.snapshot_id}): {rep.episodes_checked} episodes, "
+    if rep.ok:
+        _emit(a, d, head + "OK")
+        return 0
+    counts = [
+        (len(rep.damaged_episodes), "damaged episode", "damaged episodes"),
+        (len(rep.damaged_chunks), "unreadable chunk", "unreadable chunks"),
+        (len(rep.damaged_segments), "damaged segment", "damaged segments"),
+    ]
+    found = [f"{n} {one if n == 1 else many}" for n, one, many in counts if n]
+    lines = [head + "FAILED: " + (", ".join(found) or f"{len(rep.problems)} problems")]
+    listed: set[str] = set()
+    for title, items in (
+        ("damaged segments", rep.damaged_segments),
+        ("unreadable chunks", rep.damaged_chunks),
+        ("damaged episodes", rep.damaged_episodes),
+    ):
+        if items:
+            lines.append(f"{title}:")
+            lines += [f"  {it['message']}" for it in items]
+            listed |= {it["message"] for it in items}
+    other = [p for p in rep.problems if p not in listed]
+    if other:
+        lines += ["other problems:", *(f"  {p}" for p in other)]
+    d["recovery"] = _verify_recovery(a, lake, [e["episode_id"] for e in rep.damaged_episodes])
+    _emit(a, d, "\n".join([*lines, "", *d["recovery"]]))
+    return 1
+
+
+def _verify_recovery(a: argparse.Namespace, lake: Lake | None, damaged: list[str]) -> list[str]:
+    """The ways out of a failed verify, as commands to run (verify itself changed nothing)."""
+    lk = f"--lake {a.lake}"
+    ref = a.ref.removeprefix("branch:")
+    branch = ref if lake is not None and ref in lake.branches() else "BRANCH"
+    out = [
+        "How to recover (verify only reads: nothing was changed):",
+        "  1. go back to an earlier snapshot that verifies OK. Snapshots holding these episodes share",
+        "     their chunk files and are damaged too: look for one from before they were appended",
+        f"       robot-rl lake log {lk} --ref {a.ref}",
+        f"       robot-rl lake verify {lk} --ref tag:NAME      (or --ref snapshot:ID from the log)",
+        "     then branch from the good one and pin training to it",
+        f"       robot-rl lake branch {lk} repaired --ref tag:GOOD",
+        "       robot-rl pretrain ... lake.ref=tag:GOOD",
+    ]
+    if damaged:
+        unique = list(dict.fromkeys(damaged))
+        out += [
+            f"  2. or delete the {len(unique)} damaged episode{'s' if len(unique) > 1 else ''} as a new commit; "
+            "older snapshots are unchanged",
+            "     (they still hold them and still report the damage); re-append them from their source",
+            "     files, if you have them, to get them back with the same ids",
+            f"       robot-rl lake delete {lk} --branch {branch} " + " ".join(f"--episode {e}" for e in unique),
+        ]
+    return out
 
 
 def cmd_compact(a: argparse.Namespace) -> None:
@@ -231,6 +293,34 @@ def cmd_label(a: argparse.Namespace) -> None:
         else f"every segment of {a.branch} already has {a.task} labels (--overwrite to redo)"
     )
     _emit(a, res.to_json(), text)
+
+
+GC_MAX_LISTED = 50  # files printed by `lake gc` (all of them with --json)
+
+
+def cmd_gc(a: argparse.Namespace) -> None:
+    from data_lake.gc import collect_garbage, format_age, parse_age
+
+    min_age = parse_age(a.min_age, "--min-age")
+    expire = a.expire_snapshots_older_than
+    expire_age = parse_age(expire, "--expire-snapshots-older-than", bare_unit="d") if expire is not None else None
+    rep = collect_garbage(Lake.open(a.lake), min_age=min_age, expire_older_than=expire_age, dry_run=a.dry_run)
+    kinds = ", ".join(f"{n} {k.replace('_', ' ')[: None if n > 1 else -1]}" for k, n in rep.counts.items() if n)
+    kinds = kinds or "nothing"
+    verb = "dry run: would remove" if rep.dry_run else "removed"
+    kept = f"objects younger than {format_age(min_age)} kept" if min_age else "no minimum age (--min-age 0)"
+    if expire_age is not None:
+        n = len(rep.expired_snapshots)
+        kept += f"; {'would expire' if rep.dry_run else 'expired'} history older than {format_age(expire_age)}"
+        kept += f" ({n} snapshot id{'s' * (n != 1)} {'would stop' if rep.dry_run else 'stopped'} resolving)"
+    lines = [f"{verb} {kinds} ({_human_bytes(rep.bytes)}) from {rep.uri}; {kept}"]
+    if rep.files is None:
+        lines.append("(this storage lists no paths: Icechunk reports counts only)")
+    else:
+        lines += rep.files[:GC_MAX_LISTED]
+        if len(rep.files) > GC_MAX_LISTED:
+            lines.append(f"... and {len(rep.files) - GC_MAX_LISTED} more (--json lists all)")
+    _emit(a, rep.to_json(), "\n".join(lines))
 
 
 # ---------------------------------------------------------------------------- parser
@@ -303,7 +393,12 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = add("diff", cmd_diff, "episodes added and removed between two refs")
     p.add_argument("a")
     p.add_argument("b")
-    p = add("verify", cmd_verify, "recompute every episode's hash and check the layout")
+    p = add(
+        "verify",
+        cmd_verify,
+        "read every chunk, recompute every episode's hash and check the layout; "
+        "lists all damage and how to recover (exit 1)",
+    )
     p.add_argument("--ref", default="main")
     p = add("compact", cmd_compact, "merge small segments (one commit; contents and hashes unchanged)")
     p.add_argument("--branch", default="main")
@@ -318,13 +413,46 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--task", default=None)
     p.add_argument("--branch", default="main")
     p.add_argument("-m", "--message", default=None)
+    p = add("gc", cmd_gc, "delete objects no branch or tag reaches (chunks of failed or killed writes)")
+    p.description = (
+        "Garbage-collect the lake: delete chunks, manifests, snapshots and transaction logs that no branch, "
+        "tag or ancestor of either references, above all the chunks of appends that failed or were killed "
+        "before their commit. Holds the commit lock while it runs. Branches, tags and the history of both are "
+        "kept, so every snapshot id in `robot-rl lake log` keeps resolving (unless you expire snapshots)."
+    )
+    p.add_argument(
+        "--min-age",
+        default="1d",
+        metavar="AGE",
+        help="never delete objects younger than this: 0, 30m, 12h, 1d, 2w (default: 1d). A writer in another "
+        "process has written chunks its commit has not referenced yet; deleting them would break that commit. "
+        "Use 0 only when no writer is running",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed and remove nothing")
+    p.add_argument(
+        "--expire-snapshots-older-than",
+        metavar="DAYS",
+        default=None,
+        help="also cut history older than DAYS (a number of days, or 12h, 2w) from every branch and tag first, "
+        "then delete what only that history held. WARNING: snapshot ids older than that stop resolving unless a "
+        "tag or branch points at them, so checkpoints pinned to them (lake.ref=<snapshot id>) can no longer "
+        "reload their data; tag those snapshots first. Branches and tags are never deleted. Default: no expiry",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    import icechunk as ic
+
     try:
         rc = args.func(args)
-    except (KeyError, ValueError, RuntimeError, OSError) as e:  # our errors derive from these
+    except (KeyError, ValueError, RuntimeError, OSError, ic.IcechunkError) as e:  # ours derive from these
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+            msg = getattr(e, "details", msg)
+        elif isinstance(e, ic.IcechunkError):  # storage errors our layer did not translate: the cause only
+            msg = f"storage error ({msg.strip().splitlines()[0] if msg.strip() else type(e).__name__}); "
+            msg += "--verbose shows the full error"
         print(f"error: {msg}", file=sys.stderr)
         return 2
     return int(rc or 0)

@@ -181,6 +181,12 @@ class Episode:
             return _load_dir(path)
         if path.suffix != ".npz":
             raise EpisodeFormatError(f"{path}: expected an episode .npz file or directory, found {path.suffix!r}")
+        if path.is_file() and not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                head = f.read(16)
+            raise EpisodeFormatError(
+                f"{path}: not an npz archive (an .npz file is a zip archive; this one starts with {head!r})"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}

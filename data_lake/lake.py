@@ -38,14 +38,20 @@ Rules:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import getpass
+import itertools
 import json
 import os
+import re
+import shutil
 import socket
+import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +63,27 @@ from tqdm.auto import tqdm
 from data_lake.episode import Episode
 from data_lake.segment import (
     SegmentData,
+    UnreadableEpisodesError,
     attrs_of,
     concat_segments,
     new_segment_name,
     read_segment,
+    read_segment_episodes,
     walk_arrays,
     write_labels,
     write_segment,
 )
-from data_lake.storage import Location, commit_lock, make_storage, parse_uri
+from data_lake.storage import (
+    Location,
+    commit_lock,
+    fsync_new,
+    fsync_path,
+    fsync_ref,
+    fsync_tree,
+    listing,
+    make_storage,
+    parse_uri,
+)
 from data_lake.validate import (
     EpisodeValidationError,
     Problem,
@@ -93,6 +111,45 @@ class NotALakeError(LakeError):
 
 class UnknownRefError(LakeError):
     pass
+
+
+class LakeStorageError(LakeError):
+    """The storage under a lake failed (read-only, full, missing or damaged files)."""
+
+
+def _storage_hint(text: str, loc: Location) -> str:
+    low = text.lower()
+    if "read-only file system" in low or "erofs" in low or "os error 30" in low:
+        return f"the file system holding {loc.path} is mounted read-only: remount it read-write, or copy the lake"
+    if "no space left" in low or "enospc" in low or "os error 28" in low or "quota" in low:
+        return (
+            f"the disk holding {loc.path} is full: free space (df -h {loc.path}) and retry; "
+            "`robot-rl lake gc` removes what failed writes left behind"
+        )
+    if "permission denied" in low or "os error 13" in low:
+        return f"no permission to write under {loc.path}: fix its permissions or use another lake"
+    if "not found" in low or "no such file" in low or "os error 2" in low:
+        return f"a file of the lake is missing; run `robot-rl lake verify --lake {loc.uri}` for a full damage report"
+    return f"run `robot-rl lake verify --lake {loc.uri}` to check the lake"
+
+
+@contextlib.contextmanager
+def storage_errors(what: str, loc: Location, unchanged: bool = True) -> Iterator[None]:
+    """Turn Icechunk and OS errors under ``what`` into one clear :class:`LakeStorageError`: what
+    failed, where, that the lake is unchanged (writes commit all or nothing), and what to do."""
+    try:
+        yield
+    except (ic.IcechunkError, OSError) as e:
+        if isinstance(e, LakeError):
+            raise
+        text = str(e).strip()
+        lines = text.splitlines() or [type(e).__name__]
+        reason = next((ln for ln in lines if "os error" in ln.lower()), lines[0])
+        reason = re.sub(r"^[\s|│×x]*\s(?=\S)", "", reason).removeprefix("object store error ").strip()
+        state = "; the lake is unchanged (nothing was committed)" if unchanged else ""
+        hint = _storage_hint(text, loc)
+        hint = hint[0].upper() + hint[1:]
+        raise LakeStorageError(f"could not {what} at {loc.uri}: {reason[:300]}{state}. {hint}") from e
 
 
 # ---------------------------------------------------------------------------- results
@@ -166,13 +223,32 @@ class CommitInfo:
 
 @dataclasses.dataclass(frozen=True)
 class VerifyReport:
+    """What :meth:`Lake.verify` found (``data_lake.verify``). ``problems`` holds every finding as
+    one line; the same findings, structured: ``damaged_chunks`` (segment, array, chunk, rows,
+    error, file, episodes), ``damaged_episodes`` (episode_id, segment, index, reason, details) and
+    ``damaged_segments`` (segment, error, episodes). Each dict also carries its ``message`` line."""
+
     snapshot_id: str
     episodes_checked: int
     problems: list[str]
+    damaged_chunks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    damaged_episodes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    damaged_segments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "episodes_checked": self.episodes_checked,
+            "ok": self.ok,
+            "problems": self.problems,
+            "damaged_chunks": self.damaged_chunks,
+            "damaged_episodes": self.damaged_episodes,
+            "damaged_segments": self.damaged_segments,
+        }
 
 
 # ---------------------------------------------------------------------------- pinned view
@@ -317,6 +393,44 @@ def _user_ref(stored: str) -> str:
     return stored.replace("@", "/")
 
 
+STAGING_PREFIX = "robot-rl-staging-"  # local commits land here first (see Lake._transaction)
+
+
+def _half_created(repo: ic.Repository) -> bool:
+    """An Icechunk repository whose creation stopped before the lake's first commit: only the
+    branch main, at Icechunk's empty initial snapshot, no tags."""
+    if repo.list_tags() or set(repo.list_branches()) != {"main"}:
+        return False
+    history = list(itertools.islice(repo.ancestry(branch="main"), 2))
+    if len(history) != 1:
+        return False
+    try:
+        zarr.open_group(repo.readonly_session("main").store, mode="r")
+    except zarr.errors.GroupNotFoundError:
+        return True
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_creations(path: Path) -> None:
+    """Remove ``.<name>.creating-<pid>-<hex>-<host>`` siblings of ``path`` left by creations on this
+    host whose process is gone (a crash before the rename)."""
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{path.name}.creating-*"):
+        pid, _, rest = tmp.name.rsplit(".creating-", 1)[1].partition("-")
+        if rest.partition("-")[2] == host and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _arrays(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Array]]:
     if prefix not in group:
         return []
@@ -337,27 +451,76 @@ class Lake:
         self.location = loc
         self._repo = repo
         self._pid = os.getpid()
+        # fsync a local commit's files before its branch moves (docs/lake.md, "Durability");
+        # benchmarks turn it off to measure what it costs
+        self.durable = os.environ.get("ROBOT_RL_LAKE_FSYNC", "1") != "0"
 
     # ------------------------------------------------------------ open / create
     @classmethod
     def create(cls, uri: str | os.PathLike[str] = DEFAULT_URI) -> Lake:
+        """Create an empty lake at ``uri``.
+
+        Creation is atomic for users: a local lake is built in a hidden sibling directory and
+        renamed into place once its first commit is durable, so a crash leaves either no lake or
+        a whole one. A half-created repository (an Icechunk repository without the lake's first
+        commit, e.g. left by an older version or on object storage) is finished instead.
+        """
         loc = parse_uri(uri)
         if loc.scheme == "file":
-            p = Path(loc.path)
-            if p.exists() and (not p.is_dir() or any(p.iterdir())):
-                raise LakeError(f"{loc.path} already exists and is not an empty directory; open it, or pick a new path")
-            p.mkdir(parents=True, exist_ok=True)
-        storage = make_storage(loc, create=True)
+            return cls._create_local(loc)
+        storage = make_storage(loc, create=loc.scheme == "memory")
         if loc.scheme != "memory" and ic.Repository.exists(storage):
-            raise LakeError(f"a repository already exists at {loc.uri}; use Lake.open")
-        repo = ic.Repository.create(storage)
-        session = repo.writable_session("main")
-        root = zarr.group(store=session.store)
-        now = dt.datetime.now(dt.UTC).isoformat()
-        root.attrs[MARKER] = {"format": FORMAT, "created_at": now, "schema": None}
-        root.require_group("segments")
+            repo = ic.Repository.open(storage)
+            if _half_created(repo):
+                return cls._first_commit(loc, repo)
+            raise LakeError(f"a repository already exists at {loc.uri}; open it with Lake.open")
+        with storage_errors("create the lake", loc):
+            return cls._first_commit(loc, ic.Repository.create(storage))
+
+    @classmethod
+    def _create_local(cls, loc: Location) -> Lake:
+        p = Path(loc.path)
+        if p.exists() and not p.is_dir():
+            raise LakeError(f"{loc.path} exists and is not a directory; pick a new path")
+        if p.exists() and any(p.iterdir()):
+            storage = make_storage(loc, create=False)
+            if ic.Repository.exists(storage):
+                repo = ic.Repository.open(storage)
+                if _half_created(repo):
+                    return cls._first_commit(loc, repo)
+                raise LakeError(f"a repository already exists at {loc.path}; open it, or pick a new path")
+            raise LakeError(f"{loc.path} already exists and is not an empty directory; open it, or pick a new path")
+        with storage_errors("create the lake", loc):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_creations(p)
+            tmp = p.parent / f".{p.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}-{socket.gethostname()}"
+            try:
+                tmp.mkdir()
+                tloc = Location(str(tmp), "file", str(tmp))
+                cls._first_commit(tloc, ic.Repository.create(make_storage(tloc, create=True)))
+                fsync_tree(str(tmp))
+                try:
+                    os.rename(tmp, p)  # atomic; replaces ``p`` only if it is an empty directory
+                except OSError as e:
+                    if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise LakeError(f"{loc.path} was created by someone else meanwhile; open it") from e
+                    raise
+                fsync_path(str(p.parent))
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        return cls(loc, ic.Repository.open(make_storage(loc, create=False)))
+
+    @classmethod
+    def _first_commit(cls, loc: Location, repo: ic.Repository) -> Lake:
+        """The lake's first commit (its marker) on a fresh or half-created repository."""
         lake = cls(loc, repo)
-        with commit_lock(loc):
+        with storage_errors("create the lake", loc), commit_lock(loc):
+            session = repo.writable_session("main")
+            root = zarr.group(store=session.store)
+            now = dt.datetime.now(dt.UTC).isoformat()
+            root.attrs[MARKER] = {"format": FORMAT, "created_at": now, "schema": None}
+            root.require_group("segments")
             session.commit("init robot-rl lake", metadata=lake._commit_meta("init", 0, 0, 0))
         return lake
 
@@ -377,18 +540,32 @@ class Lake:
                 f"{loc.uri} is not a lake (no Icechunk repository there); "
                 f"create one with `robot-rl lake init {loc.uri}`"
             )
-        repo = ic.Repository.open(storage)
-        lake = cls(loc, repo)
-        try:
-            root = zarr.open_group(repo.readonly_session("main").store, mode="r")
-        except zarr.errors.GroupNotFoundError:
-            root = None
+        with storage_errors("open the lake", loc):
+            repo = ic.Repository.open(storage)
+            lake = cls(loc, repo)
+            try:
+                root = zarr.open_group(repo.readonly_session("main").store, mode="r")
+            except zarr.errors.GroupNotFoundError:
+                root = None
         marker = attrs_of(root).get(MARKER) if root is not None else None
         if not isinstance(marker, dict):
+            if _half_created(repo):
+                raise NotALakeError(
+                    f"{loc.uri} is a half-created lake: its creation was interrupted before the first commit "
+                    f"(nothing is stored in it); finish it with `robot-rl lake init {loc.uri}`"
+                )
             raise NotALakeError(f"{loc.uri} is an Icechunk repository but not a robot-rl lake (no '{MARKER}' marker)")
         if marker.get("format") != FORMAT:
             raise NotALakeError(f"{loc.uri}: lake format {marker.get('format')} is not supported (expected {FORMAT})")
         return lake
+
+    @classmethod
+    def open_or_create(cls, uri: str | os.PathLike[str] = DEFAULT_URI) -> Lake:
+        """Open the lake at ``uri``; create it (or finish a half-created one) if there is none."""
+        try:
+            return cls.open(uri)
+        except NotALakeError:
+            return cls.create(uri)  # refuses a non-empty directory that is not a lake
 
     @property
     def repo(self) -> ic.Repository:
@@ -401,7 +578,7 @@ class Lake:
 
     # ------------------------------------------------------------ refs
     def branches(self) -> list[str]:
-        return sorted(_user_ref(b) for b in self.repo.list_branches())
+        return sorted(_user_ref(b) for b in self.repo.list_branches() if not b.startswith(STAGING_PREFIX))
 
     def tags(self) -> list[str]:
         return sorted(_user_ref(t) for t in self.repo.list_tags())
@@ -436,14 +613,20 @@ class Lake:
             raise LakeError(
                 f"tag {name!r} already exists (at {self.repo.lookup_tag(_stored_ref(name))}); tags are immutable"
             )
-        self.repo.create_tag(_stored_ref(name), snap)
+        with storage_errors(f"create tag {name!r}", self.location):
+            self.repo.create_tag(_stored_ref(name), snap)
+            if self.location.scheme == "file" and self.durable:
+                fsync_ref(self.location.path, _stored_ref(name), kind="tag")
         return snap
 
     def branch(self, name: str, ref: str = "main") -> str:
         snap = self.resolve(ref)
         if _stored_ref(name) in self.repo.list_branches():
             raise LakeError(f"branch {name!r} already exists (at {self.repo.lookup_branch(_stored_ref(name))})")
-        self.repo.create_branch(_stored_ref(name), snap)
+        with storage_errors(f"create branch {name!r}", self.location):
+            self.repo.create_branch(_stored_ref(name), snap)
+            if self.location.scheme == "file" and self.durable:
+                fsync_ref(self.location.path, _stored_ref(name))
         return snap
 
     def log(self, ref: str = "main", limit: int | None = None) -> list[CommitInfo]:
@@ -487,34 +670,12 @@ class Lake:
         }
 
     def verify(self, ref: str = "main", progress: bool = False) -> VerifyReport:
-        """Re-read every episode, recompute its hash, and check the layout's invariants."""
-        view = self.checkout(ref)
-        problems: list[str] = []
-        seen: dict[str, str] = {}
-        n = 0
-        segs = view.iter_segments()
-        for seg in tqdm(segs, total=len(view.segment_names()), desc="verify", disable=not progress):
-            lengths = np.diff(np.concatenate([[0], seg.episode_ends]))
-            if list(lengths) != list(seg.table["length"]) or (lengths < 2).any():
-                problems.append(f"segment {seg.name}: episode_ends do not match the table's lengths")
-                continue
-            for k, v in seg.steps.items():
-                if len(v) != int(seg.episode_ends[-1]):
-                    problems.append(
-                        f"segment {seg.name}: steps/{k} has {len(v)} steps, episode_ends say {seg.episode_ends[-1]}"
-                    )
-            for i, eid in enumerate(seg.table["episode_id"]):
-                n += 1
-                ep = seg.episode(i)
-                if ep.episode_id != eid:
-                    problems.append(f"episode {eid} in segment {seg.name}: content hash is now {ep.episode_id}")
-                bad = [p for p in validate_episode(ep) if p.code != "too_short"]
-                if bad:
-                    problems.append(f"episode {eid} in segment {seg.name}: {bad[0]}")
-                if eid in seen:
-                    problems.append(f"episode {eid} is stored twice (segments {seen[eid]} and {seg.name})")
-                seen[eid] = seg.name
-        return VerifyReport(view.snapshot_id, n, problems)
+        """Read every chunk of the snapshot on its own, recompute the hash of every episode whose
+        chunks all read, and check the layout's invariants (``data_lake.verify``). Every damaged
+        chunk, episode and segment is reported; nothing stops at the first. Only reads."""
+        from data_lake.verify import verify_lake
+
+        return verify_lake(self, ref, progress=progress)
 
     def export(
         self,
@@ -639,12 +800,22 @@ class Lake:
                 raise LakeError(f"no episodes of task {task!r} on branch {branch!r}")
             touched = sorted({r.segment for r in recs if r.episode_id in doomed})
             for name in touched:
-                seg = view.read_segment(name)
-                keep = [i for i, eid in enumerate(seg.table["episode_id"]) if eid not in doomed]
+                rows = [r for r in recs if r.segment == name]  # in segment order: rows[i].index == i
+                keep = [r.index for r in rows if r.episode_id not in doomed]
+                try:  # only the kept episodes' chunks: a damaged chunk of a deleted episode is not read
+                    seg = read_segment_episodes(view._segment(name), keep)
+                except UnreadableEpisodesError as e:
+                    bad = [rows[i].episode_id for i in e.errors]
+                    raise LakeError(
+                        f"cannot rewrite segment {name} without the deleted episodes: episodes it would keep "
+                        f"are unreadable ({next(iter(e.errors.values()))}): {', '.join(bad)}; delete them too "
+                        f"(add {' '.join('--episode ' + b for b in bad)}), or restore an earlier snapshot "
+                        "(`robot-rl lake verify` lists the damage); nothing was committed"
+                    ) from e
                 del root[f"segments/{name}"]
                 if keep:
-                    eps, kept_ids = [seg.episode(i) for i in keep], [seg.table["episode_id"][i] for i in keep]
-                    labels = [seg.episode_labels(i) for i in keep]
+                    eps, kept_ids = seg.episodes(), list(seg.table["episode_id"])
+                    labels = [seg.episode_labels(i) for i in range(len(keep))]
                     _write_batched(root, eps, kept_ids, view.schema, 10**12, name_like=name, labels=labels)
             return {"removed": len(doomed)}
 
@@ -775,43 +946,93 @@ class Lake:
 
         The bulk of the writing happens outside the commit lock; under the lock the session is
         rebased onto the tip and, for appends, re-checked for episodes a concurrent writer added
-        meanwhile (then rewritten without them) before the commit.
+        meanwhile (then rewritten without them) before the commit. Storage failures (read-only,
+        full disk) raise :class:`LakeStorageError`; the branch has not moved.
+
+        On local storage the commit is durable before the branch moves (``durable``): the session
+        writes on a private staging branch; its new chunks are fsynced, then under the lock it is
+        rebased onto the branch's tip and committed, the new manifests, snapshot and transaction
+        log are fsynced, and only then is ``branch`` reset to the new snapshot (its ref fsynced).
+        A power loss at any point leaves ``branch`` at a snapshot whose files are all on disk.
         """
         if _stored_ref(branch) not in self.repo.list_branches():
             raise UnknownRefError(f"no branch {branch!r}; branches: {self.branches()}")
+        stored = _stored_ref(branch)
+        staged = self.location.scheme == "file" and self.durable
+        root_dir = self.location.path
         for _attempt in range(MAX_WRITE_ATTEMPTS):
-            session = self.repo.writable_session(_stored_ref(branch))
-            root = zarr.open_group(session.store, mode="r+")
-            base_ids = set(_root_view(root).episode_ids()) if dedup else set()
-            stats = write(root, base_ids)
-            if stats.pop("nothing", False) or not session.has_uncommitted_changes:
-                return WriteResult(None, branch, **_only(stats, WriteResult))
+            staging = f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{socket.gethostname()}"
             try:
-                with commit_lock(self.location):
-                    session.rebase(ic.ConflictDetector())
+                with storage_errors(op, self.location):
+                    if staged:
+                        before = listing(root_dir)
+                        self.repo.create_branch(staging, self.repo.lookup_branch(stored))
+                    session = self.repo.writable_session(staging if staged else stored)
                     root = zarr.open_group(session.store, mode="r+")
-                    view = _root_view(root)
-                    if dedup:
-                        stats, view = self._drop_raced_duplicates(root, view, stats, write)
-                        if not stats.get("added"):  # a concurrent writer added them all: a no-op
-                            session.discard_changes()
-                            return WriteResult(None, branch, **_only(stats, WriteResult))
-                    total = len(view.episode_ids())
-                    meta = self._commit_meta(
-                        op, stats.get("added", 0), stats.get("removed", 0), total, author, metadata
-                    )
-                    if dedup:
-                        meta["skipped_duplicates"] = stats.get("skipped_duplicates", 0)
-                    msg = message or _default_message(op, stats)
-                    # no rebase_with: on object stores (no lock) a tip that moved since the rebase above
-                    # raises ConflictError and the write is redone, so the duplicate check stays exact
-                    snap = session.commit(msg, metadata=meta)
+                    base_ids = set(_root_view(root).episode_ids()) if dedup else set()
+                    stats = write(root, base_ids)
+                    if stats.pop("nothing", False) or not session.has_uncommitted_changes:
+                        return WriteResult(None, branch, **_only(stats, WriteResult))
+                    if staged:
+                        fsync_new(root_dir, {"chunks": before["chunks"]})  # outside the lock
+                    with commit_lock(self.location):
+                        tip = self.repo.lookup_branch(stored)
+                        if staged:
+                            self.remove_stale_staging()
+                            self.repo.reset_branch(staging, tip)
+                        session.rebase(ic.ConflictDetector())
+                        root = zarr.open_group(session.store, mode="r+")
+                        view = _root_view(root)
+                        if dedup:
+                            stats, view = self._drop_raced_duplicates(root, view, stats, write)
+                            if not stats.get("added"):  # a concurrent writer added them all: a no-op
+                                session.discard_changes()
+                                return WriteResult(None, branch, **_only(stats, WriteResult))
+                        total = len(view.episode_ids())
+                        meta = self._commit_meta(
+                            op, stats.get("added", 0), stats.get("removed", 0), total, author, metadata
+                        )
+                        if dedup:
+                            meta["skipped_duplicates"] = stats.get("skipped_duplicates", 0)
+                        msg = message or _default_message(op, stats)
+                        # no rebase_with: on object stores (no lock) a tip that moved since the rebase above
+                        # raises ConflictError and the write is redone, so the duplicate check stays exact
+                        snap = session.commit(msg, metadata=meta)
+                        if staged:
+                            fsync_new(root_dir, before)  # the chunks written since, manifests, snapshot, log
+                            self.repo.reset_branch(stored, snap, from_snapshot_id=tip)
+                            fsync_ref(root_dir, stored)
             except (ic.RebaseFailedError, ic.ConflictError):
                 continue
+            except LakeStorageError as e:
+                if isinstance(e.__cause__, (ic.RebaseFailedError, ic.ConflictError)):
+                    continue
+                raise
+            finally:
+                if staged:
+                    self._drop_staging(staging)
             return WriteResult(snap, branch, **_only(stats, WriteResult))
         raise LakeError(
             f"{op} on branch {branch!r} kept conflicting with concurrent writers ({MAX_WRITE_ATTEMPTS} attempts)"
         )
+
+    def _drop_staging(self, staging: str) -> None:
+        """Delete a staging branch (if it was created) and its empty ref directory."""
+        with contextlib.suppress(ic.IcechunkError, OSError):
+            if staging in self.repo.list_branches():
+                self.repo.delete_branch(staging)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(self.location.path, "refs", f"branch.{staging}"))
+
+    def remove_stale_staging(self) -> None:
+        """Delete the staging branches of writers on this host that died mid-write (call it holding
+        the commit lock; every local write and ``robot-rl lake gc`` do)."""
+        host = socket.gethostname()
+        for b in self.repo.list_branches():
+            if b.startswith(STAGING_PREFIX):
+                pid, _, rest = b[len(STAGING_PREFIX) :].partition("-")
+                if rest.partition("-")[2] == host and pid.isdigit() and not _pid_alive(int(pid)):
+                    self._drop_staging(b)
 
     @staticmethod
     def _drop_raced_duplicates(

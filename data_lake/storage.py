@@ -119,3 +119,67 @@ def commit_lock(loc: Location, timeout_s: float = 600.0) -> Iterator[None]:
             yield
     else:
         yield
+
+
+# ---------------------------------------------------------------------------- durability
+# Icechunk's local storage writes files without fsync; on a power loss the kernel may persist a
+# branch ref before the snapshot, manifests and chunks it points at. Local commits therefore go
+# through a staging branch (data_lake.lake): the new files are fsynced, and only then does the
+# user's branch move (a small ref write, fsynced too). These helpers do the fsyncs.
+DATA_DIRS = ("chunks", "manifests", "snapshots", "transactions")
+
+
+def listing(root: str, dirs: tuple[str, ...] = DATA_DIRS) -> dict[str, set[str]]:
+    """File names in each of ``dirs`` under ``root`` (missing directories are empty)."""
+    out: dict[str, set[str]] = {}
+    for d in dirs:
+        try:
+            out[d] = set(os.listdir(os.path.join(root, d)))
+        except FileNotFoundError:
+            out[d] = set()
+    return out
+
+
+def fsync_path(path: str) -> None:
+    """fsync one file or directory (a directory's fsync makes its new entries durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_new(root: str, before: dict[str, set[str]]) -> int:
+    """fsync every file that appeared in ``before``'s directories since, then the directories;
+    returns the number of files synced."""
+    n = 0
+    for d, old in before.items():
+        full = os.path.join(root, d)
+        try:
+            names = set(os.listdir(full))
+        except FileNotFoundError:
+            continue
+        for name in names - old:
+            with contextlib.suppress(FileNotFoundError):  # a concurrent gc may remove garbage
+                fsync_path(os.path.join(full, name))
+                n += 1
+        fsync_path(full)
+    fsync_path(root)
+    return n
+
+
+def fsync_ref(root: str, stored_ref: str, kind: str = "branch") -> None:
+    """fsync a branch or tag ref file and its directories."""
+    ref_dir = os.path.join(root, "refs", f"{kind}.{stored_ref}")
+    for path in (os.path.join(ref_dir, "ref.json"), ref_dir, os.path.join(root, "refs")):
+        with contextlib.suppress(FileNotFoundError):
+            fsync_path(path)
+
+
+def fsync_tree(root: str) -> None:
+    """fsync every file and directory under ``root`` (a freshly created lake, before it is renamed
+    into place)."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            fsync_path(os.path.join(dirpath, name))
+        fsync_path(dirpath)

@@ -57,7 +57,9 @@ class EpisodeValidationError(ValueError):
         self.problems = problems
         lines = "\n  ".join(str(p) for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"episode {label} rejected:\n  {lines}{more}")
+        self.details = f"episode {label} rejected:\n  {lines}{more}"  # every problem (CLI --verbose)
+        others = f" (and {len(problems) - 1} more problems; --verbose lists them)" if len(problems) > 1 else ""
+        super().__init__(f"episode {label} rejected: {problems[0] if problems else 'invalid'}{others}")
 
 
 def _first_bad_step(mask: np.ndarray) -> int:

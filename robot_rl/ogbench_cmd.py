@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_lake.lake import DEFAULT_URI, Lake, NotALakeError
+from data_lake.lake import DEFAULT_URI, Lake
 
 
 def add_ogbench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -39,19 +39,12 @@ def add_ogbench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     g.set_defaults(func=run_generate)
 
 
-def _open_or_create(uri: str) -> Lake:
-    try:
-        return Lake.open(uri)
-    except NotALakeError:  # Lake.create refuses a non-empty directory that is not a lake
-        return Lake.create(uri)
-
-
 def run_generate(args: argparse.Namespace) -> int:
     from tasks.ogbench_data import generate, settings, spec_of, write_to_lake
 
     name, _ = spec_of(args.dataset)  # unknown names fail here, before any work
     meta = settings(name, args.episodes, args.seed, args.max_episode_steps)
-    lake = _open_or_create(args.lake)
+    lake = Lake.open_or_create(args.lake)
     t0 = time.perf_counter()
     train, val = generate(name, args.episodes, args.seed, args.max_episode_steps, progress=not args.quiet)
     gen_s = time.perf_counter() - t0

@@ -224,13 +224,10 @@ def collect(cfg: CollectConfig) -> CollectResult:
     from tqdm.auto import tqdm
 
     import tasks
-    from data_lake import Lake, NotALakeError
+    from data_lake import Lake
 
     tasks.get(cfg.task)  # unknown task: an error listing the known ones, before any work
-    try:
-        lake = Lake.open(cfg.lake)
-    except NotALakeError:
-        lake = Lake.create(cfg.lake)
+    lake = Lake.open_or_create(cfg.lake)  # also finishes a lake whose creation was interrupted
     done = _already_collected(lake, cfg) if cfg.branch in lake.branches() else set()
     if cfg.branch not in lake.branches():
         lake.branch(cfg.branch)

@@ -302,10 +302,16 @@ def test_uri_and_path_errors(tmp_path: Path) -> None:
     with pytest.raises(LakeError, match="not an empty directory"):
         Lake.create(tmp_path / "plain")
     import icechunk as ic
+    import zarr
 
-    ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "bare")))
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "other")))
+    session = repo.writable_session("main")
+    zarr.group(store=session.store).attrs["something"] = "else"
+    session.commit("someone else's data")
     with pytest.raises(NotALakeError, match="not a robot-rl lake"):
-        Lake.open(tmp_path / "bare")
+        Lake.open(tmp_path / "other")
+    with pytest.raises(LakeError, match="a repository already exists"):
+        Lake.create(tmp_path / "other")
 
 
 def test_memory_lake_and_refs() -> None:

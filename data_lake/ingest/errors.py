@@ -122,4 +122,7 @@ class IngestRejected(ValueError):
         lines = "\n  ".join(str(n) for n in notes[:20])
         more = f"\n  ... and {len(notes) - 20} more" if len(notes) > 20 else ""
         hint = hint or "nothing was committed; fix the inputs or pass --skip-invalid to commit the valid episodes"
-        super().__init__(f"ingest rejected ({len(notes)} problems):\n  {lines}{more}\n{hint}")
+        self.details = f"ingest rejected ({len(notes)} problems):\n  {lines}{more}\n{hint}"  # CLI --verbose
+        others = f" (and {len(notes) - 1} more; --verbose lists them)" if len(notes) > 1 else ""
+        first = notes[0] if notes else "no episodes"
+        super().__init__(f"ingest rejected: {first}{others}; {hint}")
