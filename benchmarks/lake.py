@@ -6,7 +6,10 @@ Episodes are 64x64x3 image episodes of length 50 with state and action (``data_l
 flat-shaded blocks on a shaded table, like a simple render), plus a run with camera noise
 (sigma = 3 grey levels) for the compression ratio of real-camera-like frames. Figures are MB/s of
 raw frame bytes. Baselines in the same run: ``numpy.save`` / ``numpy.load`` of the same frames.
-Targets on the 2-core dev machine: ingest >= 100 MB/s, read >= 500 MB/s.
+Ingest is measured with the commit's fsyncs (the default: every file a commit references is on
+disk before its branch moves) and without them (``Lake.durable = False``), so their cost shows as
+``fsync_slowdown``; ``small_commit_ms`` is the time of a one-episode commit, both ways.
+Targets on the 2-core dev machine: ingest >= 100 MB/s (with fsync), read >= 500 MB/s.
 """
 
 from __future__ import annotations
@@ -60,18 +63,32 @@ def run(quick: bool, workdir: Path) -> dict[str, float]:
         _ = e.episode_id
     check_s = time.perf_counter() - t0
 
-    ingest_times, read_times = [], []
+    ingest_times, nosync_times, read_times = [], [], []
     stored = 0
     for r in range(repeats):
-        path = workdir / f"lake{r}"
-        lake = Lake.create(path)
+        for durable, times in ((True, ingest_times), (False, nosync_times)):
+            path = workdir / f"lake{r}{'' if durable else '-nofsync'}"
+            lake = Lake.create(path)
+            lake.durable = durable  # fsync before the branch moves (the default), or not: its cost
+            t0 = time.perf_counter()
+            res = lake.append(eps)
+            times.append(time.perf_counter() - t0)
+            assert res.added == n
+            if durable:
+                stored = Lake.open(path).repo.chunk_storage_stats().native_bytes
+            if r or not durable:
+                shutil.rmtree(path)
+
+    # small commits (one episode each), where a commit's fixed costs (and its fsyncs) dominate
+    small: dict[bool, float] = {}
+    for durable in (True, False):
+        lake = Lake.create(workdir / f"small-{durable}")
+        lake.durable = durable
+        k = 6 if quick else 20
         t0 = time.perf_counter()
-        res = lake.append(eps)
-        ingest_times.append(time.perf_counter() - t0)
-        assert res.added == n
-        stored = Lake.open(path).repo.chunk_storage_stats().native_bytes
-        if r:
-            shutil.rmtree(path)
+        for e in eps[:k]:
+            lake.append([e])
+        small[durable] = (time.perf_counter() - t0) / k
     # full read of a pinned snapshot into memory: a warm-up, then the best of `repeats + 1`
     view = Lake.open(workdir / "lake0").checkout("main")
     for r in range(repeats + 2):
@@ -95,6 +112,10 @@ def run(quick: bool, workdir: Path) -> dict[str, float]:
         "episodes": n,
         "frame_mb": round(frame_mb, 1),
         "ingest_mb_s": frame_mb / ingest_s,
+        "ingest_nofsync_mb_s": frame_mb / min(nosync_times),
+        "fsync_slowdown": ingest_s / min(nosync_times),
+        "small_commit_ms": 1000 * small[True],
+        "small_commit_nofsync_ms": 1000 * small[False],
         "raw_write_mb_s": frame_mb / raw_write_s,
         "ingest_vs_raw": raw_write_s / ingest_s,
         "check_hash_mb_s": frame_mb / check_s,
