@@ -21,22 +21,20 @@ gloo on CPU, NCCL on GPU), so every rank holds the same parameters; rank 0 write
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import dataclasses
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from data_lake.lake import LakeView
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
+from robot_rl.runs import Logger, Throughput, autocast, git_commit, prepare_run_dir, resolve_device
 
 CONDITIONING = ("goal", "task", "none")
 
@@ -278,113 +276,12 @@ def check_ranks_in_sync(algo: Any, run: Path, dist: Dist) -> None:
             raise RuntimeError(f"ranks diverged: parameter digests {digests}")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} but CUDA is not available here (torch {torch.__version__}); use device=cpu")
-    return torch.device(name)
-
-
-def git_commit() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
-        return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings a resumed run must share with the original (everything that shapes training)."""
-    skip = {
-        "steps",
-        "online_steps",
-        "resume",
-        "progress",
-        "run_dir",
-        "log_every",
-        "save_every",
-        "eval_every",
-        "eval_episodes",
-    }
-    return {k: v for k, v in config.items() if k not in skip}
-
-
-def prepare_run_dir(cfg: PretrainConfig, resolved: dict[str, Any], kind: str = "pretrain") -> Path:
-    import yaml
-
-    run = Path(cfg.run_dir or f"runs/{kind}/{cfg.algo}-{dt.datetime.now():%Y%m%d-%H%M%S}")
-    saved = run / "config.yaml"
-    if cfg.resume:
-        if not (run / "checkpoints" / "latest" / "state.json").exists():
-            raise FileNotFoundError(f"resume=true but {run}/checkpoints/latest holds no checkpoint")
-        before = yaml.safe_load(saved.read_text())
-        if _comparable(before) != _comparable(resolved):
-            diff = sorted(k for k in {*before, *resolved} if before.get(k) != resolved.get(k))
-            raise ValueError(f"resume=true with settings that differ from {saved}: {diff}")
-    elif saved.exists():
-        raise FileExistsError(f"{run} already holds a run; pass resume=true to continue it or another run_dir")
-    run.mkdir(parents=True, exist_ok=True)
-    saved.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    return run
-
-
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
-
-
 def accelerate(algo: Any, cfg: PretrainConfig) -> None:
     """GPU paths: channels_last parameters and an optional in-place ``torch.compile`` of the encoder."""
     if algo.device.type == "cuda":
         algo.nets.to(memory_format=torch.channels_last)
     if cfg.compile:
         algo.nets.encoder.compile()
-
-
-def autocast(cfg: PretrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if not cfg.amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-class Logger:
-    """TensorBoard scalars and the evaluation curve (rank 0 only)."""
-
-    def __init__(self, run: Path, enabled: bool):
-        self.enabled, self.run = enabled, run
-        self.tb = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run / "tb"))
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        """TensorBoard, and one JSON line per call in ``scalars.jsonl`` (for plots without TensorBoard)."""
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
-            with (self.run / "scalars.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
-
-    def eval_row(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        path = self.run / "eval.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def run_evaluation(algo: Any, cfg: PretrainConfig, vocab: tuple[str, ...], run: Path, step: int) -> dict[str, Any]:
@@ -426,21 +323,68 @@ def check_goal_is_observable(cfg: PretrainConfig, schema: dict[str, Any]) -> Non
     )
 
 
+@dataclasses.dataclass
+class PretrainRun:
+    """Everything one pretraining run holds (built by :func:`start_run`)."""
+
+    cfg: PretrainConfig
+    dist: Dist
+    device: torch.device
+    dir: Path
+    view: LakeView
+    sampler: Sampler
+    algo: Any
+    vocab: tuple[str, ...]
+    meta: dict[str, Any]  # the lake snapshot, task vocabulary and conditioning (in every checkpoint)
+    log: Logger
+    held_out: tuple[str, ...]
+    calib: Calibration | None
+    best: float = -1.0  # the best evaluation success so far
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
 def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Path:
     """Train ``cfg.steps`` updates (continuing ``run_dir`` when ``resume``); returns the run directory."""
-    from tqdm import tqdm
-
-    from data_lake import Lake
-    from robot_rl import checkpoint
-    from robot_rl.algos import ALGOS
-    from robot_rl.nets import ObservationSpec
-
     resolved = json.loads(json.dumps(resolved if resolved is not None else dataclasses.asdict(cfg)))  # plain lists
+    run = start_run(cfg, resolved)
+    meter = Throughput(cfg.steps, run.algo.step, f"pretrain {cfg.algo}", cfg.progress)
+    try:
+        while run.algo.step < cfg.steps:
+            with meter.phase("time/sample_s"):
+                batch = next(run.sampler)
+            with meter.phase("time/update_s"), autocast(cfg, run.device):
+                metrics = run.algo.update(batch)
+            meter.tick()
+            step, last = run.algo.step, run.algo.step == cfg.steps
+            if step % cfg.log_every == 0 or last:
+                run.log.scalars({**metrics, **meter.window(metrics)}, step)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or last:
+                evaluate_and_keep_best(run, step)
+                meter.restart()
+            if step % cfg.save_every == 0 or last:
+                save_checkpoint(run, "latest")
+                calibrate(run, step, final=last)
+    finally:
+        meter.close()
+        run.sampler.close()
+        run.log.close()
+    if run.dist.world_size > 1:
+        check_ranks_in_sync(run.algo, run.dir, run.dist)
+    if run.dist.main:
+        print(f"run directory: {run.dir}  (snapshot {run.view.snapshot_id[:12]}, {run.algo.step} updates)")
+    return run.dir
+
+
+def start_run(cfg: PretrainConfig, resolved: dict[str, Any]) -> PretrainRun:
+    """Join the process group, pin the lake snapshot, build the sampler and the algorithm, resume
+    if asked, and write ``run.json``."""
+    from data_lake import Lake
+
     dist = init_distributed(cfg.device)
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    run = prepare_run_dir(cfg, resolved) if dist.main else Path(cfg.run_dir or "")
+    run_dir = prepare_run_dir(cfg, resolved) if dist.main else Path(cfg.run_dir or "")
     algo_cfg = cfg.algo_config()
     if cfg.task.relabel.gamma != algo_cfg.gamma:
         raise ValueError(
@@ -453,122 +397,115 @@ def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Pat
     sampler = Sampler(
         view, cfg.sampler_config(dist.rank, dist.world_size, train_ids), device, progress=cfg.progress and dist.main
     )
+    algo = build_algorithm(cfg, algo_cfg, sampler, dist, device)
+    meta = {
+        "lake": {"uri": cfg.lake.uri, "ref": cfg.lake.ref, "snapshot_id": view.snapshot_id},
+        "tasks": list(sampler.tasks),
+        "conditioning": cfg.task.conditioning,
+    }
     calib = Calibration(view, cfg, held_out, device) if held_out and dist.main else None
-    vocab = sampler.tasks
-    num_tasks = len(vocab) if cfg.task.conditioning == "task" else 0
+    log = Logger(run_dir, dist.main)
+    run = PretrainRun(cfg, dist, device, run_dir, view, sampler, algo, sampler.tasks, meta, log, held_out, calib)
+    if cfg.resume:
+        resume(run)
+    if dist.world_size > 1:
+        DataParallel(algo)
+    if dist.main:
+        write_run_json(run)
+    return run
+
+
+def build_algorithm(cfg: PretrainConfig, algo_cfg: Any, sampler: Sampler, dist: Dist, device: torch.device) -> Any:
+    """The algorithm for the sampler's observations (its spec: cameras, state, goal, task vocabulary,
+    normalization statistics of rank 0's data), seeded, on ``device``."""
+    from robot_rl.algos import ALGOS
+    from robot_rl.nets import ObservationSpec
+
+    num_tasks = len(sampler.tasks) if cfg.task.conditioning == "task" else 0
     stats = shared_statistics(sampler, dist) if cfg.obs.normalize else None
     spec = ObservationSpec.from_sampler(sampler, num_tasks, stats)
     torch.manual_seed(cfg.seed)
     algo = ALGOS[cfg.algo](algo_cfg, spec, device)
     accelerate(algo, cfg)
-    meta = {
-        "lake": {"uri": cfg.lake.uri, "ref": cfg.lake.ref, "snapshot_id": view.snapshot_id},
-        "tasks": list(vocab),
-        "conditioning": cfg.task.conditioning,
-    }
-    best, history = -1.0, []
-    if cfg.resume:
-        extra = checkpoint.load(Path(cfg.run_dir or "") / "checkpoints" / "latest", algo)
-        if extra["lake"]["snapshot_id"] != view.snapshot_id:
-            raise ValueError(
-                f"resume: the run trained on snapshot {extra['lake']['snapshot_id']}, "
-                f"{cfg.lake.ref} is now {view.snapshot_id}; pin lake.ref=snapshot:{extra['lake']['snapshot_id']}"
-            )
-        sampler.load_state_dict(extra["samplers"][dist.rank])
-        best, history = extra["best"], extra["history"]
-    if dist.world_size > 1:
-        DataParallel(algo)
-    if dist.main:
-        (run / "run.json").write_text(
-            json.dumps(
-                {
-                    **meta,
-                    "algo": cfg.algo,
-                    "git": git_commit(),
-                    "world_size": dist.world_size,
-                    "device": str(device),
-                    "torch": torch.__version__,
-                    "python": sys.version.split()[0],
-                    "started": dt.datetime.now().isoformat(timespec="seconds"),
-                    "spec": spec.to_json(),
-                },
-                indent=1,
-            )
+    return algo
+
+
+def resume(run: PretrainRun) -> None:
+    """Load ``checkpoints/latest`` of the run directory: networks, optimizers, RNGs, sampler state."""
+    from robot_rl import checkpoint
+
+    extra = checkpoint.load(Path(run.cfg.run_dir or "") / "checkpoints" / "latest", run.algo)
+    if extra["lake"]["snapshot_id"] != run.view.snapshot_id:
+        raise ValueError(
+            f"resume: the run trained on snapshot {extra['lake']['snapshot_id']}, "
+            f"{run.cfg.lake.ref} is now {run.view.snapshot_id}; pin lake.ref=snapshot:{extra['lake']['snapshot_id']}"
         )
-    log = Logger(run, dist.main)
+    run.sampler.load_state_dict(extra["samplers"][run.dist.rank])
+    run.best, run.history = extra["best"], extra["history"]
 
-    def save(name: str) -> None:
-        states = [sampler.state_dict()]
-        if dist.world_size > 1:
-            import torch.distributed as tdist
 
-            states = [None] * dist.world_size
-            tdist.all_gather_object(states, sampler.state_dict())
-        if dist.main:
-            extra = {**meta, "samplers": states, "best": best, "history": history}
-            checkpoint.save(run / "checkpoints" / name, algo, extra=extra)
-            if name == "latest":
-                checkpoint.save_policy(run / "policy", algo, meta)
+def write_run_json(run: PretrainRun) -> None:
+    info = {
+        **run.meta,
+        "algo": run.cfg.algo,
+        "git": git_commit(),
+        "world_size": run.dist.world_size,
+        "device": str(run.device),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "spec": run.algo.spec.to_json(),
+    }
+    (run.dir / "run.json").write_text(json.dumps(info, indent=1))
 
-    def evaluate_now(step: int) -> None:
-        nonlocal best
-        if not cfg.task.eval_tasks or not dist.main:
-            return
-        row = run_evaluation(algo, cfg, vocab, run, step)
-        history.append(row)
-        log.eval_row(row)
-        log.scalars({f"eval/{k}": v for k, v in row.items() if k != "step"}, step)
-        if row["success_rate"] > best:
-            best = row["success_rate"]
-            checkpoint.save(run / "checkpoints" / "best", algo, extra={**meta, "best": best, "history": history})
 
-    def calibrate(step: int, final: bool) -> None:
-        from robot_rl.diagnostics import plot_calibration
+def save_checkpoint(run: PretrainRun, name: str) -> None:
+    """``checkpoints/<name>`` with every rank's sampler state; ``latest`` also refreshes ``policy/``."""
+    from robot_rl import checkpoint
 
-        assert calib is not None
-        values, cal = calib.measure(algo)
-        log.scalars(values, step)
-        if final and cal is not None:
-            (run / "calibration.json").write_text(json.dumps({"step": step, **values}, indent=1))
-            title = f"{cfg.algo}: Q vs the data's return ({len(held_out)} held-out episodes)"
-            plot_calibration(cal, run / "calibration.png", title)
+    states = [run.sampler.state_dict()]
+    if run.dist.world_size > 1:
+        import torch.distributed as tdist
 
-    timings: dict[str, float] = {}
-    bar = tqdm(total=cfg.steps, initial=algo.step, desc=f"pretrain {cfg.algo}", unit="upd", disable=not cfg.progress)
-    window_start, window_steps = time.perf_counter(), 0
-    try:
-        while algo.step < cfg.steps:
-            with _timed(timings, "time/sample_s"):
-                batch = next(sampler)
-            with _timed(timings, "time/update_s"), autocast(cfg, device):
-                metrics = algo.update(batch)
-            step, window_steps = algo.step, window_steps + 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                elapsed = time.perf_counter() - window_start
-                rate = window_steps / elapsed
-                timing = {k: v / window_steps for k, v in timings.items()}
-                log.scalars({**metrics, **timing, "time/updates_per_s": rate}, step)
-                bar.set_postfix({"upd/s": f"{rate:.1f}", **{k: f"{v:.3g}" for k, v in list(metrics.items())[:2]}})
-                timings, window_start, window_steps = {}, time.perf_counter(), 0
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                t0 = time.perf_counter()
-                evaluate_now(step)
-                log.scalars({"time/eval_s": time.perf_counter() - t0}, step)
-                window_start = time.perf_counter()
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                save("latest")
-                if calib is not None:
-                    calibrate(step, final=step == cfg.steps)
-    finally:
-        bar.close()
-        sampler.close()
-        log.close()
-    if dist.world_size > 1:
-        check_ranks_in_sync(algo, run, dist)
-    if dist.main:
-        print(f"run directory: {run}  (snapshot {view.snapshot_id[:12]}, {algo.step} updates)")
-    return run
+        states = [None] * run.dist.world_size
+        tdist.all_gather_object(states, run.sampler.state_dict())
+    if run.dist.main:
+        extra = {**run.meta, "samplers": states, "best": run.best, "history": run.history}
+        checkpoint.save(run.dir / "checkpoints" / name, run.algo, extra=extra)
+        if name == "latest":
+            checkpoint.save_policy(run.dir / "policy", run.algo, run.meta)
+
+
+def evaluate_and_keep_best(run: PretrainRun, step: int) -> None:
+    """Evaluate on ``task.eval_tasks`` (rank 0); log it; keep ``checkpoints/best``."""
+    from robot_rl import checkpoint
+
+    if not run.cfg.task.eval_tasks or not run.dist.main:
+        return
+    t0 = time.perf_counter()
+    row = run_evaluation(run.algo, run.cfg, run.vocab, run.dir, step)
+    run.history.append(row)
+    run.log.eval_row(row)
+    run.log.scalars({f"eval/{k}": v for k, v in row.items() if k != "step"}, step)
+    if row["success_rate"] > run.best:
+        run.best = row["success_rate"]
+        extra = {**run.meta, "best": run.best, "history": run.history}
+        checkpoint.save(run.dir / "checkpoints" / "best", run.algo, extra=extra)
+    run.log.scalars({"time/eval_s": time.perf_counter() - t0}, step)
+
+
+def calibrate(run: PretrainRun, step: int, final: bool) -> None:
+    """Q against the held-out episodes' returns (when ``calibration_episodes``); the plot at the end."""
+    from robot_rl.diagnostics import plot_calibration
+
+    if run.calib is None:
+        return
+    values, cal = run.calib.measure(run.algo)
+    run.log.scalars(values, step)
+    if final and cal is not None:
+        (run.dir / "calibration.json").write_text(json.dumps({"step": step, **values}, indent=1))
+        title = f"{run.cfg.algo}: Q vs the data's return ({len(run.held_out)} held-out episodes)"
+        plot_calibration(cal, run.dir / "calibration.png", title)
 
 
 # ---------------------------------------------------------------------------- entry point
