@@ -1,6 +1,6 @@
 """Log ingest throughput: `robot-rl lake ingest` of an MCAP recording against bare JPEG decoding.
 
-    .venv/bin/python -m benchmarks.ingest [--quick] [--json PATH] [--dir DIR]
+    .venv/bin/python -m benchmarks.ingest [--quick] [--repeat N] [--json PATH] [--dir DIR]
 
 The recording (written here with mcap-ros2-support): 64x64 JPEG ``sensor_msgs/CompressedImage``
 at 30 Hz (rendered blocks with camera noise, ``data_lake.synthetic``), ``sensor_msgs/JointState``
@@ -9,15 +9,20 @@ frames (100 s) with --quick, 9,000 without. The command resamples everything ont
 and validates, and commits one episode to a fresh local lake. Figures are frames per second of
 that whole command (``ingest_fps``, best of 5 repeats; ``ingest_median_s`` too) and of decoding
 the same JPEG bytes with ``cv2.imdecode`` in a loop on one thread (``decode_only_fps``, the floor;
-measured in the same run). Target: ``ingest_vs_decode`` >= 0.5.
+measured in the same run). Target: ``ingest_vs_decode`` >= 0.5, as the median of 5 measurements
+(``--repeat 5``: each figure is then the median over the runs, the headline ones with their
+spread as ``<figure>_min`` / ``<figure>_max``).
 
 The command decodes frames on two threads per core and writes chunks on one per core, so the same
 decode loop on every core is reported too (``decode_all_cores_fps``, ``ingest_vs_decode_all_cores``)
-with the command's CPU time (``ingest_cpu_s``, all threads). Each repeat starts after ``os.sync()``:
-a writer that leaves dirty pages behind gets throttled later (on the 2-core VMs here, once ≈ 0.5 GB
-are dirty, page-cache writes drop from ≈ 3 GB/s to ≈ 0.4 GB/s). The phases (reading the MCAP,
-building the episode, the lake commit) are timed once each, so the table shows where the time
-goes; ``prepare_vs_decode`` compares everything before the commit (read + build) with the floor.
+with the command's CPU time (``ingest_cpu_s``, all threads). Local lakes fsync their commits
+(durability, docs/lake.md); the command is also timed without (``ROBOT_RL_LAKE_FSYNC=0``:
+``ingest_nofsync_s``, ``ingest_vs_decode_nofsync``), and ``fsync_share`` is the part of the
+command's time the fsyncs take. Each repeat starts after ``os.sync()``: a writer that leaves dirty
+pages behind gets throttled later (on the 2-core VMs here, once ≈ 0.5 GB are dirty, page-cache
+writes drop from ≈ 3 GB/s to ≈ 0.4 GB/s). The phases (reading the MCAP, building the episode, the
+lake commit) are timed once each, so the table shows where the time goes; ``prepare_vs_decode``
+compares everything before the commit (read + build) with the floor.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -132,7 +138,7 @@ def write_recording(path: Path, frames: int) -> list[bytes]:
     return jpegs
 
 
-def _best(fn, repeats: int) -> float:
+def _best(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -141,11 +147,44 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def run(quick: bool, workdir: Path) -> dict[str, float]:
-    frames = 3000 if quick else 9000
+@contextlib.contextmanager
+def _fsync(on: bool) -> Iterator[None]:
+    """Lakes opened inside fsync their commits (the default) or not (``ROBOT_RL_LAKE_FSYNC=0``)."""
+    old = os.environ.get("ROBOT_RL_LAKE_FSYNC")
+    os.environ["ROBOT_RL_LAKE_FSYNC"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["ROBOT_RL_LAKE_FSYNC"]
+        else:
+            os.environ["ROBOT_RL_LAKE_FSYNC"] = old
+
+
+def _ingest_times(
+    workdir: Path, log: Path, mapping_path: Path, repeats: int, tag: str
+) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of ``repeats`` runs of the command, each into a fresh lake."""
+    walls, cpus = [], []
+    for r in range(repeats):
+        lake = workdir / f"lake-{tag}{r}"
+        Lake.create(lake)
+        os.sync()  # every repeat starts with no dirty pages left by the ones before (writes get throttled)
+        t0, c0 = time.perf_counter(), time.process_time()
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = cli(["lake", "ingest", "--lake", str(lake), "--mapping", str(mapping_path), "-q", str(log)])
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        assert rc == 0
+        if r or tag != "":
+            shutil.rmtree(lake)
+    return walls, cpus
+
+
+def run(quick: bool, workdir: Path, log: Path, jpegs: list[bytes]) -> dict[str, float]:
+    """One measurement: the floor, the command (best of 5, default durable commits, then without
+    fsync), and its phases once each."""
     repeats = 5
-    log = workdir / "run.mcap"
-    jpegs = write_recording(log, frames)
     mapping_path = workdir / "mapping.yaml"
     mapping_path.write_text(yaml.safe_dump(MAPPING))
     mapping = load_mapping(mapping_path)
@@ -167,29 +206,22 @@ def run(quick: bool, workdir: Path) -> dict[str, float]:
     decode_only()  # warm-up
     decode_s = _best(decode_only, repeats + 1)
     decode_all_s = _best(decode_all_cores, repeats + 1)
+    pool.shutdown()
 
-    ingest_times, cpu_times = [], []
-    for r in range(repeats):
-        lake = workdir / f"lake{r}"
-        Lake.create(lake)
-        os.sync()  # every repeat starts with no dirty pages left by the ones before (writes get throttled)
-        t0, c0 = time.perf_counter(), time.process_time()
-        with contextlib.redirect_stdout(io.StringIO()):
-            rc = cli(["lake", "ingest", "--lake", str(lake), "--mapping", str(mapping_path), "-q", str(log)])
-        ingest_times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-        assert rc == 0
-        if r:
-            shutil.rmtree(lake)
-    view = Lake.open(workdir / "lake0").checkout("main")
+    with _fsync(True):
+        ingest_times, cpu_times = _ingest_times(workdir, log, mapping_path, repeats, "")
+    with _fsync(False):
+        nofsync_times, _ = _ingest_times(workdir, log, mapping_path, repeats, "nofsync")
+    view = Lake.open(workdir / "lake-0").checkout("main")
     (ep,) = list(view.iter_episodes())
     steps = len(ep)
-    assert steps >= frames - 1, steps
+    assert steps >= len(jpegs) - 1, steps
     for i in (0, steps // 2, steps - 1):  # the lake holds exactly what OpenCV decodes
         want = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpegs[i], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         np.testing.assert_array_equal(ep.steps["images/front"][i], want)
 
     # phases, once each: read the MCAP, build the episode, commit it
+    os.sync()  # the runs without fsync left dirty pages behind
     with gc_paused():  # as the command does
         t0 = time.perf_counter()
         (unit,) = list(READERS["mcap"].read(log, mapping))
@@ -200,14 +232,17 @@ def run(quick: bool, workdir: Path) -> dict[str, float]:
         eps, _, _ = episodes_of(unit, BuildContext(mapping, "mcap"))
         build_s = time.perf_counter() - t0
     lake = Lake.create(workdir / "phases")
+    os.sync()
     t0 = time.perf_counter()
     lake.append(eps)
     commit_s = time.perf_counter() - t0
+    shutil.rmtree(workdir / "phases")
 
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        cli(["lake", "ingest", "--lake", str(workdir / "lake0"), "--mapping", str(mapping_path), "-q", str(log)])
+        cli(["lake", "ingest", "--lake", str(workdir / "lake-0"), "--mapping", str(mapping_path), "-q", str(log)])
     noop_s = time.perf_counter() - t0
+    shutil.rmtree(workdir / "lake-0")
 
     best = int(np.argmin(ingest_times))
     ingest_s = ingest_times[best]
@@ -223,6 +258,9 @@ def run(quick: bool, workdir: Path) -> dict[str, float]:
         "ingest_s": ingest_s,
         "ingest_median_s": float(np.median(ingest_times)),
         "ingest_cpu_s": cpu_times[best],
+        "ingest_nofsync_s": min(nofsync_times),
+        "ingest_vs_decode_nofsync": decode_s / min(nofsync_times),
+        "fsync_share": 1 - min(nofsync_times) / ingest_s,  # of the command's time (best runs)
         "prepare_vs_decode": decode_s / (read_s + build_s),  # everything before the commit, vs the floor
         "read_mcap_s": read_s,
         "build_episode_s": build_s,
@@ -232,22 +270,42 @@ def run(quick: bool, workdir: Path) -> dict[str, float]:
     }
 
 
+def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each figure over the runs, with ``<figure>_min`` / ``_max`` (the spread) for
+    the headline ones."""
+    out = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    for k in ("ingest_vs_decode", "ingest_s", "decode_only_fps", "build_episode_s", "lake_commit_s", "fsync_share"):
+        out[f"{k}_min"] = min(r[k] for r in runs)
+        out[f"{k}_max"] = max(r[k] for r in runs)
+    out["runs"] = len(runs)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3,000 frames and fewer repeats (< 60 s)")
+    ap.add_argument("--repeat", type=int, default=1, help="whole measurements to run; figures are their medians")
     ap.add_argument("--json", default=None, help="write the figures as flat JSON here")
     ap.add_argument("--dir", default=None, help="work directory on the disk to measure (default: a temp dir)")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=args.dir))
+    runs = []
     try:
         t0 = time.perf_counter()
-        figs = run(args.quick, workdir)
+        log = workdir / "run.mcap"
+        jpegs = write_recording(log, 3000 if args.quick else 9000)
+        for r in range(max(1, args.repeat)):
+            runs.append(run(args.quick, workdir, log, jpegs))
+            if args.repeat > 1:
+                print(f"run {r + 1}/{args.repeat}: ingest_vs_decode {runs[-1]['ingest_vs_decode']:.3f}", flush=True)
+        figs = summarize(runs) if len(runs) > 1 else runs[0]
         figs["wall_s"] = time.perf_counter() - t0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(
-        f"ingest benchmark: MCAP of {figs['frames']} 64x64 JPEG frames at 30 Hz + joint states at 100 Hz + "
+        f"ingest benchmark: MCAP of {figs['frames']:.0f} 64x64 JPEG frames at 30 Hz + joint states at 100 Hz + "
         f"actions at 30 Hz ({figs['mcap_mb']} MB), {os.cpu_count()} cores"
+        + (f"; medians of {len(runs)} runs, spread in _min/_max" if len(runs) > 1 else "")
     )
     report(figs, {"ingest_vs_decode": ">= 0.5"}, args.json, skip=("frames", "mcap_mb", "cores"))
 

@@ -109,12 +109,12 @@ def cmd_append(a: argparse.Namespace) -> None:
 
 
 def cmd_ingest(a: argparse.Namespace) -> None:
-    from data_lake.ingest import IngestRejected, ingest, load_mapping, write_report
+    from data_lake.ingest import IngestError, IngestRejected, ingest, load_mapping, write_report
     from data_lake.ingest.mapping import default_mapping
 
-    mapping = load_mapping(a.mapping) if a.mapping else default_mapping(a.format)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     try:
+        mapping = load_mapping(a.mapping) if a.mapping else default_mapping(a.format)
         rep = ingest(
             a.paths,
             mapping,
@@ -127,11 +127,15 @@ def cmd_ingest(a: argparse.Namespace) -> None:
             allow_new_fields=a.allow_new_fields,
             progress=not (a.json or a.quiet),
         )
-    except IngestRejected as e:
-        if a.quarantine:
-            write_report(a.quarantine, e.notes)
+    except (IngestRejected, IngestError) as e:  # a rejection, or a bad mapping / path / --format
+        notes = e.notes if isinstance(e, IngestRejected) else [e.note]
+        if a.quarantine and isinstance(e, IngestRejected):
+            write_report(a.quarantine, notes)
+        if a.json:  # scripts get the problems on stdout too; the error line still goes to stderr
+            out = {"ok": False, "error": str(e), "problems": [n.to_json() for n in notes]}
+            print(json.dumps({**out, "quarantine_report": a.quarantine}, indent=1, default=str))
         raise
-    d = rep.to_json()
+    d = {"ok": True, **rep.to_json()}
     added = rep.result.added if rep.result else 0
     dups = rep.result.skipped_duplicates if rep.result else 0
     text = (

@@ -335,3 +335,113 @@ def test_mcap_channel_whose_schema_is_missing_is_corrupt(tmp_path: Path) -> None
     with pytest.raises(IngestError) as e:
         list(mcap_reader.read(path, mp))
     assert e.value.note.code == "corrupt" and "schema 42" in e.value.note.details
+
+
+def test_lean_frame_loop_equals_the_general_path_and_its_errors() -> None:
+    """``MessageSource.frames_into`` (CDR CompressedImage, straight into the rows) gives the
+    frames ``frames`` gives, falling back frame by frame for big-endian CDR, grey and PNG frames,
+    and raises the general path's error for an undecodable frame or a size change."""
+    import cv2
+
+    from data_lake.ingest.errors import IngestError
+    from data_lake.ingest.streams import stack_frames
+
+    rng = np.random.default_rng(0)
+    m = Msgs(ros1=False)
+    typename = "sensor_msgs/msg/CompressedImage"
+    raws = []
+    for i in range(40):
+        rgb = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+        msg = m.compressed(BASE_NS + i, rgb, "jpeg" if i % 3 else "png")
+        if i == 7:  # a grey JPEG: replicated to three channels either way
+            _, buf = cv2.imencode(".jpg", rgb[..., 0])
+            msg = m.T[typename](header=msg.header, format="jpeg", data=buf.ravel())
+        raws.append(bytes(TS2.serialize_cdr(msg, typename, little_endian=i != 11)))
+    decode = ros.with_fast_path(typename, "cdr", lambda b: TS2.deserialize_cdr(b, typename))
+    src = ros.MessageSource("/cam", typename, BASE_NS + np.arange(40), raws, decode)
+    spec = SourceSpec("/cam")
+    idx = np.arange(40)
+    want = stack_frames(src.frames(spec, "image", idx), src, idx)
+    got = np.zeros_like(want)
+    src.frames_into(spec, "image", idx, got)
+    np.testing.assert_array_equal(got, want)
+
+    def error(raws_: list[bytes]) -> tuple[str, str, int | None, str]:
+        s = ros.MessageSource("/cam", typename, BASE_NS + np.arange(len(raws_)), raws_, decode)
+        with pytest.raises(IngestError) as e:
+            s.frames_into(spec, "image", np.arange(len(raws_)), np.zeros_like(want[: len(raws_)]))
+        with pytest.raises(IngestError) as g:
+            stack_frames(s.frames(spec, "image", np.arange(len(raws_))), s, np.arange(len(raws_)), out=want.copy())
+        assert str(e.value) == str(g.value)
+        return e.value.code, e.value.note.where, e.value.note.time_ns, str(e.value)
+
+    bad = m.T[typename](header=m.header(0), format="jpeg", data=np.frombuffer(b"not a jpeg", np.uint8))
+    small = m.compressed(0, rng.integers(0, 256, (5, 10, 3), dtype=np.uint8), "png")
+    for k, msg, code in ((20, bad, "decode"), (30, small, "shape_change")):
+        broken = [*raws[:k], bytes(TS2.serialize_cdr(msg, typename)), *raws[k + 1 :]]
+        assert error(broken)[:3] == (code, "/cam", BASE_NS + k)
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "unchunked"])
+def test_front_to_back_reading_reads_what_the_library_reads(tmp_path: Path, chunked: bool) -> None:
+    """Without a summary the data section is read record by record (``_read_stream``): the same
+    messages as the library's stream reader; a flipped byte is ``corrupt`` (the chunk's CRC or
+    the data section's); zeros where records should be (space never written) are where the file
+    breaks."""
+    import struct
+
+    from mcap.records import Channel, Message
+    from mcap.stream_reader import StreamReader
+
+    from data_lake.ingest.errors import IngestError
+
+    path = tmp_path / "nosummary.mcap"
+    rng = np.random.default_rng(1)
+    with open(path, "wb") as f:
+        w = McapWriter(
+            f, chunk_size=700, compression=CompressionType.ZSTD, index_types=IndexType.NONE, repeat_channels=False,
+            repeat_schemas=False, use_chunking=chunked, use_statistics=False, use_summary_offsets=False,
+            enable_data_crcs=True,
+        )  # fmt: skip
+        w.start(profile="", library="robot-rl tests")
+        schema = w.register_schema("blob", "jsonschema", b"{}")
+        chans = [w.register_channel(t, "json", schema) for t in ("/a", "/b", "/not_mapped")]
+        for i in range(300):
+            data = rng.integers(0, 256, int(rng.integers(0, 90)), dtype=np.uint8).tobytes()
+            w.add_message(chans[i % 3], log_time=BASE_NS + i * 1000, data=data, publish_time=i)
+        w.finish()
+    want: dict[str, list[tuple[int, bytes]]] = {"/a": [], "/b": []}
+    topic_of: dict[int, str] = {}
+    with open(path, "rb") as f:
+        for rec in StreamReader(f, validate_crcs=True).records:
+            if isinstance(rec, Channel):
+                topic_of[rec.id] = rec.topic
+            elif isinstance(rec, Message) and topic_of[rec.channel_id] in want:
+                want[topic_of[rec.channel_id]].append((rec.log_time, rec.data))
+    topics = mcap_reader._Topics({"/a", "/b"})
+    with open(path, "rb") as f:
+        assert mcap_reader._read_stream(f, topics, path) is None
+    assert topics.count == 300 and topics.all_topics == {"/a", "/b", "/not_mapped"}
+    for t in want:
+        assert list(zip(topics.t[t], topics.raw[t], strict=True)) == want[t] and len(want[t]) == 100
+
+    data = path.read_bytes()
+    o, ends = 8, []
+    while o < len(data):
+        op, length = struct.unpack_from("<BQ", data, o)
+        ends.append((op, o))
+        if op == 0x0F:  # DataEnd
+            break
+        o += 9 + length
+    data_end = ends[-1][1]
+    flipped = bytearray(data)
+    flipped[data_end // 2] ^= 0x55
+    path.write_bytes(bytes(flipped))
+    with open(path, "rb") as f, pytest.raises(IngestError) as e:
+        mcap_reader._read_stream(f, mcap_reader._Topics({"/a", "/b"}), path)
+    assert e.value.code == "corrupt"
+
+    path.write_bytes(data[:data_end] + bytes(4096))  # the recorder's preallocated space, never written
+    with open(path, "rb") as f:
+        brk = mcap_reader._read_stream(f, mcap_reader._Topics({"/a"}), path)
+    assert brk is not None and (brk.offset, brk.size) == (data_end, data_end + 4096) and "zero bytes" in brk.what

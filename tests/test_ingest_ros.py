@@ -97,7 +97,7 @@ def test_round_trip_known_answers(tmp_path: Path, kind: str) -> None:
         {"source": "/ee_pose", "start": 3, "stop": 10},
     ]
     js = prov["sync"]["/joint_states"]
-    assert js["used"] == T and js["age_ms_max"] == pytest.approx(3.0) and js["stale_ticks_in_window"] == 0
+    assert js["used"] == T and js["age_ms_max"] == pytest.approx(3.0) and js["stale_ticks"] == 0
 
 
 def test_jpeg_cameras_equal_opencv_decoding_and_fields_select(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from data_lake.episode import Episode
 from data_lake.ingest import hdf5, images, lerobot, mcap_reader, minari, ogbench, rosbag
 from data_lake.ingest.errors import IngestError, IngestRejected, Note
 from data_lake.ingest.mapping import FORMATS, Mapping, SourceSpec, ValueSpec
-from data_lake.ingest.streams import Source, Unit, stack_frames
+from data_lake.ingest.streams import Source, Unit
 from data_lake.ingest.sync import Piece, order, resample, span_indices, windows
 from data_lake.lake import Lake, WriteResult
 
@@ -282,11 +282,10 @@ class _FrameJob:
 
     def _block(self, b0: int, b1: int) -> None:
         sel, rows = self.idx[b0:b1], self.out[b0:b1]
-        frames = self.src.frames(self.spec, self.role, sel)
         if rows.shape[1:] == self.first_shape:  # no resize: decode straight into the episode's rows
-            stack_frames(frames, self.src, sel, out=rows)
+            self.src.frames_into(self.spec, self.role, sel, rows)
             return
-        for k, f in enumerate(frames):
+        for k, f in enumerate(self.src.frames(self.spec, self.role, sel)):
             if f.shape != self.first_shape or f.dtype != self.dtype:
                 raise IngestError(
                     "shape_change",
@@ -336,6 +335,8 @@ def _reduce(
     ii = span_indices(src, piece.span)
     if len(ii) == 0:
         details = "no sample during the episode or before it"
+        if len(src.t_ns) == 0:
+            details = "the topic/key has no sample at all in this source"
         if role != "text":
             notes.append(
                 Note("missing_source", details + "; left unknown", where=vs.source.label(), time_ns=piece.span[0])
@@ -467,43 +468,53 @@ def _check_format(path: Path, fmt: str) -> None:
         return
     seen = detect_format(path)
     hint = f"it looks like {seen}" if seen else "its format is not recognised"
+    if fmt == "ros2" and path.is_dir() and not (path / "metadata.yaml").exists():
+        storage = sorted(p.name for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
+        if storage:  # what a recorder that was killed leaves: storage, no metadata.yaml yet
+            hint = (
+                f"it holds {storage[:3]} but no metadata.yaml (a recording cut off before the recorder "
+                "wrote it?): run `ros2 bag reindex` on it, or ingest its .mcap files with --format mcap"
+            )
     raise IngestError("wrong_format", f"--format {fmt} expects {READERS[fmt].describe}; {hint}", source=str(path))
 
 
-def _already_ingested(lake: Lake, branch: str) -> set[tuple[str, str]]:
+def _lake_state(lake: Lake, branch: str) -> tuple[set[tuple[str, str]], dict[str, tuple[int, int]]]:
+    """What the branch already holds, from one checkout: the (source sha256, mapping sha256) pairs
+    already ingested, and the frame size of each camera in its schema."""
     if branch not in lake.branches():
-        return set()
-    out = set()
-    for rec in lake.checkout(branch).episodes():
+        return set(), {}
+    view = lake.checkout(branch)
+    done = set()
+    for rec in view.episodes():
         ing = rec.metadata.get("ingest") if isinstance(rec.metadata, dict) else None
         if isinstance(ing, dict):
-            out.add((str(ing.get("source_sha256")), str(ing.get("mapping_sha256"))))
-    return out
-
-
-def _lake_sizes(lake: Lake, branch: str) -> dict[str, tuple[int, int]]:
-    if branch not in lake.branches():
-        return {}
-    schema = lake.checkout(branch).schema or {"step": {}}
-    return {
+            done.add((str(ing.get("source_sha256")), str(ing.get("mapping_sha256"))))
+    schema = view.schema or {"step": {}}
+    sizes = {
         k: (int(v["shape"][0]), int(v["shape"][1]))
         for k, v in schema["step"].items()
         if k.startswith(("images/", "depth/"))
     }
+    return done, sizes
 
 
 def _sync_summary(eps: Iterable[Episode]) -> dict[str, dict[str, float]]:
-    """Per stream over all episodes: worst and mean age, ticks dropped as stale."""
+    """Per stream over all episodes: the mean age over every tick (episodes weighted by their
+    length), the worst age, and the ticks dropped as stale (each episode counts its own, see
+    ``data_lake.ingest.sync``, so every dropped tick is counted once)."""
     acc: dict[str, dict[str, float]] = {}
     for e in eps:
         for name, s in e.metadata["ingest"]["sync"].items():
-            a = acc.setdefault(name, {"episodes": 0, "age_ms_mean": 0.0, "age_ms_max": 0.0, "stale_ticks": 0})
+            a = acc.setdefault(
+                name, {"episodes": 0, "ticks": 0, "age_ms_mean": 0.0, "age_ms_max": 0.0, "stale_ticks": 0}
+            )
             a["episodes"] += 1
-            a["age_ms_mean"] += s["age_ms_mean"]
+            a["ticks"] += len(e)
+            a["age_ms_mean"] += s["age_ms_mean"] * len(e)
             a["age_ms_max"] = max(a["age_ms_max"], s["age_ms_max"])
-            a["stale_ticks"] += s["stale_ticks_in_window"]
+            a["stale_ticks"] += s["stale_ticks"]
     for a in acc.values():
-        a["age_ms_mean"] = round(a["age_ms_mean"] / max(a["episodes"], 1), 3)
+        a["age_ms_mean"] = round(a["age_ms_mean"] / max(a["ticks"], 1), 3)
     return acc
 
 
@@ -528,8 +539,8 @@ def ingest(
     t0 = time.perf_counter()
     fmt = _resolve_format(fmt, mapping)
     files = expand_inputs(paths, fmt)
-    done = _already_ingested(lake, branch)
-    ctx = BuildContext(mapping, fmt, _lake_sizes(lake, branch))
+    done, sizes = _lake_state(lake, branch)
+    ctx = BuildContext(mapping, fmt, sizes)
     for cam in [*(f"images/{c}" for c in mapping.cameras), *(f"depth/{c}" for c in mapping.depth)]:
         if mapping.image_size is not None:
             ctx.sizes[cam] = mapping.image_size

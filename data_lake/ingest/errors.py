@@ -5,10 +5,13 @@ Codes (also in ``docs/ingest.md``):
     mapping               the mapping file is invalid (unknown key, wrong type, missing section)
     not_found             an input path does not exist
     wrong_format          the file is not what ``--format`` (or the mapping's ``format``) says
-    truncated             the file ends early (MCAP: with ``on_truncated: reject``; HDF5, Parquet, bags)
+    truncated             the file ends early (HDF5, Parquet, ROS 1 / sqlite3 bags; MCAP and ROS 2
+                          MCAP storage: with ``on_truncated: reject``, with nothing readable before
+                          the break, or with a step/text topic that has no message before it)
     corrupt               a checksum (CRC) mismatch or an unreadable record, block or chunk
     unindexed             a ROS 1 bag without its index (``rosbag reindex`` it first)
-    missing_source        a topic or key named by the mapping is not in the file (or has no samples)
+    missing_source        a topic or key named by the mapping is not in the file, or a step, text
+                          or marker source with no samples (a flag with none: a warning)
     unsupported_type      a message type the mapping cannot turn into the wanted role
     unsupported_encoding  an image encoding or compression we do not decode
     decode                an image or video frame that fails to decode

@@ -28,7 +28,7 @@ from data_lake.ingest.errors import IngestError
 RGB_ENCODINGS = ("rgb8", "bgr8", "mono8")
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 COMPRESSED = ("jpeg", "jpg", "png")
-_READ_RGB: int = getattr(cv2, "IMREAD_COLOR_RGB", -1)  # OpenCV >= 4.10 decodes to RGB itself (else -1)
+READ_RGB: int = getattr(cv2, "IMREAD_COLOR_RGB", -1)  # OpenCV >= 4.10 decodes to RGB itself (else -1)
 
 
 def decode_bytes(
@@ -44,8 +44,8 @@ def decode_bytes(
     ``as_stored`` skips the BGR-to-RGB conversion (for bytes that ``cv2.imencode`` wrote from an
     RGB array, as ALOHA does)."""
     arr = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
-    rgb = not depth and not as_stored and _READ_RGB >= 0
-    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED if depth else _READ_RGB if rgb else cv2.IMREAD_COLOR)
+    rgb = not depth and not as_stored and READ_RGB >= 0
+    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED if depth else READ_RGB if rgb else cv2.IMREAD_COLOR)
     if img is None:
         raise IngestError(
             "decode", f"{len(arr)} bytes are not a decodable JPEG/PNG image", where=where, time_ns=time_ns

@@ -146,8 +146,10 @@ class SplitSpec:
 
     ``file``: the whole source is one episode; ``marker``: each sample on ``marker`` starts an
     episode (samples before the first marker are dropped with a warning); ``gap``: a silence
-    longer than ``gap_s`` on every mapped stream ends an episode. Pieces shorter than
-    ``min_steps`` ticks are dropped with a ``too_short`` warning.
+    longer than ``gap_s`` on every step stream ends an episode. Pieces shorter than
+    ``min_steps`` ticks are dropped with a ``too_short`` warning. Each window (whose last episode's
+    flags reduce up to its end) ends where the next one starts, the last one at the end of the
+    source (``data_lake.ingest.sync.windows``).
     """
 
     split: str = "file"
@@ -369,6 +371,15 @@ class Mapping:
         specs += [v.source for v in (self.reward, self.success, self.terminal, self.task, self.language)]
         specs.append(self.episodes.marker)
         return {s.name for s in specs if s is not None}
+
+    def flag_names(self) -> set[str]:
+        """Topics/keys read only as per-episode flags (``success``, ``terminal``): one with no
+        sample leaves the flag unknown (a warning) instead of rejecting the source."""
+        flags = {v.source.name for v in (self.success, self.terminal) if v.source is not None}
+        others: list[SourceSpec | None] = [*self.state, *self.action, *self.cameras.values(), *self.depth.values()]
+        others += [v.source for v in (self.reward, self.task, self.language)]
+        others.append(self.episodes.marker)
+        return flags - {s.name for s in others if s is not None}
 
 
 def _text(v: Any, where: str, src: str) -> ValueSpec:

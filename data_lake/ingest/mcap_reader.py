@@ -6,16 +6,27 @@ decompressed with the codec the library uses (zstd, lz4), their CRC checked, and
 records inside them split out by ``_chunk_messages``: a loop over the spec's fixed record header
 (opcode u8, length u64; Message: channel u16, sequence u32, log time u64, publish time u64,
 data), several times faster than the library's general record parser, which builds an object per
-record (``benchmarks/ingest.py``; the tests check both give the same messages). Without a readable summary (a
-recording cut off before it was finished: no footer), the file is read front to back with the
-stream reader, also validating CRCs, until it stops being readable; what was read is kept
-(``on_truncated: recover``, a ``truncated`` warning naming the byte offset and the last message
-time) or the file is rejected (``on_truncated: reject``). A CRC mismatch is always an error
-(``corrupt``). Timestamps are the log times (``sync.time: log``) or ``header.stamp``.
+record (``benchmarks/ingest.py``; the tests check both give the same messages).
+
+Without a readable summary (a recording cut off before it was finished: no footer), the data
+section is read front to back, one whole record at a time (``_read_stream``: Schema and Channel
+records parsed by the library, chunks CRC-checked, the data section's CRC checked at its end).
+The first record the file does not hold whole (a chunk cut in the middle, a header cut short,
+zeros that were never written) is where the file breaks: ``Break`` names its byte offset, and
+everything before it is kept (``on_truncated: recover``, a ``truncated`` warning naming that
+offset, how many messages were read and the last log time) or the file is rejected
+(``on_truncated: reject``). A file with no whole message before the break is ``truncated``
+either way (nothing was recoverable). A step or text topic with no message before the break is
+``truncated`` too; a success/terminal flag with none is unknown. A whole record that does not
+parse, or a CRC mismatch, is always an error (``corrupt``). Timestamps are the log times
+(``sync.time: log``) or ``header.stamp``. ``read_file`` and ``sources_of`` also read the MCAP
+storage of ROS 2 bags that rosbags cannot open because they were cut off (``rosbag``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -30,9 +41,10 @@ import numpy as np
 import zstandard
 from mcap.data_stream import ReadDataStream
 from mcap.exceptions import McapError
+from mcap.opcode import Opcode
 from mcap.reader import SeekingReader
-from mcap.records import Channel, Chunk, Message, Schema
-from mcap.stream_reader import CRCValidationError, StreamReader
+from mcap.records import Channel, Chunk, Schema
+from mcap.stream_reader import CRCValidationError
 from mcap.summary import Summary
 from mcap_ros1.decoder import DecoderFactory as Ros1Decoders
 from mcap_ros2.decoder import DecoderFactory as Ros2Decoders
@@ -40,7 +52,7 @@ from mcap_ros2.decoder import DecoderFactory as Ros2Decoders
 from data_lake.ingest import ros
 from data_lake.ingest.errors import IngestError, Note
 from data_lake.ingest.mapping import Mapping
-from data_lake.ingest.streams import Source, Unit
+from data_lake.ingest.streams import EmptySource, Source, Unit
 
 MAGIC = b"\x89MCAP0\r\n"
 READ_ERRORS = (Exception,)  # the mcap library and its decompressors raise many kinds (McapError, struct.error, zstd)
@@ -76,20 +88,8 @@ class _Topics:
         self.all_topics: set[str] = set()
         self.channel_ids: dict[int, str] = {}  # mapped topics' channel ids (indexed reading)
         self.schema_of: dict[int, Schema | None] = {}  # their schemas
-        self.count = 0
-        self.last_ns: int | None = None
-
-    def add(self, schema: Schema | None, channel: Channel, msg: Message) -> None:
-        topic = channel.topic
-        self.count += 1
-        self.last_ns = msg.log_time
-        if topic not in self.wanted:
-            return
-        if topic not in self.channel:
-            self.channel[topic] = (channel, schema)
-            self.t[topic], self.raw[topic] = [], []
-        self.t[topic].append(msg.log_time)
-        self.raw[topic].append(msg.data)
+        self.count = 0  # messages read, of any topic
+        self.last_ns: int | None = None  # the log time of the last one
 
 
 def _decoder(channel: Channel, schema: Schema | None, where: str) -> Callable[[bytes], Any]:
@@ -114,7 +114,7 @@ def _decoder(channel: Channel, schema: Schema | None, where: str) -> Callable[[b
 _RECORD = struct.Struct("<BQ")  # opcode, length
 _MESSAGE = struct.Struct("<HIQ")  # channel id, sequence, log time (publish time follows)
 _MESSAGE_HEADER = 22  # channel id, sequence, log time, publish time
-_OP_MESSAGE = 0x05
+_OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_DATA_END = 0x02, 0x03, 0x04, 0x05, 0x06, 0x0F
 
 
 def _chunk_data(chunk: Chunk) -> bytes:
@@ -134,37 +134,60 @@ def _chunk_data(chunk: Chunk) -> bytes:
     return data
 
 
-def _chunk_messages(data: bytes, channels: dict[int, Channel], topics: _Topics) -> None:
-    """Every Message record of one chunk's records into ``topics`` (Schema and Channel records
-    in chunks repeat the summary's and are skipped)."""
+def _chunk_messages(
+    data: bytes,
+    channels: dict[int, Channel],
+    topics: _Topics,
+    on_record: Callable[[int, bytes], None] | None = None,
+) -> None:
+    """Every Message record of one chunk's records into ``topics``. Schema and Channel records
+    in chunks repeat the summary's and are skipped, or, read front to back without a summary,
+    go to ``on_record(opcode, body)``."""
     o, n = 0, len(data)
     wanted = topics.channel_ids
-    while o < n:
-        if o + 9 > n:
-            raise McapError(f"a record header is cut off at byte {o} of a {n}-byte chunk")
-        op, length = _RECORD.unpack_from(data, o)
-        body, o = o + 9, o + 9 + length
-        if o > n:
-            raise McapError(f"a record of {length} bytes runs past the end of its {n}-byte chunk")
-        if op != _OP_MESSAGE:
-            continue
-        if length < _MESSAGE_HEADER:
-            raise McapError(f"a Message record of {length} bytes is shorter than its header")
-        channel_id, _, log_time = _MESSAGE.unpack_from(data, body)
-        topics.count += 1
-        topics.last_ns = log_time
-        topic = wanted.get(channel_id)
-        if topic is not None:
-            ts = topics.t[topic]
-            if not ts:  # the topic's first message: its channel (and schema) decode the topic
-                topics.channel[topic] = (channels[channel_id], topics.schema_of[channel_id])
-            ts.append(log_time)
-            topics.raw[topic].append(data[body + _MESSAGE_HEADER : o])
-        elif channel_id not in channels:
-            raise McapError(f"a message on channel {channel_id}, which the summary does not list")
+    sinks: dict[int, tuple[Callable[[int], None], Callable[[bytes], None]]] = {}  # channel -> appends
+    skipped: set[int] = set()  # known channels of topics the mapping does not read
+    count, last = topics.count, topics.last_ns
+    unpack_record, unpack_message = _RECORD.unpack_from, _MESSAGE.unpack_from
+    try:
+        while o < n:
+            if o + 9 > n:
+                raise McapError(f"a record header is cut off at byte {o} of a {n}-byte chunk")
+            op, length = unpack_record(data, o)
+            body, o = o + 9, o + 9 + length
+            if o > n:
+                raise McapError(f"a record of {length} bytes runs past the end of its {n}-byte chunk")
+            if op != _OP_MESSAGE:
+                if on_record is not None and op in (_OP_SCHEMA, _OP_CHANNEL):
+                    on_record(op, data[body:o])
+                    sinks.clear()
+                continue
+            if length < _MESSAGE_HEADER:
+                raise McapError(f"a Message record of {length} bytes is shorter than its header")
+            channel_id, _, last = unpack_message(data, body)
+            count += 1
+            sink = sinks.get(channel_id)
+            if sink is None:
+                if channel_id in skipped:
+                    continue
+                topic = wanted.get(channel_id)
+                if topic is None:
+                    if channel_id not in channels:
+                        raise McapError(f"a message on channel {channel_id}, which no Channel record defines")
+                    skipped.add(channel_id)
+                    continue
+                ts = topics.t[topic]
+                if not ts:  # the topic's first message: its channel (and schema) decode the topic
+                    topics.channel[topic] = (channels[channel_id], topics.schema_of[channel_id])
+                sink = sinks[channel_id] = (ts.append, topics.raw[topic].append)
+            sink[0](last)
+            sink[1](data[body + _MESSAGE_HEADER : o])
+    finally:
+        topics.count, topics.last_ns = count, last
 
 
 def _read_indexed(f: Any, summary: Summary, topics: _Topics, path: Path) -> None:
+    topics.channel_ids, topics.schema_of = {}, {}  # this file's channel ids
     for channel in summary.channels.values():
         if channel.topic in topics.wanted:
             if channel.schema_id != 0 and channel.schema_id not in summary.schemas:
@@ -196,40 +219,122 @@ def _read_indexed(f: Any, summary: Summary, topics: _Topics, path: Path) -> None
         raise IngestError(
             "corrupt", f"unreadable data after {topics.count} messages (byte {f.tell()}): {e}", source=str(path)
         ) from e
-    for topic in [t for t, ts in topics.t.items() if not ts]:  # listed, but no message: as if absent
-        del topics.t[topic], topics.raw[topic]
 
 
-def _read_stream(f: Any, topics: _Topics, path: Path) -> str | None:
-    """Read records front to back; returns where and why it stopped early (None: read to the end)."""
+@dataclasses.dataclass(frozen=True)
+class Break:
+    """Where a front-to-back read of a recording stopped: the first record that is not whole."""
+
+    offset: int  # the byte where the first unreadable record starts
+    size: int  # the file's size
+    what: str  # what is there (the record, how many of its bytes the file holds)
+
+    def __str__(self) -> str:
+        return f"byte {self.offset} of {self.size}: {self.what}"
+
+
+_OPCODES = {int(op): op.name.replace("_", " ").title().replace(" ", "") for op in Opcode}
+
+
+def _register(op: int, body: bytes, state: _StreamState, topics: _Topics) -> None:
+    """A Schema or Channel record met while reading front to back."""
+    stream = ReadDataStream(io.BytesIO(body))
+    if op == _OP_SCHEMA:
+        schema = Schema.read(stream)
+        state.schemas[schema.id] = schema
+        return
+    channel = Channel.read(stream)
+    state.channels[channel.id] = channel
+    topics.all_topics.add(channel.topic)
+    if channel.topic in topics.wanted:
+        if channel.schema_id != 0 and channel.schema_id not in state.schemas:
+            raise McapError(
+                f"channel {channel.id} ({channel.topic}) refers to schema {channel.schema_id}, not defined before it"
+            )
+        topics.channel_ids[channel.id] = channel.topic
+        topics.schema_of[channel.id] = state.schemas.get(channel.schema_id)
+        topics.t.setdefault(channel.topic, [])
+        topics.raw.setdefault(channel.topic, [])
+
+
+@dataclasses.dataclass
+class _StreamState:
+    schemas: dict[int, Schema] = dataclasses.field(default_factory=dict)
+    channels: dict[int, Channel] = dataclasses.field(default_factory=dict)
+
+
+def _read_stream(f: Any, topics: _Topics, path: Path) -> Break | None:
+    """Read the data section front to back, one whole record at a time (a chunk's CRC checked,
+    the data section's CRC checked at its end). Returns where it stopped early: the first record
+    that is not whole (or None: read to the data section's end). A whole record that does not
+    parse is ``corrupt``."""
+    size = path.stat().st_size
     f.seek(0)
-    schemas: dict[int, Schema] = {}
-    channels: dict[int, Channel] = {}
-    reader = StreamReader(f, skip_magic=False, validate_crcs=True)
-    try:
-        for rec in reader.records:
-            if isinstance(rec, Schema):
-                schemas[rec.id] = rec
-            elif isinstance(rec, Channel):
-                channels[rec.id] = rec
-                topics.all_topics.add(rec.topic)
-            elif isinstance(rec, Message):
-                ch = channels.get(rec.channel_id)
-                if ch is None:
-                    raise McapError(f"message on unknown channel {rec.channel_id}")
-                topics.add(schemas.get(ch.schema_id), ch, rec)
-    except CRCValidationError as e:
-        raise IngestError("corrupt", f"CRC mismatch near byte {f.tell()}: {e}", source=str(path)) from e
-    except READ_ERRORS as e:
-        return f"byte {f.tell()} of {path.stat().st_size} ({type(e).__name__}: {e})"
-    return None
+    crc = zlib.crc32(f.read(len(MAGIC)))
+    o = len(MAGIC)
+    state = _StreamState()
+    topics.channel_ids, topics.schema_of = {}, {}
+
+    def on_record(op: int, body: bytes) -> None:
+        _register(op, body, state, topics)
+
+    while True:
+        head = f.read(9)
+        if len(head) < 9:
+            if not head:
+                return Break(o, size, "the file ends after a whole record, before the data section's end")
+            return Break(o, size, f"a record header needs 9 bytes, the file holds {len(head)}")
+        op, length = _RECORD.unpack(head)
+        kind = _OPCODES.get(op, f"opcode 0x{op:02x}")
+        if op == 0:  # not an MCAP opcode: space reserved on disk that was never written
+            return Break(o, size, "zero bytes where a record should start (space that was never written)")
+        if length > size - o - 9:
+            return Break(o, size, f"a {kind} record of {length} bytes, of which the file holds {size - o - 9}")
+        body = f.read(length)
+        try:
+            if op == _OP_DATA_END:
+                (expected,) = struct.unpack_from("<I", body)
+                if expected != 0 and expected != crc:
+                    raise IngestError(
+                        "corrupt",
+                        f"the data section's CRC is {crc:#010x}, its DataEnd record says {expected:#010x}",
+                        source=str(path),
+                    )
+                return None
+            if op == _OP_FOOTER:
+                return None
+            if op == _OP_CHUNK:
+                chunk = Chunk.read(ReadDataStream(io.BytesIO(body)))
+                _chunk_messages(_chunk_data(chunk), state.channels, topics, on_record)
+            elif op in (_OP_SCHEMA, _OP_CHANNEL):
+                on_record(op, body)
+            elif op == _OP_MESSAGE:
+                _chunk_messages(head + body, state.channels, topics, on_record)
+        except CRCValidationError as e:
+            raise IngestError("corrupt", f"CRC mismatch in the {kind} record at byte {o}: {e}", source=str(path)) from e
+        except IngestError:
+            raise
+        except READ_ERRORS as e:
+            raise IngestError(
+                "corrupt",
+                f"the {kind} record at byte {o} is whole but unreadable: {type(e).__name__}: {e}",
+                source=str(path),
+            ) from e
+        crc = zlib.crc32(body, zlib.crc32(head, crc))
+        o += 9 + length
 
 
-def read(path: Path, mapping: Mapping) -> Iterator[Unit]:
-    """One unit per file (``episodes.split`` may cut it into several episodes)."""
-    if not path.is_file():
-        raise IngestError("not_found", "no such MCAP file", source=str(path))
-    topics = _Topics(mapping.names())
+def _last(topics: _Topics, origin: int | None) -> str:
+    if topics.last_ns is None:
+        return "no message was readable"
+    after = f", {(topics.last_ns - origin) / 1e9:.3f} s after the first mapped one" if origin is not None else ""
+    return f"{topics.count} messages were read, the last logged at {topics.last_ns} ns{after}"
+
+
+def read_file(path: Path, topics: _Topics, mapping: Mapping) -> tuple[list[Note], Break | None]:
+    """Read one MCAP file's messages of the mapped topics into ``topics``: by its summary when it
+    has one, else front to back. Returns the warnings and, for a file cut short, where it breaks
+    (``on_truncated: reject`` raises ``truncated`` instead)."""
     notes: list[Note] = []
     with open(path, "rb") as f:
         head = f.read(8)
@@ -239,39 +344,82 @@ def read(path: Path, mapping: Mapping) -> Iterator[Unit]:
             )
         summary = None
         broken = None
-        try:
-            f.seek(0)
-            reader = SeekingReader(f, validate_crcs=True)
-            summary = reader.get_summary()
-        except READ_ERRORS as e:
-            broken = f"{type(e).__name__}: {e}"
-        if summary is not None and summary.chunk_indexes:
-            topics.all_topics = {c.topic for c in summary.channels.values()}
-            _read_indexed(f, summary, topics, path)
+        f.seek(max(0, path.stat().st_size - len(MAGIC)))
+        if f.read() != MAGIC:
+            broken = "the file does not end with the MCAP magic: no footer, the recording was not closed"
         else:
-            stopped = _read_stream(f, topics, path)
-            if broken is not None:
-                notes.append(Note("summary_missing", f"no readable summary ({broken}); read front to back"))
-            if stopped is not None:
-                last = topics.last_ns
-                details = (
-                    f"the file ends early: records stop being readable at {stopped}; {topics.count} messages "
-                    f"read, the last logged at {last} ns; anything after it is lost"
-                )
-                if mapping.on_truncated == "reject":
-                    raise IngestError("truncated", details + " (on_truncated: reject)", source=str(path), time_ns=last)
-                notes.append(Note("truncated", details + " (recovered)", source=str(path), time_ns=last))
-    sources: dict[str, Source] = {}
-    missing = sorted(topics.wanted - set(topics.channel))
-    if missing:
-        state = "has no messages" if set(missing) <= topics.all_topics else "is not in the file"
+            try:
+                f.seek(0)
+                reader = SeekingReader(f, validate_crcs=True)
+                summary = reader.get_summary()
+            except READ_ERRORS as e:
+                broken = f"{type(e).__name__}: {e}"
+        if summary is not None and summary.chunk_indexes:
+            topics.all_topics |= {c.topic for c in summary.channels.values()}
+            _read_indexed(f, summary, topics, path)
+            return notes, None
+        count0 = topics.count
+        stopped = _read_stream(f, topics, path)
+    if broken is not None:
+        notes.append(Note("summary_missing", f"no readable summary ({broken}); read front to back", source=str(path)))
+    if stopped is None:
+        return notes, None
+    origin = min((ts[0] for ts in topics.t.values() if ts), default=None)
+    details = f"the file ends early: it breaks at {stopped}"
+    if topics.count == 0:  # (of a bag's several storage files, the earlier ones may hold some)
         raise IngestError(
-            "missing_source",
-            f"topic {state}; topics there: {sorted(topics.all_topics)[:30]}",
+            "truncated",
+            details
+            + "; no message was readable before it: nothing was recoverable"
+            + (" (on_truncated: reject)" if mapping.on_truncated == "reject" else ""),
             source=str(path),
-            where=", ".join(missing),
         )
+    if topics.count == count0:
+        details += f"; no message of this file was readable before it ({topics.count} from the files before)"
+    details += f"; {_last(topics, origin)}; everything from byte {stopped.offset} on is lost"
+    if mapping.on_truncated == "reject":
+        raise IngestError("truncated", details + " (on_truncated: reject)", source=str(path), time_ns=topics.last_ns)
+    notes.append(Note("truncated", details + " (recovered)", source=str(path), time_ns=topics.last_ns))
+    return notes, stopped
+
+
+def sources_of(topics: _Topics, mapping: Mapping, label: str, stopped: Break | None) -> dict[str, Source]:
+    """The unit's sources once every file is read. A mapped topic that is not in the file, or a
+    step/text topic without messages, is ``missing_source``; in a file cut short (``stopped``), a
+    step/text topic with no message before the break is ``truncated``. A success/terminal flag
+    with no message gets an empty source: the flag is unknown (a warning when reduced)."""
+    missing = sorted(t for t in topics.wanted if not topics.t.get(t))
+    flags = mapping.flag_names()
+    lost = [t for t in missing if t not in flags]
+    if stopped is not None and lost:
+        raise IngestError(
+            "truncated",
+            f"no message of {'this topic' if len(lost) == 1 else 'these topics'} before the file breaks at "
+            f"{stopped}; {topics.count} messages of other topics were recovered",
+            source=label,
+            where=", ".join(lost),
+        )
+    if stopped is None:
+        absent = [t for t in missing if t not in topics.all_topics]
+        if absent:
+            raise IngestError(
+                "missing_source",
+                f"topic is not in the file; topics there: {sorted(topics.all_topics)[:30]}",
+                source=label,
+                where=", ".join(absent),
+            )
+        if lost:
+            raise IngestError(
+                "missing_source",
+                f"topic has no messages; topics with messages: {sorted(t for t, ts in topics.t.items() if ts)[:30]}",
+                source=label,
+                where=", ".join(lost),
+            )
+    sources: dict[str, Source] = {}
     for name in sorted(topics.wanted):
+        if name in missing:
+            sources[name] = EmptySource(name)
+            continue
         channel, schema = topics.channel[name]
         decode = _decoder(channel, schema, name)
         t = np.asarray(topics.t[name], dtype=np.int64)
@@ -280,6 +428,21 @@ def read(path: Path, mapping: Mapping) -> Iterator[Unit]:
         if mapping.sync.time == "header":
             src.t_ns = _header_times(src, t)
         sources[name] = src
+    return sources
+
+
+def new_topics(mapping: Mapping) -> _Topics:
+    """An empty collection of the mapped topics' messages, for ``read_file``."""
+    return _Topics(mapping.names())
+
+
+def read(path: Path, mapping: Mapping) -> Iterator[Unit]:
+    """One unit per file (``episodes.split`` may cut it into several episodes)."""
+    if not path.is_file():
+        raise IngestError("not_found", "no such MCAP file", source=str(path))
+    topics = new_topics(mapping)
+    notes, stopped = read_file(path, topics, mapping)
+    sources = sources_of(topics, mapping, str(path), stopped)
     yield Unit(path, str(path), sources, "mcap", version(), notes=notes)
 
 

@@ -28,6 +28,7 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 
 from data_lake.ingest import images
@@ -426,6 +427,42 @@ class MessageSource(Source):
                 yield compressed_image(fmt, data, depth=depth, where=self.name, time_ns=t)
             else:
                 yield image(self.msg(i), kind, depth=depth, where=self.name, time_ns=t)
+
+    def frames_into(self, spec: SourceSpec, role: str, idx: np.ndarray, out: np.ndarray) -> None:
+        """Camera frames of little-endian CDR ``CompressedImage`` messages, decoded straight into
+        ``out`` by a lean loop: the payload read from the CDR bytes, one ``cv2.imdecode`` with the
+        flag ``images.decode_bytes`` uses (RGB, uint8), a shape check, the copy into the row. Any
+        frame that is not that plain case (another encoding, a format not yet accepted, a frame
+        that fails to decode or has another shape) goes through the general path, which decodes
+        it the same way or raises its error; so the frames and the errors are those of
+        ``frames`` (checked in tests/test_ingest_fast_paths.py). Other streams take the general
+        path."""
+        lean = (
+            role == "image"
+            and isinstance(self._decode, CdrDecoder)
+            and norm_type(self.msgtype) == "sensor_msgs/CompressedImage"
+            and images.READ_RGB >= 0
+            and out.dtype == np.uint8
+        )
+        if not lean:
+            stack_frames(self.frames(spec, role, idx), self, idx, out=out)
+            return
+        raws, row, good = self.raws, out.shape[1:], _GOOD_FORMATS
+        imdecode, frombuffer, u8, flag = cv2.imdecode, np.frombuffer, np.uint8, images.READ_RGB
+        for k, i in enumerate(idx.tolist()):
+            raw = raws[i]
+            img = None
+            if raw[:2] == _LE_CDR:
+                try:
+                    fmt, data = _cdr_compressed_payload(raw)
+                except (struct.error, UnicodeDecodeError):
+                    fmt = None
+                if fmt in good:
+                    img = imdecode(frombuffer(data, u8), flag)
+            if img is None or img.shape != row:  # the general path: the same frame, or its error
+                stack_frames(self.frames(spec, role, idx[k : k + 1]), self, idx[k : k + 1], out=out[k : k + 1])
+            else:
+                out[k] = img
 
     def values(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Any:
         if role in ("image", "depth"):

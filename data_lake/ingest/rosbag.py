@@ -6,6 +6,13 @@ refused with ``unindexed``: run ``rosbag reindex`` on it first). ROS 2: a direct
 definitions stored in the bag (falling back to ROS 1 Noetic / ROS 2 Humble definitions for
 connections without one). Timestamps are the bag's receive times (``sync.time: log``) or
 ``header.stamp``.
+
+A ROS 2 bag whose MCAP storage was cut off (a storage file without the MCAP footer: the recorder
+stopped before closing it), which rosbags cannot open, is read with our MCAP reader instead
+(``mcap_reader.read_file``: front to back, what was written before the break is kept, with a
+``truncated`` warning naming the file and the byte; see ``mcap_reader``). A mapped topic that is
+not in the bag, or a step or text topic without messages, is ``missing_source``; a
+success/terminal flag topic without messages leaves the flag unknown (a warning).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rosbags.interfaces import MessageDefinitionFormat
 from rosbags.rosbag1 import Reader as Reader1
 from rosbags.rosbag1 import ReaderError as ReaderError1
@@ -26,10 +34,10 @@ from rosbags.rosbag2 import ReaderError as ReaderError2
 from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, TypesysError, get_types_from_idl, get_types_from_msg, get_typestore
 
-from data_lake.ingest import ros
-from data_lake.ingest.errors import IngestError
+from data_lake.ingest import mcap_reader, ros
+from data_lake.ingest.errors import IngestError, Note
 from data_lake.ingest.mapping import Mapping
-from data_lake.ingest.streams import Source, Unit
+from data_lake.ingest.streams import EmptySource, Source, Unit
 
 ROS1_MAGIC = b"#ROSBAG V2.0\n"
 READ_ERRORS = (
@@ -135,10 +143,50 @@ def _decoder(store: Any, msgtype: str, ros2: bool) -> ros.Decoder:
     return lambda b: store.deserialize_ros1(b, msgtype)
 
 
+def _cut_mcap_storage(path: Path) -> list[Path] | None:
+    """A ROS 2 bag's MCAP storage files, in order, when one of them lacks the MCAP footer (the
+    recording was cut off before the file was closed); None otherwise."""
+    try:
+        info = yaml.safe_load((path / "metadata.yaml").read_text(errors="replace"))["rosbag2_bagfile_information"]
+        storage = str(info.get("storage_identifier") or "")
+        files = [path / str(f) for f in info.get("relative_file_paths") or []]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return None
+    if storage != "mcap" or not files:
+        return None
+    files = [f for f in files if f.is_file()]
+    cut = False
+    for f in files:
+        with open(f, "rb") as fh:
+            if fh.read(len(mcap_reader.MAGIC)) != mcap_reader.MAGIC:
+                return None  # not MCAP after all: rosbags reports it
+            fh.seek(max(0, f.stat().st_size - len(mcap_reader.MAGIC)))
+            cut |= fh.read() != mcap_reader.MAGIC
+    return files if cut else None
+
+
+def _read_cut_mcap(path: Path, files: list[Path], mapping: Mapping) -> Unit:
+    """A ROS 2 bag with cut-off MCAP storage, read file by file with our MCAP reader."""
+    topics = mcap_reader.new_topics(mapping)
+    notes: list[Note] = []
+    stopped = None
+    for f in files:
+        n, brk = mcap_reader.read_file(f, topics, mapping)
+        notes += n
+        stopped = stopped or brk
+    sources = mcap_reader.sources_of(topics, mapping, str(path), stopped)
+    reader_version = f"{mcap_reader.version()} (cut-off MCAP storage, which rosbags cannot open)"
+    return Unit(path, str(path), sources, "ros2", reader_version, notes=notes)
+
+
 def read(path: Path, mapping: Mapping, fmt: str) -> Iterator[Unit]:
     """One unit per bag (``episodes.split`` may cut it into several episodes)."""
-    reader = _open(path, fmt)
     ros2 = fmt == "ros2"
+    cut = _cut_mcap_storage(path) if ros2 and is_ros2(path) else None
+    if cut is not None:
+        yield _read_cut_mcap(path, cut, mapping)
+        return
+    reader = _open(path, fmt)
     try:
         store = _typestore(reader, ros2)
         wanted = mapping.names()
@@ -175,10 +223,20 @@ def read(path: Path, mapping: Mapping, fmt: str) -> Iterator[Unit]:
             ) from e
     finally:
         reader.close()
+    flags = mapping.flag_names()
+    empty = sorted(n for n in wanted if not t[n] and n not in flags)
+    if empty:
+        raise IngestError(
+            "missing_source",
+            f"topic has no messages; topics with messages: {sorted(n for n in wanted if t[n])}",
+            source=str(path),
+            where=", ".join(empty),
+        )
     sources: dict[str, Source] = {}
     for name in sorted(wanted):
-        if not t[name]:
-            raise IngestError("missing_source", "topic has no messages", source=str(path), where=name)
+        if not t[name]:  # a flag topic without messages: the flag is unknown
+            sources[name] = EmptySource(name)
+            continue
         msgtype = types[name]
         decode = _decoder(store, msgtype, ros2)
         ts = np.asarray(t[name], dtype=np.int64)

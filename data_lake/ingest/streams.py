@@ -45,6 +45,12 @@ class Source(abc.ABC):
         decode straight into their own array (``stack_frames(..., out=)``)."""
         return iter(self.values(spec, role, idx))
 
+    def frames_into(self, spec: SourceSpec, role: str, idx: np.ndarray, out: np.ndarray) -> None:
+        """Decode the ``image``/``depth`` values at ``idx`` into ``out`` (len(idx), ...), whose
+        rows have the shape and dtype of the episode's first frame; a frame that differs is
+        ``shape_change``. Sources with a faster way (``ros.MessageSource``) override this."""
+        stack_frames(self.frames(spec, role, idx), self, idx, out=out)
+
     def subset(self, keep: np.ndarray) -> Source:
         """The same source restricted to samples ``keep`` (indices, increasing)."""
         return SubsetSource(self, keep)
@@ -52,6 +58,23 @@ class Source(abc.ABC):
     def error(self, code: str, details: str, i: int | None = None) -> IngestError:
         t = int(self.t_ns[i]) if i is not None and len(self.t_ns) else None
         return IngestError(code, details, where=self.name, time_ns=t)
+
+
+class EmptySource(Source):
+    """A mapped topic/key with no sample in this unit: a success/terminal flag whose topic has no
+    message (or none in what a truncated recording kept). Flags read from it are unknown."""
+
+    def __init__(self, name: str):
+        self.name, self.t_ns = name, np.zeros(0, dtype=np.int64)
+
+    def values(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Any:
+        if len(idx):
+            raise IndexError(f"{self.name} has no samples; asked for {len(idx)}")
+        if role == "text":
+            return []
+        if role == "marker":
+            return np.zeros(0, dtype=bool)
+        return np.zeros((0, 1), dtype=np.float64)
 
 
 class SubsetSource(Source):
@@ -64,6 +87,9 @@ class SubsetSource(Source):
 
     def frames(self, spec: SourceSpec, role: str, idx: np.ndarray) -> Iterable[np.ndarray]:
         return self.base.frames(spec, role, self.keep[idx])
+
+    def frames_into(self, spec: SourceSpec, role: str, idx: np.ndarray, out: np.ndarray) -> None:
+        self.base.frames_into(spec, role, self.keep[idx], out)
 
 
 def select(vec: np.ndarray, spec: SourceSpec, src: Source, i: int) -> np.ndarray:

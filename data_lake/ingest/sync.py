@@ -7,8 +7,10 @@ Rules (``sync:`` and ``episodes:`` in the mapping):
    (``time_backwards``, naming the stream, the sample and by how much), ``drop`` drops every
    sample older than the newest one before it and records a warning.
 2. Windows. ``split: file``: the whole source. ``marker``: [marker_i, marker_i+1), the last one
-   to the end. ``gap``: the union of the step streams' timestamps cut wherever no stream has a
-   sample for more than ``gap_s``.
+   to the end of the source. ``gap``: the union of the step streams' timestamps cut wherever no
+   stream has a sample for more than ``gap_s``; a window runs from its first sample up to the
+   first sample after the silence (the silence belongs to the episode before it), the last one to
+   the end of the source. "The end of the source" is after its last message of any topic (``NEVER``).
 3. Ticks. In a window [w0, w1) the clock starts at the latest first sample among the step streams
    (cameras, depth, state, action, a reward source) and ends at the earliest last sample, so no
    stream is extrapolated past its end: ticks t_k = start + round(k * 1e9 / rate_hz) ns.
@@ -18,11 +20,14 @@ Rules (``sync:`` and ``episodes:`` in the mapping):
    ``split`` drops those ticks and the window falls apart into runs of consecutive good ticks.
    Runs shorter than ``min_steps`` are dropped with a ``too_short`` warning.
 5. Statistics per stream and episode: samples available and used, age of the used samples
-   (mean, p95, max, in ms) and ticks dropped as stale, stored in the episode's provenance.
+   (mean, p95, max, in ms) and ``stale_ticks``: the window's ticks dropped because this stream was
+   stale, each counted once, in the episode that follows them (those after a window's last episode
+   in that episode), so that their sum over a window's episodes is the window's count.
 
 Per-episode values from sources (success, terminal, task, language) reduce the samples in the
-episode's span (its first tick up to the next episode's first tick or the window's end); with
-none there, the latest sample before the span (a latched topic) is used.
+episode's span: from its first tick up to the next episode's first tick or, for a window's last
+episode, the window's end (rule 2), so a flag logged after the last step sample (an end-of-episode
+marker) still counts. With none there, the latest sample before the span (a latched topic) is used.
 """
 
 from __future__ import annotations
@@ -84,9 +89,8 @@ def windows(
     """The [w0, w1) time windows that become episodes before gap handling (rule 2)."""
     split = mapping.episodes.split
     notes: list[Note] = []
-    last = max(int(s.t_ns.max()) for s in streams.values() if len(s.t_ns)) + 1
     if split == "file":
-        return [(-NEVER, last)], notes
+        return [(-NEVER, NEVER)], notes
     if split == "marker":
         assert marker is not None and marker_starts is not None
         m = np.unique(marker.t_ns[marker_starts])
@@ -104,14 +108,22 @@ def windows(
                     time_ns=int(m[0]),
                 )
             )
-        bounds = [*m.tolist(), max(last, int(m[-1]) + 1)]
+        bounds = [*m.tolist(), NEVER]
         return [(bounds[i], bounds[i + 1]) for i in range(len(m))], notes
     gap_ns = int(mapping.episodes.gap_s * 1e9)
     u = np.unique(np.concatenate([s.t_ns for s in streams.values()]))
     cuts = np.flatnonzero(np.diff(u) > gap_ns)
     starts = [int(u[0]), *(int(u[c + 1]) for c in cuts)]
-    ends = [*(int(u[c]) + 1 for c in cuts), int(u[-1]) + 1]
-    return list(zip(starts, ends, strict=True)), notes
+    return list(zip(starts, [*starts[1:], NEVER], strict=True)), notes
+
+
+def fmt_window(window: tuple[int, int], origin_ns: int) -> str:
+    """A window for messages: ``the source``, ``[+1.000s, +2.000s)`` or ``[+1.000s, end)``."""
+    w0, w1 = window
+    if w0 == -NEVER and w1 == NEVER:
+        return "the source"
+    left = "[start" if w0 == -NEVER else f"[{fmt_t(w0, origin_ns)}"
+    return f"{left}, {'end' if w1 == NEVER else fmt_t(w1, origin_ns)})"
 
 
 def resample(
@@ -126,8 +138,7 @@ def resample(
         i0 = int(np.searchsorted(s.t_ns, w0, "left"))
         i1 = int(np.searchsorted(s.t_ns, w1, "left")) - 1
         if i0 > i1:
-            span = "the source" if w0 == -NEVER else f"[{fmt_t(w0, origin_ns)}, {fmt_t(w1, origin_ns)})"
-            raise IngestError("missing_source", f"no samples in {span}", where=name)
+            raise IngestError("missing_source", f"no samples in {fmt_window(window, origin_ns)}", where=name)
         first[name], lastj[name] = i0, i1
     start = max(int(streams[n].t_ns[i]) for n, i in first.items())
     end = min(int(streams[n].t_ns[i]) for n, i in lastj.items())
@@ -173,9 +184,8 @@ def resample(
             )
         good &= ok
         idx[name], age[name] = j, a
-    runs = _runs(good)
-    pieces: list[Piece] = []
-    for r, (a0, a1) in enumerate(runs):
+    runs = [(a0, a1) for a0, a1 in _runs(good) if a1 - a0 >= min_steps]
+    for a0, a1 in _runs(good):
         if a1 - a0 < min_steps:
             notes.append(
                 Note(
@@ -184,8 +194,12 @@ def resample(
                     time_ns=int(ticks[a0]),
                 )
             )
-            continue
-        span_end = int(ticks[runs[r + 1][0]]) if r + 1 < len(runs) else w1
+    pieces: list[Piece] = []
+    owned = 0  # the window's ticks already counted in an earlier piece's stale_ticks
+    for r, (a0, a1) in enumerate(runs):
+        last = r + 1 == len(runs)
+        span_end = w1 if last else int(ticks[runs[r + 1][0]])
+        upto = n if last else a1  # this piece counts the stale ticks in [owned, upto)
         stats = {}
         for name, s in streams.items():
             j, a = idx[name][a0:a1], age[name][a0:a1]
@@ -197,8 +211,9 @@ def resample(
                 "age_ms_mean": round(float(a.mean()) / 1e6, 3),
                 "age_ms_p95": round(float(np.percentile(a, 95)) / 1e6, 3),
                 "age_ms_max": round(float(a.max()) / 1e6, 3),
-                "stale_ticks_in_window": int((age[name] > stale_ns).sum()),
+                "stale_ticks": int((age[name][owned:upto] > stale_ns).sum()),
             }
+        owned = upto
         pieces.append(Piece(ticks[a0:a1], {k: v[a0:a1] for k, v in idx.items()}, (int(ticks[a0]), span_end), stats))
     return pieces, notes
 
