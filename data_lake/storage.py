@@ -15,6 +15,7 @@ the kernel releases it if the holder dies. Object stores rely on Icechunk's conf
 from __future__ import annotations
 
 import atexit
+import concurrent.futures as cf
 import contextlib
 import dataclasses
 import gc
@@ -149,23 +150,36 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def fsync_new(root: str, before: dict[str, set[str]]) -> int:
-    """fsync every file that appeared in ``before``'s directories since, then the directories;
-    returns the number of files synced."""
-    n = 0
+def fsync_new(root: str, before: dict[str, set[str]]) -> dict[str, set[str]]:
+    """fsync every file that appeared in ``before``'s directories since (several at a time: on
+    most disks concurrent fsyncs share the device flushes), then the directories; returns the
+    listing after, to pass as the next ``before`` so nothing is synced twice."""
+    after: dict[str, set[str]] = {}
+    paths: list[str] = []
     for d, old in before.items():
-        full = os.path.join(root, d)
         try:
-            names = set(os.listdir(full))
+            after[d] = set(os.listdir(os.path.join(root, d)))
         except FileNotFoundError:
-            continue
-        for name in names - old:
-            with contextlib.suppress(FileNotFoundError):  # a concurrent gc may remove garbage
-                fsync_path(os.path.join(full, name))
-                n += 1
-        fsync_path(full)
+            after[d] = set()
+        paths += [os.path.join(root, d, name) for name in after[d] - old]
+    if len(paths) > 1:
+        with cf.ThreadPoolExecutor(min(FSYNC_THREADS, len(paths))) as pool:
+            list(pool.map(_fsync_if_present, paths))
+    elif paths:
+        _fsync_if_present(paths[0])
+    for d in before:
+        with contextlib.suppress(FileNotFoundError):
+            fsync_path(os.path.join(root, d))
     fsync_path(root)
-    return n
+    return after
+
+
+FSYNC_THREADS = 8
+
+
+def _fsync_if_present(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):  # a concurrent gc may remove garbage meanwhile
+        fsync_path(path)
 
 
 def fsync_ref(root: str, stored_ref: str, kind: str = "branch") -> None:
