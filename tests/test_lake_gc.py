@@ -240,9 +240,9 @@ def test_cli_dry_run_prints_the_paths(lake: Lake, capsys: pytest.CaptureFixture[
 
 
 def test_cli_caps_the_printed_list(lake: Lake, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    import data_lake.cli
+    import robot_rl.commands.lake
 
-    monkeypatch.setattr(data_lake.cli, "GC_MAX_LISTED", 1)
+    monkeypatch.setattr(robot_rl.commands.lake, "GC_MAX_LISTED", 1)
     orphans = failed_append(lake, (20, 21, 22))
     assert cli(["lake", "gc", "--lake", lake.location.path, "--min-age", "0", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()

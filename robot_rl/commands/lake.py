@@ -7,8 +7,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import sys
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -442,21 +440,3 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "tag or branch points at them, so checkpoints pinned to them (lake.ref=<snapshot id>) can no longer "
         "reload their data; tag those snapshots first. Branches and tags are never deleted. Default: no expiry",
     )
-
-
-def run(args: argparse.Namespace) -> int:
-    import icechunk as ic
-
-    try:
-        rc = args.func(args)
-    except (KeyError, ValueError, RuntimeError, OSError, ic.IcechunkError) as e:  # ours derive from these
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
-            msg = getattr(e, "details", msg)
-        elif isinstance(e, ic.IcechunkError):  # storage errors our layer did not translate: the cause only
-            msg = f"storage error ({msg.strip().splitlines()[0] if msg.strip() else type(e).__name__}); "
-            msg += "--verbose shows the full error"
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    return int(rc or 0)
