@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.collect [--quick] [--json PATH]
 
 Raw loop: the same episodes (same seeds, same scripted expert, every camera rendered each step)
-with nothing recorded. Collect: ``sim.collect.collect`` into a fresh local lake (recording,
+with nothing recorded. Collect: ``tasks.collect.collect`` into a fresh local lake (recording,
 episode building, hashing, validation, commits, worker processes included). Frames are env
 observations (each renders every camera: tabletop front + wrist at 64x64).
 Targets: tabletop raw >= 500 frames/s, overhead <= 15 %, 2 workers >= 1.6x one worker.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import report
-from sim.collect import CollectConfig, collect
+from tasks.collect import CollectConfig, collect
 
 
 def raw_fps(task_name: str, episodes: int, seed: int = 0) -> float:

@@ -71,7 +71,7 @@ FULL = Budget((0, 1, 2, 3, 4), 240, 2000, 1000, 0.25, 500, 20, 128, 3, 0.1, 1000
 
 
 def build_lake(root: Path, task: str, b: Budget) -> str:
-    from sim.collect import collect_mix
+    from tasks.collect import collect_mix
 
     uri = str(root / "lake")
     mix = (("tabletop/play", 0.4, 0.3), (task, 0.3, 1.0), ("tabletop/push_red_to_pad", 0.3, 0.1))

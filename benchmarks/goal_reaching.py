@@ -79,7 +79,7 @@ FULL = Budget(episodes=400, updates=2500, batch=128, eval_episodes=100, curve_po
 
 
 def build_lake(uri: str, b: Budget, workers: int = 2) -> None:
-    from sim.collect import collect_mix
+    from tasks.collect import collect_mix
 
     mix = [(task, max(2, round(share * b.episodes)), "noisy", noise) for task, share, noise in DATA]
     collect_mix(uri, mix, image_size=b.image_size, cameras=("front",), workers=workers, progress=False)

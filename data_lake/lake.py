@@ -93,6 +93,7 @@ from data_lake.validate import (
     schema_of,
     validate_episode,
 )
+from data_lake.version import __version__
 
 MARKER = "robot_rl_lake"
 FORMAT = 1
@@ -920,8 +921,6 @@ class Lake:
         author: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        from robot_rl import __version__
-
         return {
             **(extra or {}),
             "author": author or default_author(),
@@ -974,7 +973,7 @@ class Lake:
                     if stats.pop("nothing", False) or not session.has_uncommitted_changes:
                         return WriteResult(None, branch, **_only(stats, WriteResult))
                     if staged:
-                        fsync_new(root_dir, {"chunks": before["chunks"]})  # outside the lock
+                        before["chunks"] = fsync_new(root_dir, {"chunks": before["chunks"]})["chunks"]  # unlocked
                     with commit_lock(self.location):
                         tip = self.repo.lookup_branch(stored)
                         if staged:
@@ -999,7 +998,7 @@ class Lake:
                         # raises ConflictError and the write is redone, so the duplicate check stays exact
                         snap = session.commit(msg, metadata=meta)
                         if staged:
-                            fsync_new(root_dir, before)  # the chunks written since, manifests, snapshot, log
+                            fsync_new(root_dir, before)  # chunks written since, manifests, snapshot, log
                             self.repo.reset_branch(stored, snap, from_snapshot_id=tip)
                             fsync_ref(root_dir, stored)
             except (ic.RebaseFailedError, ic.ConflictError):

@@ -1,4 +1,6 @@
 """robot-rl: from robot logs to goal-reaching skills (a versioned episode lake, offline
 pretraining, online finetuning)."""
 
-__version__ = "0.1.0"
+from data_lake.version import __version__
+
+__all__ = ["__version__"]

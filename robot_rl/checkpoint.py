@@ -12,6 +12,18 @@ Layout of a checkpoint directory::
 with a ``state.json`` is complete. RNG states are stored as lists of byte values. Loading restores
 networks, optimizer state, the step counter and the algorithm's and torch's global RNG, so on the
 CPU training resumes bitwise-equal. ``torch.load`` is never used.
+
+A policy directory (``save_policy``) holds only the acting networks: ``policy.safetensors``
+(``<module>.<param>`` of ``algo.policy``) and ``policy.json`` (algorithm, config, spec, step, meta).
+
+Loading, one function per use:
+
+    load_algorithm(ckpt)     the whole algorithm, restored to resume training (optimizers, RNGs)
+    load_policy(ckpt|policy) a TrainedPolicy: only the acting networks are built (evaluation, deployment)
+    load_pretrained(...)     a freshly built algorithm holding the saved networks (finetuning's source)
+
+All three build from the JSON's ``algo``/``config``/``spec`` in one place (``build_algorithm``, or
+``ALGOS[algo].build_policy`` for the acting networks alone).
 """
 
 from __future__ import annotations
@@ -24,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from robot_rl.algos import ALGOS, Algorithm
+from robot_rl.algos import ALGOS, Algorithm, BaseAlgorithm, TrainedPolicy
 from robot_rl.nets import ObservationSpec
 
 FORMAT = "robot-rl/checkpoint/v1"
@@ -157,15 +170,24 @@ def load(path: str | os.PathLike[str], algo: Algorithm) -> dict[str, Any]:
     return meta["extra"]
 
 
+def build_algorithm(info: dict[str, Any], device: str | torch.device = "cpu") -> BaseAlgorithm:
+    """The algorithm a checkpoint's or policy's JSON describes (``algo``, ``config``, ``spec``), freshly built."""
+    cls = algorithm_class(info["algo"])
+    return cls(config_from_json(cls.config_class, info["config"]), ObservationSpec.from_json(info["spec"]), device)
+
+
+def algorithm_class(name: str) -> type[BaseAlgorithm]:
+    if name not in ALGOS:
+        raise CheckpointError(f"unknown algorithm {name!r}; known: {sorted(ALGOS)}")
+    return ALGOS[name]
+
+
 def load_algorithm(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[Algorithm, dict[str, Any]]:
     """Build the algorithm a checkpoint was saved from (config and spec from its JSON) and restore it."""
     _, meta = _read(path)
-    if meta["algo"] not in ALGOS:
-        raise CheckpointError(f"unknown algorithm {meta['algo']!r}; known: {sorted(ALGOS)}")
-    cls = ALGOS[meta["algo"]]
-    algo = cls(config_from_json(cls.config_class, meta["config"]), ObservationSpec.from_json(meta["spec"]), device)
+    algo = build_algorithm(meta, device)
     return algo, load(path, algo)
 
 
@@ -194,33 +216,90 @@ def save_policy(path: str | os.PathLike[str], algo: Algorithm, meta: dict[str, A
     return out
 
 
-def load_policy(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Algorithm, dict[str, Any]]:
-    """An algorithm whose acting networks hold a saved policy (``save_policy``), or the policy part of
-    a full checkpoint; returns it and the metadata. Only ``act``/``policy`` are meaningful on it."""
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A run directory means its best checkpoint (else latest, else its policy); a checkpoint or policy
+    directory is itself."""
+    d = Path(path)
+    if not d.exists():
+        raise FileNotFoundError(f"ckpt={d} does not exist")
+    for candidate in (d, d / "checkpoints" / "best", d / "checkpoints" / "latest", d / "policy"):
+        if (candidate / STATE).exists() or (candidate / POLICY_META).exists():
+            return candidate
+    raise FileNotFoundError(f"ckpt={d} is neither a checkpoint, a policy nor a run directory with checkpoints/")
+
+
+# what the metadata of a policy loaded from a full checkpoint keeps of the checkpoint's ``extra``
+POLICY_META_KEYS = ("lake", "tasks", "conditioning", "finetune")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Networks:
+    """Where a saved policy's or a full checkpoint's networks are: JSON info (``algo``, ``config``,
+    ``spec``, ``step``, ``meta``) and the safetensors file whose ``prefix + name`` tensors hold them."""
+
+    info: dict[str, Any]
+    file: Path
+    prefix: str  # "nets/" in a checkpoint, "" in a policy
+
+    @property
+    def full(self) -> bool:
+        return self.prefix == "nets/"
+
+    def load_into(self, module: torch.nn.Module) -> None:
+        """Load the tensors ``module`` names (``encoder.*``, ``actor.*``, ...), and only those, into it."""
+        names = list(module.state_dict())
+        with safe_open(str(self.file), framework="pt") as f:
+            stored = set(f.keys())
+            missing = [n for n in names if self.prefix + n not in stored]
+            if missing:
+                raise CheckpointError(
+                    f"{self.file} lacks {len(missing)} tensors of {self.info['algo']}'s {type(module).__name__}, "
+                    f"e.g. {missing[:3]}"
+                )
+            module.load_state_dict({n: f.get_tensor(self.prefix + n) for n in names})
+
+
+def _networks(path: str | os.PathLike[str]) -> _Networks:
     d = Path(path)
     if (d / STATE).exists():  # a full checkpoint: its networks, without optimizers or auxiliary heads
         _, meta = _read(d)
-        if meta["algo"] not in ALGOS:
-            raise CheckpointError(f"unknown algorithm {meta['algo']!r}; known: {sorted(ALGOS)}")
-        cls = ALGOS[meta["algo"]]
-        algo = cls(config_from_json(cls.config_class, meta["config"]), ObservationSpec.from_json(meta["spec"]), device)
-        tensors = load_file(str(d / TENSORS), device=str(algo.device))
-        nets = {
-            k[len("nets/") :]: v for k, v in tensors.items() if k.startswith("nets/") and not k.startswith("nets/aux_")
-        }
-        algo.nets.load_state_dict(nets)
-        algo.step = int(meta["step"])
-        extra = meta["extra"]
-        return algo, {k: v for k, v in extra.items() if k in ("lake", "tasks", "conditioning", "finetune")}
+        return _Networks(
+            {**meta, "meta": {k: v for k, v in meta["extra"].items() if k in POLICY_META_KEYS}}, d / TENSORS, "nets/"
+        )
     if not (d / POLICY_META).exists() or not (d / POLICY_TENSORS).exists():
         raise CheckpointError(f"{d} holds neither a checkpoint ({STATE}) nor a policy ({POLICY_META})")
     info = json.loads((d / POLICY_META).read_text())
     if info.get("format") != POLICY_FORMAT:
         raise CheckpointError(f"{d / POLICY_META} has format {info.get('format')!r}, expected {POLICY_FORMAT!r}")
-    if info["algo"] not in ALGOS:
-        raise CheckpointError(f"unknown algorithm {info['algo']!r}; known: {sorted(ALGOS)}")
-    cls = ALGOS[info["algo"]]
-    algo = cls(config_from_json(cls.config_class, info["config"]), ObservationSpec.from_json(info["spec"]), device)
-    algo.policy.load_state_dict(load_file(str(d / POLICY_TENSORS), device=str(algo.device)))
-    algo.step = int(info["step"])
-    return algo, info["meta"]
+    return _Networks(info, d / POLICY_TENSORS, "")
+
+
+def load_policy(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[TrainedPolicy, dict[str, Any]]:
+    """The acting networks of a saved policy (``save_policy``) or of a full checkpoint, and the metadata.
+
+    Only what acting needs is built (``ALGOS[algo].build_policy``: encoder and actor, or encoder and the
+    critic a CEM policy maximizes): no critics an actor learns with, no targets, no optimizers.
+    """
+    saved = _networks(path)
+    cls = algorithm_class(saved.info["algo"])
+    cfg = config_from_json(cls.config_class, saved.info["config"])
+    spec = ObservationSpec.from_json(saved.info["spec"])
+    policy = cls.build_policy(cfg, spec)
+    saved.load_into(policy)
+    device = torch.device(device)
+    trained = TrainedPolicy(cls.name, cfg, spec, policy.to(device).eval(), int(saved.info["step"]), device)
+    return trained, saved.info["meta"]
+
+
+def load_pretrained(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[Algorithm, dict[str, Any]]:
+    """A freshly built algorithm holding a checkpoint's networks (all but auxiliary heads; no optimizer
+    state or RNG) or a policy's acting networks, and the metadata: what finetuning transfers from."""
+    saved = _networks(path)
+    algo = build_algorithm(saved.info, device)
+    saved.load_into(algo.nets if saved.full else algo.policy)
+    algo.step = int(saved.info["step"])
+    return algo, saved.info["meta"]

@@ -1,4 +1,4 @@
-"""`robot-rl collect key=value ...`: scripted rollouts of a task into the lake (sim/collect.py)."""
+"""`robot-rl collect key=value ...`: scripted rollouts of a task into the lake (tasks/collect.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def add_collect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
 
 def run_collect(args: argparse.Namespace) -> int:
     import tasks
-    from sim.collect import CollectConfig, collect
+    from tasks.collect import CollectConfig, collect
 
     if args.list_tasks:
         for name in tasks.names():

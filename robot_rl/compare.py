@@ -34,8 +34,7 @@ VARIANTS = ("scratch", "pretrained", "pretrained_aux")
 
 def variant_configs(base: FinetuneConfig, xi: float) -> dict[str, FinetuneConfig]:
     """The three variants of one finetuning setup (``base.ckpt`` must be set)."""
-    from robot_rl.checkpoint import load_policy
-    from robot_rl.eval_cmd import resolve_checkpoint
+    from robot_rl.checkpoint import load_policy, resolve_checkpoint
 
     if not base.ckpt:
         raise ValueError("compare needs ckpt=<a pretrained run or checkpoint>")

@@ -125,7 +125,7 @@ class DemoConfig:
 
 
 def stage_collect(cfg: DemoConfig, uri: str) -> dict[str, Any]:
-    from sim.collect import CollectConfig, collect
+    from tasks.collect import CollectConfig, collect
 
     out = {}
     runs = [(t, cfg.play_episodes, "noisy") for t in cfg.play_tasks] + [(cfg.finetune_task, cfg.task_episodes, "noisy")]

@@ -23,11 +23,14 @@ import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from data_lake.batch import GOAL_SOURCES
+
+if TYPE_CHECKING:
+    from robot_rl.algos import Algorithm
 
 SOURCE_NAMES = {code: name for name, code in GOAL_SOURCES.items()}
 
@@ -45,7 +48,7 @@ def save_figure(fig: Any, axes: Any, path: str | Path) -> Path:
     return out
 
 
-def calibration(algo: Any, batches: Sequence[Any]) -> dict[str, np.ndarray] | None:
+def calibration(algo: Algorithm, batches: Sequence[Any]) -> dict[str, np.ndarray] | None:
     """Q(s, a, g) of the data's action, the data's return G and the goal source of every row of
     ``batches`` (device Batches): ``{"q", "mc", "source"}`` (N,) each; None for an algorithm
     without a critic."""

@@ -21,19 +21,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=lambda a: run_eval(a.overrides))
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its best checkpoint (else latest); a checkpoint or policy dir is itself."""
-    d = Path(path)
-    if not d.exists():
-        raise FileNotFoundError(f"ckpt={d} does not exist")
-    for candidate in (d, d / "checkpoints" / "best", d / "checkpoints" / "latest", d / "policy"):
-        if (candidate / "state.json").exists() or (candidate / "policy.json").exists():
-            return candidate
-    raise FileNotFoundError(f"ckpt={d} is neither a checkpoint, a policy nor a run directory with checkpoints/")
-
-
 def run_eval(overrides: list[str]) -> int:
-    from robot_rl.checkpoint import load_policy
+    from robot_rl.checkpoint import load_policy, resolve_checkpoint
     from robot_rl.evaluate import EvalConfig, evaluate, policy_act
 
     c: dict[str, Any] = compose("eval", overrides)

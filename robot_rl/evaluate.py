@@ -1,12 +1,11 @@
 """Evaluation in the simulator: success rate and return with confidence intervals, per-task results,
 a rollout video, and a JSON summary. ``robot-rl eval ckpt=... task=... episodes=N``.
 
-The agent sees exactly what it was trained on (its ``ObservationSpec``): the spec's cameras at the
-spec's image size, the proprioceptive ``state``, and the conditioning of its training batches:
-
-    goal   the task's goal images (``task.goal_images``: the goal configuration rendered from the
-           same cameras) and goal state (``env.scene_goal()``, the lake's ``achieved_goal`` layout)
-    task   the task's index in the vocabulary the checkpoint was trained with
+The agent acts through :class:`robot_rl.policy.LearnedPolicy` in :func:`sim.rollout.rollout` (the one
+environment loop; ``num_envs`` envs stepped together, one batched policy call per step) and sees
+exactly what it was trained on (its ``ObservationSpec``): the spec's cameras at the spec's image
+size, the state vector, and the conditioning of its training batches (the task's goal images and
+goal state, or the task's index in the vocabulary the checkpoint was trained with).
 
 An episode succeeds when the task's success detector fires at any step; it ends there (or after
 ``max_steps``). The return is the sum of sparse rewards (1 on the success step). Intervals:
@@ -20,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_lake.batch import Observation
+import tasks as registry
 from robot_rl.nets import ObservationSpec, SpecError
+from robot_rl.policy import ActFn, LearnedPolicy, policy_act
+from sim.base import RobotEnv
+from sim.rollout import Policy, RandomPolicy, Trajectory, rollout
 
-# (observation, goal, task_ids) on the device -> actions (B, A) in [-1, 1]
-ActFn = Callable[[Observation, Observation | None, torch.Tensor | None], torch.Tensor]
+__all__ = [
+    "ActFn",
+    "EvalConfig",
+    "EvalResult",
+    "evaluate",
+    "goal_distance",
+    "policy_act",
+    "wilson_interval",
+    "write_video",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,19 +64,6 @@ class EvalConfig:
             raise ValueError(f"episodes and num_envs must be >= 1, got {self.episodes}, {self.num_envs}")
         if self.video_format not in ("mp4", "gif"):
             raise ValueError(f"video_format must be 'mp4' or 'gif', got {self.video_format!r}")
-
-
-def policy_act(algo: Any, deterministic: bool = True, seed: int = 0) -> ActFn:
-    """``algo``'s policy as an ``ActFn`` with an RNG of its own: evaluating never consumes the training
-    RNG (so an evaluation does not change the run around it), and sampling policies (CEM draws
-    candidates even when deterministic) act the same way at every evaluation."""
-    policy = algo.policy
-    generator = torch.Generator(algo.device).manual_seed(seed)
-
-    def act(obs: Observation, goal: Observation | None, task_ids: torch.Tensor | None) -> torch.Tensor:
-        return policy(obs, goal, task_ids, deterministic, generator)
-
-    return act
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -111,39 +108,9 @@ class EvalResult:
         return {**self.summary, "per_task": self.per_task, "video": self.video, "episode_results": self.episodes}
 
 
-def observation_state(obs: dict[str, Any], spec: ObservationSpec) -> np.ndarray:
-    """The state vector the networks were trained on, from an env observation: proprioception
-    (``obs["state"]``) and, when the spec observes it, the scene vector (``obs["scene"]``)."""
-    parts = []
-    if spec.proprio_dim:
-        parts.append(obs["state"])
-    if spec.scene_state_dim:
-        if "scene" not in obs:
-            raise SpecError("the agent observes the scene vector (scene_state_dim > 0) but the env gives no 'scene'")
-        parts.append(obs["scene"])
-    state = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
-    if state.shape[0] != spec.state_dim:
-        raise SpecError(
-            f"the agent's state has {spec.state_dim} dims ({spec.proprio_dim} proprioception + {spec.scene_state_dim} "
-            f"scene); the env gives {state.shape[0]}"
-        )
-    return state
-
-
 def goal_distance(obs: dict[str, Any]) -> float:
     """‖achieved_goal − desired_goal‖ of an env observation: the task's own measure of how far it is."""
     return float(np.linalg.norm(np.asarray(obs["achieved_goal"], np.float64) - obs["desired_goal"]))
-
-
-def to_device_observation(
-    frames: list[dict[str, np.ndarray]], states: list[np.ndarray] | None, spec_cams: Sequence[str], device: torch.device
-) -> Observation:
-    images = {}
-    for cam in spec_cams:
-        x = torch.from_numpy(np.stack([f[cam] for f in frames])).to(device)  # (B, H, W, 3) uint8
-        images[cam] = x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
-    state = None if states is None else torch.from_numpy(np.stack(states).astype(np.float32)).to(device)  # (B, S)
-    return Observation(images, state)
 
 
 def evaluate(
@@ -156,98 +123,30 @@ def evaluate(
     name: str = "eval",
 ) -> EvalResult:
     """Roll out ``act`` (None: uniform random actions) on every task of ``cfg``; write JSON and video to ``out_dir``."""
-    import tasks as registry
-
-    device = torch.device(device)
-    sizes = {*spec.image_sizes, *spec.goal_image_sizes}
-    if len(sizes) > 1 or any(h != w for h, w in sizes):
-        raise SpecError(f"evaluation renders square images of one size; the spec has sizes {sorted(sizes)}")
-    image_size = next(iter(sizes))[0] if sizes else 64
-    cams = tuple(dict.fromkeys([*spec.cameras, *spec.goal_cameras]))
-    rng = np.random.default_rng(cfg.seed)
+    image_size, cameras = render_settings(spec)
+    random = RandomPolicy(np.random.default_rng(cfg.seed))  # one stream over every task
     episodes: list[dict[str, Any]] = []
-    videos: list[list[np.ndarray]] = []
-    total = cfg.episodes * len(cfg.tasks)
-    bar = tqdm(total=total, desc=f"{name}", unit="ep", disable=not cfg.progress, leave=False)
+    clips: list[list[np.ndarray]] = []
+    bar = tqdm(total=cfg.episodes * len(cfg.tasks), desc=name, unit="ep", disable=not cfg.progress, leave=False)
     for k, task_name in enumerate(cfg.tasks):
-        task = registry.get(task_name)
-        unknown = [c for c in cams if c not in task.cameras]
-        if unknown:
-            raise SpecError(f"the agent needs cameras {list(cams)}; task {task_name} has {list(task.cameras)}")
-        if spec.num_tasks and task_name not in task_vocab:
-            raise SpecError(f"the agent was trained on tasks {list(task_vocab)}; it cannot be told {task_name!r}")
-        steps = cfg.max_steps or task.max_episode_steps
-        envs = [task.make_env(image_size, cams or task.cameras[:1]) for _ in range(min(cfg.num_envs, cfg.episodes))]
+        task = check_task(task_name, spec, cameras, task_vocab)
+        task_id = task_index(spec, task_vocab, task_name)
+        policy: Policy = random if act is None else LearnedPolicy(act, spec, device, task_id)
+        envs = [task.make_env(image_size, cameras or task.cameras[:1]) for _ in range(min(cfg.num_envs, cfg.episodes))]
         for env in envs:  # a state-only agent without a video needs no rendered observation
-            env.render_images = bool(cams) or len(videos) < cfg.video_episodes
+            env.render_images = bool(cameras) or len(clips) < cfg.video_episodes
         try:
-            for start in range(0, cfg.episodes, len(envs)):
-                idx = list(range(start, min(start + len(envs), cfg.episodes)))
+            for idx in batches(cfg.episodes, len(envs)):
+                video = [len(clips) + j < cfg.video_episodes for j in range(len(idx))]
                 active = envs[: len(idx)]
-                obs = [env.reset(seed=cfg.seed + 1000 * k + i)[0] for env, i in zip(active, idx, strict=True)]
-                start_distance = [goal_distance(o) for o in obs]
-                goal = None
-                if spec.has_goal:
-                    goal_frames = [task.goal_images(env) for env in active]
-                    goal_states = [env.scene_goal() for env in active] if spec.goal_state_dim else None
-                    if goal_states is not None and goal_states[0].shape[0] != spec.goal_state_dim:
-                        raise SpecError(
-                            f"the agent's goal state has {spec.goal_state_dim} dims; {task_name}'s scene goal has "
-                            f"{goal_states[0].shape[0]}"
-                        )
-                    goal = to_device_observation(goal_frames, goal_states, spec.goal_cameras, device)
-                else:
-                    goal_frames = [{} for _ in active]
-                task_ids = None
-                if spec.num_tasks:
-                    task_ids = torch.full((len(active),), list(task_vocab).index(task_name), device=device)
-                done = np.zeros(len(active), bool)
-                success = np.zeros(len(active), bool)
-                ret = np.zeros(len(active))
-                length = np.zeros(len(active), int)
-                record = [len(videos) + j < cfg.video_episodes for j in range(len(active))]
-                clips: list[list[np.ndarray]] = [[] for _ in active]
-                for _ in range(steps):
-                    for j, o in enumerate(obs):
-                        if record[j] and not done[j]:
-                            clips[j].append(_video_frame(o["images"], goal_frames[j], task_name, None))
-                    if act is None:
-                        a = rng.uniform(-1, 1, (len(active), active[0].action_space.shape[0])).astype(np.float32)
-                    else:
-                        states = [observation_state(o, spec) for o in obs] if spec.state_dim else None
-                        o_t = to_device_observation([o["images"] for o in obs], states, spec.cameras, device)
-                        a = act(o_t, goal, task_ids).float().cpu().numpy()  # (B, A)
-                    for j, env in enumerate(active):
-                        if done[j]:
-                            continue
-                        obs[j], r, _, _, info = env.step(a[j])
-                        ret[j] += r
-                        length[j] += 1
-                        if info["is_success"]:
-                            success[j] = done[j] = True
-                            if record[j]:
-                                clips[j].append(_video_frame(obs[j]["images"], goal_frames[j], task_name, True))
-                    if done.all():
-                        break
-                for j, i in enumerate(idx):
-                    if record[j]:
-                        if not success[j]:
-                            clips[j].append(_video_frame(obs[j]["images"], goal_frames[j], task_name, False))
-                        videos.append(clips[j])
-                    goal_vec = active[j].scene_goal() if hasattr(active[j], "scene_goal") else None
-                    episodes.append(
-                        {
-                            "task": task_name,
-                            "episode": i,
-                            "seed": cfg.seed + 1000 * k + i,
-                            "success": bool(success[j]),
-                            "return": float(ret[j]),
-                            "steps": int(length[j]),
-                            "goal": None if goal_vec is None else [round(float(x), 4) for x in goal_vec],
-                            "start_distance": round(start_distance[j], 4),
-                            "final_distance": round(goal_distance(obs[j]), 4),
-                        }
-                    )
+                seeds = [cfg.seed + 1000 * k + i for i in idx]
+                trajectories = rollout(active, policy, seeds, cfg.max_steps or task.max_episode_steps, record=video)
+                episodes += [
+                    episode_result(task_name, i, t, e) for i, t, e in zip(idx, trajectories, active, strict=True)
+                ]
+                clips += [
+                    video_clip(t, task_name, spec.has_goal) for t, v in zip(trajectories, video, strict=True) if v
+                ]
                 bar.update(len(idx))
         finally:
             for env in envs:
@@ -256,12 +155,68 @@ def evaluate(
     per_task = {t: _summary([e for e in episodes if e["task"] == t]) for t in cfg.tasks}
     result = EvalResult(_summary(episodes), per_task, episodes)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if videos:
-            result.video = str(write_video(videos, out / f"{name}.{cfg.video_format}"))
-        (out / f"{name}.json").write_text(json.dumps(result.to_json(), indent=1))
+        write_result(result, clips, Path(out_dir), name, cfg.video_format)
     return result
+
+
+def batches(episodes: int, size: int) -> list[range]:
+    """Episode indices ``0..episodes-1`` in consecutive batches of ``size`` (the last may be smaller)."""
+    return [range(start, min(start + size, episodes)) for start in range(0, episodes, size)]
+
+
+def render_settings(spec: ObservationSpec) -> tuple[int, tuple[str, ...]]:
+    """(image size, cameras) the envs must render for the agent: its observation and goal cameras."""
+    sizes = {*spec.image_sizes, *spec.goal_image_sizes}
+    if len(sizes) > 1 or any(h != w for h, w in sizes):
+        raise SpecError(f"evaluation renders square images of one size; the spec has sizes {sorted(sizes)}")
+    image_size = next(iter(sizes))[0] if sizes else 64
+    return image_size, tuple(dict.fromkeys([*spec.cameras, *spec.goal_cameras]))
+
+
+def check_task(name: str, spec: ObservationSpec, cameras: Sequence[str], task_vocab: Sequence[str]) -> registry.Task:
+    """The task ``name``, refused when it lacks the agent's cameras or the agent was not told about it."""
+    task = registry.get(name)
+    if any(c not in task.cameras for c in cameras):
+        raise SpecError(f"the agent needs cameras {list(cameras)}; task {name} has {list(task.cameras)}")
+    if spec.num_tasks and name not in task_vocab:
+        raise SpecError(f"the agent was trained on tasks {list(task_vocab)}; it cannot be told {name!r}")
+    return task
+
+
+def task_index(spec: ObservationSpec, task_vocab: Sequence[str], name: str) -> int | None:
+    """The task id a task-conditioned agent is told (None for other agents)."""
+    return list(task_vocab).index(name) if spec.num_tasks else None
+
+
+def episode_result(task: str, index: int, traj: Trajectory, env: RobotEnv) -> dict[str, Any]:
+    """One row of ``episode_results`` (``env``: where ``traj`` ran, still in its last state)."""
+    goal = env.scene_goal()
+    return {
+        "task": task,
+        "episode": index,
+        "seed": traj.seed,
+        "success": traj.success,
+        "return": traj.episode_return,
+        "steps": traj.steps,
+        "goal": [round(float(x), 4) for x in goal],
+        "start_distance": round(goal_distance(traj.first), 4),
+        "final_distance": round(goal_distance(traj.last), 4),
+    }
+
+
+def video_clip(traj: Trajectory, task: str, show_goal: bool) -> list[np.ndarray]:
+    """The frames of a recorded trajectory; the last one framed green (success) or red."""
+    goal = traj.goal_images if show_goal else {}
+    frames = [_video_frame(o["images"], goal, task, None) for o in traj.observations[:-1]]
+    return [*frames, _video_frame(traj.observations[-1]["images"], goal, task, traj.success)]
+
+
+def write_result(result: EvalResult, clips: list[list[np.ndarray]], out: Path, name: str, video_format: str) -> None:
+    """``<out>/<name>.json`` and, with clips, ``<out>/<name>.<video_format>``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if clips:
+        result.video = str(write_video(clips, out / f"{name}.{video_format}"))
+    (out / f"{name}.json").write_text(json.dumps(result.to_json(), indent=1))
 
 
 def _video_frame(

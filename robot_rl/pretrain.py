@@ -28,13 +28,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from data_lake.lake import LakeView
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
 from robot_rl.runs import Logger, Throughput, autocast, git_commit, prepare_run_dir, resolve_device
+
+if TYPE_CHECKING:
+    from robot_rl.algos import Algorithm
 
 CONDITIONING = ("goal", "task", "none")
 
@@ -189,7 +192,7 @@ class DataParallel:
     applies the same averaged gradient, so they stay equal.
     """
 
-    def __init__(self, algo: Any):
+    def __init__(self, algo: Algorithm):
         import torch.distributed as dist
 
         self.world = dist.get_world_size()
@@ -244,7 +247,7 @@ class Calibration:
         with Sampler(view, scfg, device, progress=False) as sampler:
             self.batches = [next(sampler) for _ in range(4)]
 
-    def measure(self, algo: Any) -> tuple[dict[str, float], dict[str, Any] | None]:
+    def measure(self, algo: Algorithm) -> tuple[dict[str, float], dict[str, Any] | None]:
         from robot_rl.diagnostics import calibration, calibration_metrics
 
         cal = calibration(algo, self.batches)
@@ -253,7 +256,7 @@ class Calibration:
         return {f"calibration/{k}": v for k, v in calibration_metrics(cal).items()}, cal
 
 
-def parameter_digest(algo: Any) -> str:
+def parameter_digest(algo: Algorithm) -> str:
     """sha256 over every network tensor's bytes (targets included), in state-dict order."""
     import hashlib
 
@@ -264,7 +267,7 @@ def parameter_digest(algo: Any) -> str:
     return h.hexdigest()
 
 
-def check_ranks_in_sync(algo: Any, run: Path, dist: Dist) -> None:
+def check_ranks_in_sync(algo: Algorithm, run: Path, dist: Dist) -> None:
     """Gather every rank's parameter digest; rank 0 writes ``ranks.json`` and fails loudly on a mismatch."""
     import torch.distributed as tdist
 
@@ -276,7 +279,7 @@ def check_ranks_in_sync(algo: Any, run: Path, dist: Dist) -> None:
             raise RuntimeError(f"ranks diverged: parameter digests {digests}")
 
 
-def accelerate(algo: Any, cfg: PretrainConfig) -> None:
+def accelerate(algo: Algorithm, cfg: PretrainConfig) -> None:
     """GPU paths: channels_last parameters and an optional in-place ``torch.compile`` of the encoder."""
     if algo.device.type == "cuda":
         algo.nets.to(memory_format=torch.channels_last)
@@ -284,7 +287,9 @@ def accelerate(algo: Any, cfg: PretrainConfig) -> None:
         algo.nets.encoder.compile()
 
 
-def run_evaluation(algo: Any, cfg: PretrainConfig, vocab: tuple[str, ...], run: Path, step: int) -> dict[str, Any]:
+def run_evaluation(
+    algo: Algorithm, cfg: PretrainConfig, vocab: tuple[str, ...], run: Path, step: int
+) -> dict[str, Any]:
     from robot_rl.evaluate import EvalConfig, evaluate, policy_act
 
     ecfg = EvalConfig(
@@ -333,7 +338,7 @@ class PretrainRun:
     dir: Path
     view: LakeView
     sampler: Sampler
-    algo: Any
+    algo: Algorithm
     vocab: tuple[str, ...]
     meta: dict[str, Any]  # the lake snapshot, task vocabulary and conditioning (in every checkpoint)
     log: Logger
@@ -415,7 +420,9 @@ def start_run(cfg: PretrainConfig, resolved: dict[str, Any]) -> PretrainRun:
     return run
 
 
-def build_algorithm(cfg: PretrainConfig, algo_cfg: Any, sampler: Sampler, dist: Dist, device: torch.device) -> Any:
+def build_algorithm(
+    cfg: PretrainConfig, algo_cfg: Any, sampler: Sampler, dist: Dist, device: torch.device
+) -> Algorithm:
     """The algorithm for the sampler's observations (its spec: cameras, state, goal, task vocabulary,
     normalization statistics of rank 0's data), seeded, on ``device``."""
     from robot_rl.algos import ALGOS

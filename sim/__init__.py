@@ -11,6 +11,10 @@ before ``mujoco``. Worlds:
 Every world is a :class:`sim.base.RobotEnv`: Gymnasium API, dict observations
 ``{"images", "state", "achieved_goal", "desired_goal"}``, ``info["is_success"]``, and
 ``render_goal()`` for goal images. Tasks (what to do in a world) live in the ``tasks`` package.
+
+:mod:`sim.rollout` is the one environment loop (collection, evaluation and finetuning all run it):
+``rollout(envs, policy, seeds, max_steps)`` steps B envs with one call of a :class:`sim.rollout.Policy`
+per step.
 """
 
 from sim.render import BACKEND, CameraRenderer, FreeCamera, RenderBackendError  # noqa: I001  (first)

@@ -10,7 +10,9 @@
 >>> goal_images = task.goal_images(env)   # {camera: uint8 (H, W, 3)}
 
 ``tasks.names()`` lists every task; an unknown name raises a KeyError listing them. Scripted
-policies read the simulator, so ``policy.act`` takes the env (not an observation).
+policies read the simulator, so ``policy.act`` takes the env (not an observation);
+``ScriptedPolicy([...])`` puts one per env behind the rollout loop (``sim.rollout``).
+Collection into the lake: :mod:`tasks.collect` (``robot-rl collect``).
 Worlds: ``tabletop/*`` (:mod:`tasks.tabletop`, plus ``tabletop/play`` from :mod:`tasks.play`),
 ``fetch/*`` (:mod:`tasks.fetch`), ``pointmaze/umaze`` (:mod:`tasks.pointmaze`) and OGBench's evaluation
 tasks ``ogbench/<env>-task<k>`` (:mod:`tasks.ogbench`; ``tasks.ogbench.ogbench_tasks("cube-single")``
@@ -18,6 +20,6 @@ lists an env's five).
 """
 
 from tasks import fetch, ogbench, play, pointmaze, tabletop  # noqa: F401  (importing registers the tasks)
-from tasks.core import NOISE_LEVELS, REGISTRY, Policy, Task, get, make_policy, names
+from tasks.core import NOISE_LEVELS, REGISTRY, Policy, ScriptedPolicy, Task, get, make_policy, names
 
-__all__ = ["NOISE_LEVELS", "REGISTRY", "Policy", "Task", "get", "make_policy", "names"]
+__all__ = ["NOISE_LEVELS", "REGISTRY", "Policy", "ScriptedPolicy", "Task", "get", "make_policy", "names"]

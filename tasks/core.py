@@ -10,7 +10,8 @@ Policies: ``task.scripted_policy(noise, rng)`` is the expert plus Gaussian actio
 standard deviation ``noise`` (0 = expert, 0.3 = "noisy"), clipped to [-1, 1];
 ``task.random_policy(rng)`` draws uniform actions. :data:`NOISE_LEVELS` names the usual levels and
 :func:`make_policy` builds a policy by level name. Scripted policies read the simulator, so
-``act`` takes the env, not an observation.
+``act`` takes the env, not an observation. :class:`ScriptedPolicy` puts one per env behind the
+rollout loop's :class:`sim.rollout.Policy` (``act(observations, envs) -> (B, A)``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from sim.base import RobotEnv
+from sim.base import Observation, RobotEnv
 
 NOISE_LEVELS: dict[str, float | None] = {"expert": 0.0, "noisy": 0.3, "random": None}
 """Policy level -> Gaussian noise std on the expert's action; None = uniform random actions."""
@@ -85,6 +86,26 @@ class Policy:
         if self.noise > 0:
             action = action + self.noise * self.rng.standard_normal(shape)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+class ScriptedPolicy:
+    """Scripted policies, one per env (each with its expert's state and its RNG), as one
+    :class:`sim.rollout.Policy`: env ``j`` of a rollout is acted by ``policies[j]``.
+
+    Each :class:`Policy` resets its expert itself when its env starts a new episode.
+    """
+
+    def __init__(self, policies: Sequence[Policy]) -> None:
+        if not policies:
+            raise ValueError("ScriptedPolicy needs one scripted policy per env, got none")
+        self.policies = list(policies)
+
+    def reset(self, envs: Sequence[RobotEnv]) -> None:
+        if len(envs) != len(self.policies):
+            raise ValueError(f"{len(self.policies)} scripted policies cannot act in {len(envs)} envs")
+
+    def act(self, observations: Sequence[Observation], envs: Sequence[RobotEnv]) -> np.ndarray:
+        return np.stack([p.act(env) for p, env in zip(self.policies, envs, strict=True)])  # (B, A)
 
 
 class EnvFactory(Protocol):

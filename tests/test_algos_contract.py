@@ -203,3 +203,63 @@ def test_mismatched_batches_fail_loudly(batches) -> None:
         build("bc", plain_data[0], 0).update(state_data[0])
     with pytest.raises(TypeError, match="needs a IQLConfig"):
         ALGOS["iql"](CONFIGS["bc"][1], algo.spec)
+
+
+POLICY_CASES = [(k, o, c) for k in CONFIGS for o, c in (("image", "goal"), ("state", "task"))]
+
+
+@pytest.mark.parametrize(("key", "obs", "cond"), POLICY_CASES, ids=[f"{k}-{o}-{c}" for k, o, c in POLICY_CASES])
+def test_load_policy_builds_only_the_acting_networks(
+    key: str, obs: str, cond: str, batches, tmp_path, monkeypatch
+) -> None:
+    """``load_policy`` (from a checkpoint or a saved policy) builds the encoder and the actor (the critic,
+    for CEM policies) and nothing else: no algorithm, no value or second critic, no target, no optimizer;
+    it acts exactly as the algorithm's policy."""
+    from robot_rl.algos import BaseAlgorithm, CEMPolicy
+    from robot_rl.nets import Critic, ValueNetwork
+
+    data, num_tasks = batches[obs, cond]
+    algo = build(key, data[0], num_tasks)
+    algo.update(data[0])
+    checkpoint.save(tmp_path / "ckpt", algo)
+    checkpoint.save_policy(tmp_path / "policy", algo)
+    built: list[str] = []
+    for cls in (Critic, ValueNetwork, torch.optim.Adam, BaseAlgorithm):
+        init = cls.__init__
+        monkeypatch.setattr(
+            cls, "__init__", lambda self, *a, _i=init, _n=cls.__name__, **k: built.append(_n) or _i(self, *a, **k)
+        )
+    # policies that score actions with the critic build it: CEM, BCQ's argmax over sampled candidates
+    cem = isinstance(algo.policy, CEMPolicy) or hasattr(algo.policy, "critic")
+    b = data[1]
+    for where in ("ckpt", "policy"):
+        built.clear()
+        loaded, _ = checkpoint.load_policy(tmp_path / where)
+        assert built == (["Critic"] if cem else []), f"{where}: built {built}"
+        modules = {type(m).__name__ for m in loaded.policy.modules()}
+        assert ("Critic" in modules) == cem and "ValueNetwork" not in modules
+        assert set(loaded.policy.state_dict()) == set(algo.policy.state_dict())
+        assert (loaded.name, loaded.step, loaded.cfg, loaded.spec) == (algo.name, 1, algo.cfg, algo.spec)
+        for deterministic in (True, False):
+            want = algo.policy(b.observations, b.goals, b.task_ids, deterministic, torch.Generator().manual_seed(5))
+            got = loaded.act(b.observations, b.goals, b.task_ids, deterministic, torch.Generator().manual_seed(5))
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("key", ["iql", "actionable_models"])
+def test_load_pretrained_holds_the_saved_networks(key: str, batches, tmp_path) -> None:
+    """Finetuning's source: every network of a checkpoint (auxiliary heads left out), or the acting
+    networks of a saved policy, in a freshly built algorithm (no optimizer state)."""
+    data, _ = batches["image", "goal"]
+    algo = build(key, data[0], 0)
+    algo.update(data[0])
+    algo.attach_auxiliary({"aux_head": torch.nn.Linear(2, 2)})
+    checkpoint.save(tmp_path / "ckpt", algo)
+    checkpoint.save_policy(tmp_path / "policy", algo)
+    from_ckpt, _ = checkpoint.load_pretrained(tmp_path / "ckpt")
+    saved = {k: v for k, v in params(algo).items() if not k.startswith("aux_")}
+    assert params(from_ckpt).keys() == saved.keys() and all(torch.equal(params(from_ckpt)[k], saved[k]) for k in saved)
+    assert from_ckpt.step == 1 and all(not opt.state for opt in from_ckpt.optimizers.values())
+    from_policy, _ = checkpoint.load_pretrained(tmp_path / "policy")
+    acting = from_policy.policy.state_dict()
+    assert all(torch.equal(v, algo.policy.state_dict()[k]) for k, v in acting.items())

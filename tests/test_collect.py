@@ -9,7 +9,7 @@ import pytest
 
 from data_lake import Lake
 from robot_rl.cli import main as cli
-from sim.collect import CollectConfig, collect, rollout
+from tasks.collect import CollectConfig, code_version, collect, collect_episode, episode_seeds
 
 TASK = "tabletop/reach_red"
 
@@ -27,7 +27,7 @@ def test_two_workers_count_metadata_determinism_and_resume(tmp_path: Path) -> No
     assert lake.log()[0].message.startswith(f"collect {TASK}: 2 episodes, policy=expert noise=0.0 seed=5 indices 2-3")
     # episodes from worker processes equal the same episodes rolled out here
     ep0 = view.read_episode(recs[0].episode_id)
-    again = rollout(cfg, 0)
+    again = collect_episode(cfg, 0)
     assert again.episode_id == recs[0].episode_id
     np.testing.assert_array_equal(again.steps["images/front"], ep0.steps["images/front"])
     assert ep0.success and ep0.goal.keys() == {"images/front", "images/wrist", "state"}
@@ -43,9 +43,9 @@ def test_two_workers_count_metadata_determinism_and_resume(tmp_path: Path) -> No
 
 def test_noise_and_random_policies_differ(tmp_path: Path) -> None:
     base = {"task": TASK, "episodes": 1, "lake": str(tmp_path / "l"), "progress": False}
-    expert = rollout(CollectConfig(**base), 0)
-    noisy = rollout(CollectConfig(**base, policy="noisy"), 0)
-    rand = rollout(CollectConfig(**base, policy="random"), 0)
+    expert = collect_episode(CollectConfig(**base), 0)
+    noisy = collect_episode(CollectConfig(**base, policy="noisy"), 0)
+    rand = collect_episode(CollectConfig(**base, policy="random"), 0)
     assert np.abs(noisy.steps["action"] - expert.steps["action"]).max() > 0.05
     assert not np.array_equal(rand.steps["action"], expert.steps["action"])
     # same reset: the first frame is identical whatever the policy
@@ -67,3 +67,38 @@ def test_cli_collect_errors_and_overrides(tmp_path: Path, capsys: pytest.Capture
     assert rec.metadata["cameras"] == ["front"]
     assert cli(["collect", "--list-tasks"]) == 0
     assert TASK in capsys.readouterr().out
+
+
+def test_episode_seeds_and_actions_follow_the_seed_sequence(tmp_path: Path) -> None:
+    """Episode i of a run seeded s: env reset seed and policy noise from SeedSequence([s, i]), the scripted
+    policy acting once per step on the env (a hand-written loop gives the same actions and states)."""
+    import tasks
+
+    cfg = CollectConfig(task=TASK, episodes=2, lake=str(tmp_path / "l"), policy="noisy", seed=5, max_steps=12)
+    ep = collect_episode(cfg, 1)
+    env_seed, policy_seed = np.random.SeedSequence([5, 1]).generate_state(2)
+    assert episode_seeds(5, 1) == (int(env_seed), int(policy_seed)) and ep.metadata["env_seed"] == env_seed
+    task = tasks.get(TASK)
+    env = task.make_env(cfg.image_size, task.cameras)
+    obs, _ = env.reset(seed=int(env_seed))
+    policy = task.scripted_policy(0.3, np.random.default_rng(policy_seed))
+    actions, states = [], [obs["state"]]
+    for _ in range(12):
+        actions.append(policy.act(env))
+        obs, *_ = env.step(actions[-1])
+        states.append(obs["state"])
+    env.close()
+    assert len(ep) == 13 and not ep.steps["action"][-1].any(), "12 actions, then the last observation"
+    np.testing.assert_array_equal(ep.steps["action"][:-1], np.stack(actions))
+    np.testing.assert_array_equal(ep.steps["state"], np.stack(states))
+
+
+def test_code_version_names_the_package_version() -> None:
+    import tomllib
+
+    import robot_rl
+    from data_lake.version import __version__
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert __version__ == robot_rl.__version__ == project["version"]
+    assert code_version().startswith(f"robot-rl {__version__}")

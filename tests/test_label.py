@@ -10,7 +10,7 @@ import pytest
 from data_lake import Lake
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
 from robot_rl.cli import main as cli
-from sim.collect import CollectConfig, collect
+from tasks.collect import CollectConfig, collect
 from tasks.label import LabelError, detector_over_states
 
 PUSH, REACH = "tabletop/push_red_to_pad", "tabletop/reach_red"

@@ -192,7 +192,7 @@ TINY = {"hidden": [16, 16], "num_samples": 2, "encoder": {"feature_dim": 8, "con
 @pytest.fixture(scope="module")
 def lake_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     from data_lake import Lake
-    from sim.collect import CollectConfig, collect
+    from tasks.collect import CollectConfig, collect
 
     uri = str(tmp_path_factory.mktemp("og") / "lake")
     collect(

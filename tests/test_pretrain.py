@@ -177,7 +177,7 @@ def test_data_parallel_ranks_stay_in_sync(lake_uri: str, tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def tabletop_lake(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from sim.collect import CollectConfig, collect
+    from tasks.collect import CollectConfig, collect
 
     uri = str(tmp_path_factory.mktemp("tabletop") / "lake")
     collect(

@@ -21,7 +21,7 @@ from robot_rl.checkpoint import load_policy
 from robot_rl.evaluate import EvalConfig, evaluate, policy_act
 from robot_rl.hydra_utils import algo_settings
 from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
-from sim.collect import collect_mix
+from tasks.collect import collect_mix
 
 pytestmark = pytest.mark.slow
 GAMMA = 0.97

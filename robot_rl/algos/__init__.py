@@ -1,11 +1,21 @@
 """Offline RL algorithms, one file each; ``ALGOS`` maps a config name to the class.
 
-``ALGOS[name].config_class`` is its config dataclass; build with ``ALGOS[name](cfg, spec, device)``.
+``ALGOS[name].config_class`` is its config dataclass; build with ``ALGOS[name](cfg, spec, device)``
+(an :class:`Algorithm`), or only its acting networks with ``ALGOS[name].build_policy(cfg, spec)``.
 """
 
 from robot_rl.algos.actionable_models import ActionableModels, ActionableModelsConfig
 from robot_rl.algos.awac import AWAC, AWACConfig
-from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, Policy, encode, polyak_update
+from robot_rl.algos.base import (
+    AlgoConfig,
+    Algorithm,
+    BaseAlgorithm,
+    Encoded,
+    Policy,
+    TrainedPolicy,
+    encode,
+    polyak_update,
+)
 from robot_rl.algos.bc import BC, BCConfig
 from robot_rl.algos.calql import CalQL, CalQLConfig
 from robot_rl.algos.cql import CQL, CQLConfig
@@ -15,7 +25,7 @@ from robot_rl.algos.qtopt import CEMConfig, CEMPolicy, QTOpt, QTOptConfig
 from robot_rl.algos.sac import SAC, SACConfig
 from robot_rl.algos.td3bc import TD3BC, TD3BCConfig
 
-ALGOS: dict[str, type[Algorithm]] = {
+ALGOS: dict[str, type[BaseAlgorithm]] = {
     "bc": BC,
     "iql": IQL,
     "cql": CQL,
@@ -42,6 +52,7 @@ __all__ = [
     "AlgoConfig",
     "Algorithm",
     "BCConfig",
+    "BaseAlgorithm",
     "CEMConfig",
     "CEMPolicy",
     "CQLConfig",
@@ -56,6 +67,7 @@ __all__ = [
     "QTOptConfig",
     "SACConfig",
     "TD3BCConfig",
+    "TrainedPolicy",
     "encode",
     "polyak_update",
 ]

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
+from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, encode, make_optimizer, polyak_update
 from robot_rl.algos.iql import weighted_log_likelihood
 from robot_rl.algos.sac import soft_bellman_loss
-from robot_rl.nets import make_actor
+from robot_rl.nets import ObservationSpec, make_actor
 from robot_rl.nets.heads import check_actor_distribution
 
 
@@ -93,16 +93,19 @@ def actor_loss(
     return loss, {**metrics, "actor/v_pi": v_pi.mean()}
 
 
-class AWAC(Algorithm):
+class AWAC(BaseAlgorithm):
     name = "awac"
     config_class = AWACConfig
     cfg: AWACConfig
 
+    @classmethod
+    def build_actor(cls, cfg: AWACConfig, spec: ObservationSpec, feature_dim: int) -> nn.Module:
+        return make_actor(cfg.actor_distribution, feature_dim, spec.action_dim, cfg.hidden)
+
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
         nets = self.encoder_and_critic(cfg.num_critics)
-        actor = make_actor(cfg.actor_distribution, nets["encoder"].out_dim, spec.action_dim, cfg.hidden)
-        return {**nets, "actor": actor}
+        return {**nets, "actor": self.build_actor(cfg, spec, nets["encoder"].out_dim)}
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         n = self.nets

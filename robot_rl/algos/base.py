@@ -1,11 +1,17 @@
 """Plumbing every algorithm shares: the common config, encode-once, the Policy, Polyak updates, state.
 
-An algorithm file (``bc.py``, ``iql.py``, ``cql.py``) subclasses ``Algorithm`` and supplies
-``build_networks`` (online modules, targets named ``target_<name>``), ``build_optimizers`` and
-``update``; its losses are pure functions ``(enc, nets, cfg[, rng]) -> (loss, metrics)`` where
-``enc`` is an ``Encoded`` batch (the Batch plus its embeddings, computed once per update) and
-``nets`` the algorithm's ``nn.ModuleDict`` (``nets.critic``, ``nets.target_critic``, ...). Losses
-that sample take an explicit ``torch.Generator`` so they stay deterministic functions of inputs.
+Two interfaces: :class:`Algorithm` (a Protocol: what pretraining, finetuning, checkpoints and
+diagnostics use of a learner) and :class:`TrainedPolicy` (what evaluation and deployment load: the
+acting networks, config and observation spec; no critics to learn with, targets or optimizers).
+
+An algorithm file (``bc.py``, ``iql.py``, ``cql.py``) subclasses :class:`BaseAlgorithm` and supplies
+``build_networks`` (online modules, targets named ``target_<name>``), ``build_optimizers``,
+``update`` and ``build_actor`` (the actor head alone, so ``build_policy`` can build the acting
+networks without the rest: critic-only algorithms override ``build_policy``); its losses are
+pure functions ``(enc, nets, cfg[, rng]) -> (loss, metrics)`` where ``enc`` is an ``Encoded``
+batch (the Batch plus its embeddings, computed once per update) and ``nets`` the algorithm's
+``nn.ModuleDict`` (``nets.critic``, ``nets.target_critic``, ...). Losses that sample take an
+explicit ``torch.Generator`` so they stay deterministic functions of inputs.
 
 Encode once (DrQ-style sharing): each update encodes ``s`` once with gradients (the critic loss
 trains the encoder; actors read ``features.detach()``) and ``s'`` once without (targets and
@@ -17,10 +23,11 @@ encoder's (detached) ``s'`` embedding, so each image costs one encoder pass per 
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import dataclasses
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -134,18 +141,109 @@ class Policy(nn.Module):
         return dist.mode() if deterministic else dist.sample(generator=generator)[0]  # (B, A)
 
 
-class Algorithm(abc.ABC):
-    """Build from (config, spec); ``update(batch) -> metrics``; ``act``; ``state_dict`` of everything."""
+@dataclasses.dataclass(frozen=True)
+class TrainedPolicy:
+    """A policy as evaluation and deployment load it (``checkpoint.load_policy``): the acting networks
+    (``policy``: encoder and actor, or encoder and the critic a CEM policy maximizes; the encoder
+    carries the spec's normalization) with the algorithm's name, config and observation spec."""
+
+    name: str
+    cfg: AlgoConfig
+    spec: ObservationSpec
+    policy: Policy
+    step: int  # updates the networks had when saved
+    device: torch.device
+
+    def act(
+        self,
+        observation: Observation,
+        goal: Observation | None = None,
+        task_ids: torch.Tensor | None = None,
+        deterministic: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Actions (B, A) in [-1, 1] for a device observation (float images (B, 3, H, W))."""
+        return self.policy(observation, goal, task_ids, deterministic, generator)
+
+
+class Algorithm(Protocol):
+    """What the loops use of an algorithm (pretrain, finetune, checkpoints, diagnostics): every class
+    of ``ALGOS`` is one (through :class:`BaseAlgorithm`)."""
+
+    nets: nn.ModuleDict  # every network by name, targets (``target_*``) and auxiliary heads (``aux_*``) included
+    optimizers: dict[str, torch.optim.Optimizer]
+    rng: torch.Generator  # the algorithm's own sampling (losses, stochastic acting)
+    step: int
+    auxiliary: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def cfg(self) -> AlgoConfig: ...
+
+    @property
+    def spec(self) -> ObservationSpec: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def policy(self) -> Policy:
+        """The acting networks (shared with ``nets``, not copies)."""
+        ...
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One gradient step on a device Batch; returns detached metrics."""
+        ...
+
+    def act(
+        self,
+        observation: Observation,
+        goal: Observation | None = None,
+        task_ids: torch.Tensor | None = None,
+        deterministic: bool = True,
+    ) -> torch.Tensor:
+        """Actions (B, A) in [-1, 1], sampling from ``rng``."""
+        ...
+
+    def q_estimate(self, batch: Batch) -> torch.Tensor | None:
+        """Q of the batch's own actions (B,); None without a critic."""
+        ...
+
+    def attach_auxiliary(self, modules: dict[str, nn.Module]) -> None:
+        """Add ``aux_*`` heads trained with the encoder (finetuning's ξ·L_g)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimizers, step and RNG."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Initialize networks from ``seed`` without touching torch's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class BaseAlgorithm(abc.ABC):
+    """Build from (config, spec); ``update(batch) -> metrics``; ``act``; ``state_dict`` of everything.
+
+    ``build_policy(cfg, spec)`` builds the acting networks alone (no algorithm, no critics to learn
+    with, no targets, no optimizers) for ``checkpoint.load_policy`` to fill.
+    """
 
     name: ClassVar[str]
     config_class: ClassVar[type[AlgoConfig]]
 
     def __init__(self, cfg: AlgoConfig, spec: ObservationSpec, device: str | torch.device = "cpu"):
-        if not isinstance(cfg, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(cfg).__name__}")
+        self.check_config(cfg)
         self.cfg, self.spec, self.device = cfg, spec, torch.device(device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+        with seeded(cfg.seed):
             self.nets = nn.ModuleDict(self.build_networks()).to(self.device)
         for name, module in self.nets.items():
             if name.startswith("target_"):
@@ -155,7 +253,25 @@ class Algorithm(abc.ABC):
         self.step = 0
         self.auxiliary: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
 
+    @classmethod
+    def check_config(cls, cfg: AlgoConfig) -> None:
+        if not isinstance(cfg, cls.config_class):
+            raise TypeError(f"{cls.__name__} needs a {cls.config_class.__name__}, got {type(cfg).__name__}")
+
     # ------------------------------------------------------------ what a subclass supplies
+    @classmethod
+    def build_actor(cls, cfg: Any, spec: ObservationSpec, feature_dim: int) -> nn.Module:
+        """The actor head on ``feature_dim`` encoder features (``build_networks`` builds it with this too)."""
+        raise NotImplementedError(f"{cls.__name__} has no actor; it overrides build_policy")
+
+    @classmethod
+    def build_policy(cls, cfg: AlgoConfig, spec: ObservationSpec) -> Policy:
+        """The acting networks alone, initialized from ``cfg.seed``: the encoder and the actor."""
+        cls.check_config(cfg)
+        with seeded(cfg.seed):
+            encoder = ObservationEncoder(spec, cfg.encoder)
+            return Policy(encoder, cls.build_actor(cfg, spec, encoder.out_dim))
+
     @abc.abstractmethod
     def build_networks(self) -> dict[str, nn.Module]:
         """Online modules by name; targets are named ``target_<name>`` (frozen, Polyak-updated)."""

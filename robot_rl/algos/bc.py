@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer
-from robot_rl.nets import make_actor
+from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, encode, make_optimizer
+from robot_rl.nets import ObservationSpec, make_actor
 from robot_rl.nets.heads import check_actor_distribution
 
 
@@ -57,18 +57,20 @@ def bc_loss(enc: Encoded, nets: nn.ModuleDict, cfg: BCConfig) -> tuple[torch.Ten
     return loss, metrics
 
 
-class BC(Algorithm):
+class BC(BaseAlgorithm):
     name = "bc"
     config_class = BCConfig
     cfg: BCConfig
 
+    @classmethod
+    def build_actor(cls, cfg: BCConfig, spec: ObservationSpec, feature_dim: int) -> nn.Module:
+        return make_actor(
+            cfg.actor_distribution, feature_dim, spec.action_dim, cfg.hidden, cfg.log_std_min, cfg.log_std_max
+        )
+
     def build_networks(self) -> dict[str, nn.Module]:
         encoder = self.encoder()
-        cfg = self.cfg
-        actor = make_actor(
-            cfg.actor_distribution, encoder.out_dim, self.spec.action_dim, cfg.hidden, cfg.log_std_min, cfg.log_std_max
-        )
-        return {"encoder": encoder, "actor": actor}
+        return {"encoder": encoder, "actor": self.build_actor(self.cfg, self.spec, encoder.out_dim)}
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": make_optimizer([self.nets.encoder, self.nets.actor], self.cfg.actor_lr)}

@@ -51,8 +51,8 @@ import torch
 from torch import nn
 
 from data_lake.batch import FINAL, FUTURE, NEGATIVE, Batch
-from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, encode_goals, make_optimizer, polyak_update
-from robot_rl.nets import ValueNetwork, make_actor
+from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, encode, encode_goals, make_optimizer, polyak_update
+from robot_rl.nets import ObservationSpec, ValueNetwork, make_actor
 from robot_rl.nets.heads import check_actor_distribution
 
 
@@ -172,10 +172,14 @@ def weighted_log_likelihood(
     return loss, metrics
 
 
-class IQL(Algorithm):
+class IQL(BaseAlgorithm):
     name = "iql"
     config_class = IQLConfig
     cfg: IQLConfig
+
+    @classmethod
+    def build_actor(cls, cfg: IQLConfig, spec: ObservationSpec, feature_dim: int) -> nn.Module:
+        return make_actor(cfg.actor_distribution, feature_dim, spec.action_dim, cfg.hidden)
 
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
@@ -184,7 +188,7 @@ class IQL(Algorithm):
         return {
             **nets,
             "value": ValueNetwork(f, cfg.hidden, cfg.layer_norm),
-            "actor": make_actor(cfg.actor_distribution, f, spec.action_dim, cfg.hidden),
+            "actor": self.build_actor(cfg, spec, f),
         }
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:

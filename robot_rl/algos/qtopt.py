@@ -47,8 +47,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, Policy, encode, make_optimizer, polyak_update
-from robot_rl.nets import Critic, ObservationEncoder
+from robot_rl.algos.base import (
+    AlgoConfig,
+    BaseAlgorithm,
+    Encoded,
+    Policy,
+    encode,
+    make_optimizer,
+    polyak_update,
+    seeded,
+)
+from robot_rl.nets import Critic, ObservationEncoder, ObservationSpec
 
 Q_OUTPUTS = ("sigmoid", "linear")
 
@@ -236,7 +245,7 @@ class CEMPolicy(Policy):
         return result.action if deterministic else result.sample(self.cfg, generator)  # (B, A)
 
 
-class QTOpt(Algorithm):
+class QTOpt(BaseAlgorithm):
     """Critic-only: an encoder, a critic ensemble and its Polyak target; acts with CEM.
 
     Subclasses change the loss only (``loss``); the update step, networks and policy are shared.
@@ -245,6 +254,16 @@ class QTOpt(Algorithm):
     name = "qtopt"
     config_class = QTOptConfig
     cfg: QTOptConfig
+
+    @classmethod
+    def build_policy(cls, cfg: AlgoConfig, spec: ObservationSpec) -> CEMPolicy:
+        """The acting networks alone: the encoder and the critic CEM maximizes (no target critic)."""
+        cls.check_config(cfg)
+        assert isinstance(cfg, QTOptConfig)
+        with seeded(cfg.seed):
+            encoder = ObservationEncoder(spec, cfg.encoder)
+            critic = Critic(encoder.out_dim, spec.action_dim, cfg.hidden, cfg.num_critics, cfg.layer_norm)
+        return CEMPolicy(encoder, critic, cfg.cem)
 
     def build_networks(self) -> dict[str, nn.Module]:
         return self.encoder_and_critic(self.cfg.num_critics)

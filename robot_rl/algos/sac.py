@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, Scalar, encode, make_optimizer, polyak_update
-from robot_rl.nets import TanhGaussian, TanhGaussianActor
+from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, Scalar, encode, make_optimizer, polyak_update
+from robot_rl.nets import ObservationSpec, TanhGaussian, TanhGaussianActor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +129,7 @@ def temperature_loss(entropy: torch.Tensor, nets: nn.ModuleDict, target_entropy:
     return nets.log_alpha() * (entropy.detach() - target_entropy)
 
 
-class SAC(Algorithm):
+class SAC(BaseAlgorithm):
     name = "sac"
     config_class = SACConfig
     cfg: SACConfig
@@ -138,12 +138,16 @@ class SAC(Algorithm):
     def target_entropy(self) -> float:
         return -float(self.spec.action_dim) if self.cfg.target_entropy is None else self.cfg.target_entropy
 
+    @classmethod
+    def build_actor(cls, cfg: SACConfig, spec: ObservationSpec, feature_dim: int) -> nn.Module:
+        return TanhGaussianActor(feature_dim, spec.action_dim, cfg.hidden)
+
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
         nets = self.encoder_and_critic(cfg.num_critics)
         return {
             **nets,
-            "actor": TanhGaussianActor(nets["encoder"].out_dim, spec.action_dim, cfg.hidden),
+            "actor": self.build_actor(cfg, spec, nets["encoder"].out_dim),
             "log_alpha": Scalar(math.log(cfg.alpha_init)),
         }
 

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import AlgoConfig, Algorithm, Encoded, encode, make_optimizer, polyak_update
-from robot_rl.nets import NoisyDeterministicActor
+from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, encode, make_optimizer, polyak_update
+from robot_rl.nets import NoisyDeterministicActor, ObservationSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,15 +96,19 @@ def actor_loss(enc: Encoded, nets: nn.ModuleDict, cfg: TD3BCConfig) -> tuple[tor
     return loss, metrics
 
 
-class TD3BC(Algorithm):
+class TD3BC(BaseAlgorithm):
     name = "td3bc"
     config_class = TD3BCConfig
     cfg: TD3BCConfig
 
+    @classmethod
+    def build_actor(cls, cfg: TD3BCConfig, spec: ObservationSpec, feature_dim: int) -> nn.Module:
+        return NoisyDeterministicActor(feature_dim, spec.action_dim, cfg.hidden, cfg.exploration_noise)
+
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
         nets = self.encoder_and_critic(cfg.num_critics)
-        actor = NoisyDeterministicActor(nets["encoder"].out_dim, spec.action_dim, cfg.hidden, cfg.exploration_noise)
+        actor = self.build_actor(cfg, spec, nets["encoder"].out_dim)
         return {**nets, "actor": actor, "target_actor": self.target(actor)}
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:

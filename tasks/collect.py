@@ -7,6 +7,10 @@ commit (the commit message names the task, policy, noise, seeds and code version
 run re-run with the same seed skips the indices already on the branch (their records carry the
 run's parameters) and the lake's content hash catches anything else: no duplicates.
 
+Episodes are rolled out by the one environment loop, :func:`sim.rollout.rollout` (recording every
+observation); :func:`to_episode` turns a recorded :class:`sim.rollout.Trajectory` into a lake
+:class:`~data_lake.episode.Episode` (finetuning's online episodes use it too).
+
 Episode content: one lake step per env observation (``T = steps + 1``). Step ``t`` holds the
 observation before action ``t``, the action and the sparse reward that followed; the final
 observation closes the episode with a zero action. Plus ``achieved_goal`` = the world's scene
@@ -23,13 +27,18 @@ import dataclasses
 import multiprocessing as mp
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import tasks
 from data_lake.episode import Episode
+from data_lake.version import __version__
+from sim.base import RobotEnv
+from sim.rollout import Trajectory, rollout
+from tasks.core import NOISE_LEVELS, ScriptedPolicy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +71,6 @@ class CollectConfig:
     @property
     def noise_std(self) -> float | None:
         """Gaussian noise on the expert's action; None means uniform random actions."""
-        from tasks.core import NOISE_LEVELS
-
         if self.policy == "random":
             return None
         return self.noise if self.noise is not None else NOISE_LEVELS[self.policy]
@@ -80,8 +87,7 @@ class CollectConfig:
 
 
 def code_version() -> str:
-    from robot_rl import __version__
-
+    """``robot-rl <version> (<git sha>)``: what wrote a commit."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -95,93 +101,72 @@ def code_version() -> str:
     return f"robot-rl {__version__}" + (f" ({sha})" if sha else "")
 
 
+def episode_seeds(seed: int, index: int) -> tuple[int, int]:
+    """(env reset seed, policy seed) of episode ``index`` of a run seeded ``seed``."""
+    env_seed, policy_seed = np.random.SeedSequence([seed, index]).generate_state(2)
+    return int(env_seed), int(policy_seed)
+
+
 # ---------------------------------------------------------------------------- one episode
-_ENV_CACHE: dict[tuple[Any, ...], Any] = {}
-
-
-def _sim_state(env: Any) -> np.ndarray:
-    import mujoco
-
-    spec = mujoco.mjtState.mjSTATE_INTEGRATION
-    out = np.empty(mujoco.mj_stateSize(env.model, spec), np.float64)
-    mujoco.mj_getState(env.model, env.data, out, spec)
-    return out
-
-
-# an agent acting online: (observation, goal images, goal state) of one env -> action (A,) in [-1, 1]
-Agent = Callable[[dict[str, Any], dict[str, np.ndarray], np.ndarray], np.ndarray]
-
-
-def rollout(
-    cfg: CollectConfig,
-    index: int,
-    agent: Agent | None = None,
-    stop_on_success: bool = False,
-    source: str | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> Episode:
-    """Episode ``index`` of the run ``cfg`` (deterministic): the scripted/random policy of ``cfg``, or
-    ``agent`` (online finetuning). ``stop_on_success`` ends the episode at the first success
-    (``is_terminal``: success is absorbing)."""
-    import tasks
-
-    task = tasks.get(cfg.task)
-    key = (cfg.task, cfg.image_size, cfg.cameras)
-    if key not in _ENV_CACHE:
-        _ENV_CACHE[key] = task.make_env(cfg.image_size, cfg.cameras or task.cameras)
-    env = _ENV_CACHE[key]
-    env_seed, policy_seed = np.random.SeedSequence([cfg.seed, index]).generate_state(2)
-    rng = np.random.default_rng(policy_seed)
-    noise = cfg.noise_std
-    policy = task.random_policy(rng) if noise is None else task.scripted_policy(noise, rng)
-    obs, info = env.reset(seed=int(env_seed))
-    goal_images = task.goal_images(env)
-    goal_state = env.scene_goal()
-    steps = cfg.max_steps or task.max_episode_steps
-    ended = False  # terminated (or succeeded with stop_on_success) before the step limit
-    frames: dict[str, list[np.ndarray]] = {c: [] for c in obs["images"]}
-    state, achieved, sim, actions, rewards = [], [], [], [], []
-    for _ in range(steps + 1):
-        for c, img in obs["images"].items():
-            frames[c].append(img)
-        state.append(obs["state"])
-        achieved.append(env.scene_state())
-        sim.append(_sim_state(env))
-        if len(actions) == steps or ended:  # the final observation closes the episode
-            break
-        action = policy.act(env) if agent is None else agent(obs, goal_images, goal_state)
-        obs, reward, terminated, _truncated, info = env.step(action)
-        actions.append(action)
-        rewards.append(reward)
-        ended = bool(terminated or (stop_on_success and info["is_success"]))
-    T = len(state)
-    action_arr = np.zeros((T, env.action_space.shape[0]), np.float32)
-    action_arr[: len(actions)] = actions
-    reward_arr = np.zeros(T, np.float32)
-    reward_arr[: len(rewards)] = rewards
+def to_episode(traj: Trajectory, env: RobotEnv, task: str, source: str, metadata: dict[str, Any]) -> Episode:
+    """A recorded trajectory (``rollout(..., record=True)``) of ``env`` as a lake episode."""
+    if not traj.observations:
+        raise ValueError("to_episode needs a recorded trajectory: rollout(..., record=True)")
+    assert traj.goal_state is not None
+    T = len(traj.observations)
+    action = np.zeros((T, env.action_space.shape[0]), np.float32)  # the last observation: a zero action
+    action[: traj.steps] = traj.actions
+    reward = np.zeros(T, np.float32)
+    reward[: traj.steps] = traj.rewards
     control_dt = getattr(env, "control_dt", None) or 0.04
     episode = Episode.make(
-        images={c: np.stack(v) for c, v in frames.items()},
-        state=np.stack(state).astype(np.float32),
-        action=action_arr,
-        reward=reward_arr,
+        images={c: np.stack([o["images"][c] for o in traj.observations]) for c in traj.first["images"]},
+        state=np.stack([o["state"] for o in traj.observations]).astype(np.float32),
+        action=action,
+        reward=reward,
         timestamp_ns=(np.arange(T) * round(control_dt * 1e9)).astype(np.int64),
-        is_terminal=ended,
-        achieved_goal=np.stack(achieved).astype(np.float32),
-        goal_images=goal_images,
-        goal_state=goal_state.astype(np.float32),
-        task=cfg.task,
-        success=bool(info["is_success"]),
-        source=source or f"collect:{cfg.task}:{cfg.policy}:seed={cfg.seed}:i={index}",
-        robot=cfg.task.split("/")[0],
-        metadata={**cfg.run_params(), "index": index, "env_seed": int(env_seed), **(metadata or {})},
+        is_terminal=traj.ended,
+        achieved_goal=np.stack(traj.scene).astype(np.float32),
+        goal_images=traj.goal_images,
+        goal_state=traj.goal_state.astype(np.float32),
+        task=task,
+        success=traj.success,
+        source=source,
+        robot=task.split("/")[0],
+        metadata=metadata,
     )
-    return episode.replace(steps={**episode.steps, "sim_state": np.stack(sim)})
+    return episode.replace(steps={**episode.steps, "sim_state": np.stack(traj.sim_states)})
+
+
+_ENV_CACHE: dict[tuple[Any, ...], RobotEnv] = {}
+
+
+def _env(cfg: CollectConfig) -> RobotEnv:
+    """This process's env for the run's task, image size and cameras (built once)."""
+    key = (cfg.task, cfg.image_size, cfg.cameras)
+    if key not in _ENV_CACHE:
+        task = tasks.get(cfg.task)
+        _ENV_CACHE[key] = task.make_env(cfg.image_size, cfg.cameras or task.cameras)
+    return _ENV_CACHE[key]
+
+
+def collect_episode(cfg: CollectConfig, index: int) -> Episode:
+    """Episode ``index`` of the run ``cfg`` (deterministic): its scripted (noisy) or random policy."""
+    task = tasks.get(cfg.task)
+    env = _env(cfg)
+    env_seed, policy_seed = episode_seeds(cfg.seed, index)
+    rng = np.random.default_rng(policy_seed)
+    noise = cfg.noise_std
+    policy = ScriptedPolicy([task.random_policy(rng) if noise is None else task.scripted_policy(noise, rng)])
+    steps = cfg.max_steps or task.max_episode_steps
+    (traj,) = rollout([env], policy, [env_seed], steps, stop_on_success=False, record=True)
+    source = f"collect:{cfg.task}:{cfg.policy}:seed={cfg.seed}:i={index}"
+    return to_episode(traj, env, cfg.task, source, {**cfg.run_params(), "index": index, "env_seed": env_seed})
 
 
 # ---------------------------------------------------------------------------- the run
-def _worker_rollout(args: tuple[CollectConfig, int]) -> Episode:
-    return rollout(*args)
+def _worker_episode(args: tuple[CollectConfig, int]) -> Episode:
+    return collect_episode(*args)
 
 
 def _already_collected(lake: Any, cfg: CollectConfig) -> set[int]:
@@ -198,11 +183,11 @@ def _already_collected(lake: Any, cfg: CollectConfig) -> set[int]:
 def _ordered(cfg: CollectConfig, todo: Sequence[int]) -> Iterator[Episode]:
     if cfg.workers == 1:
         for i in todo:
-            yield rollout(cfg, i)
+            yield collect_episode(cfg, i)
         return
     # spawn: workers must not inherit an open lake or GL context (Icechunk and EGL dislike fork)
     with mp.get_context("spawn").Pool(cfg.workers) as pool:
-        yield from pool.imap(_worker_rollout, [(cfg, i) for i in todo], chunksize=1)
+        yield from pool.imap(_worker_episode, [(cfg, i) for i in todo], chunksize=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +208,6 @@ def collect(cfg: CollectConfig) -> CollectResult:
     """Run the collection ``cfg`` into its lake (created if missing). Returns what landed."""
     from tqdm.auto import tqdm
 
-    import tasks
     from data_lake import Lake
 
     tasks.get(cfg.task)  # unknown task: an error listing the known ones, before any work
