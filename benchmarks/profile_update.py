@@ -36,7 +36,7 @@ from robot_rl.algos import ALGOS, encode
 from robot_rl.algos.actionable_models import negative_actions
 from robot_rl.algos.base import polyak_update
 from robot_rl.algos.qtopt import q_loss, td_target
-from robot_rl.checkpoint import config_from_json
+from robot_rl.config import from_dict
 from robot_rl.nets import ObservationSpec
 
 PHASES = ("encode", "target_cem", "negatives", "critic", "backward", "optimizer")
@@ -124,7 +124,7 @@ def main() -> None:
     iters = 3 if a.quick else 10
     rows, figs = {}, {}
     for name, overrides in configs.items():
-        algo = cls(config_from_json(cls.config_class, overrides), spec)
+        algo = cls(from_dict(cls.config_class, overrides), spec)
         algo.update(batches[0])  # warm-up
         secs = profile(algo, batches, iters)
         rows[name] = secs

@@ -40,6 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from robot_rl.algos import ALGOS, Algorithm, BaseAlgorithm, TrainedPolicy
+from robot_rl.config import from_dict
 from robot_rl.nets import ObservationSpec
 
 FORMAT = "robot-rl/checkpoint/v1"
@@ -48,6 +49,16 @@ TENSORS, STATE = "tensors.safetensors", "state.json"
 
 class CheckpointError(ValueError):
     pass
+
+
+def _config(cls: type, d: dict[str, Any]) -> Any:
+    """A saved algorithm config (``dataclasses.asdict`` output) rebuilt as ``cls``."""
+    try:
+        return from_dict(cls, d)
+    except ValueError as e:
+        raise CheckpointError(
+            f"the checkpoint's config does not fit {cls.__name__} (saved by another version?): {e}"
+        ) from e
 
 
 def _json_value(v: Any, where: str) -> Any:
@@ -60,28 +71,6 @@ def _json_value(v: Any, where: str) -> Any:
     if v is None or isinstance(v, bool | int | float | str):
         return v
     raise CheckpointError(f"{where} has a value of type {type(v).__name__} that JSON cannot hold: {v!r}")
-
-
-def config_from_json(cls: type, d: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output; lists become tuples."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in d:
-            continue
-        v, t = d[f.name], hints[f.name]
-        optional = [a for a in typing.get_args(t) if a is not type(None)]
-        if len(optional) == 1 and dataclasses.is_dataclass(optional[0]):  # ``X | None`` with X a config dataclass
-            t = optional[0]
-        if dataclasses.is_dataclass(t) and isinstance(v, dict):
-            v = config_from_json(t, v)
-        elif isinstance(v, list):
-            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-        kwargs[f.name] = v
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise CheckpointError(f"{cls.__name__} has no fields {sorted(unknown)}")
-    return cls(**kwargs)
 
 
 def _atomic_write(path: Path, write: typing.Callable[[str], None]) -> None:
@@ -173,7 +162,7 @@ def load(path: str | os.PathLike[str], algo: Algorithm) -> dict[str, Any]:
 def build_algorithm(info: dict[str, Any], device: str | torch.device = "cpu") -> BaseAlgorithm:
     """The algorithm a checkpoint's or policy's JSON describes (``algo``, ``config``, ``spec``), freshly built."""
     cls = algorithm_class(info["algo"])
-    return cls(config_from_json(cls.config_class, info["config"]), ObservationSpec.from_json(info["spec"]), device)
+    return cls(_config(cls.config_class, info["config"]), ObservationSpec.from_json(info["spec"]), device)
 
 
 def algorithm_class(name: str) -> type[BaseAlgorithm]:
@@ -284,7 +273,7 @@ def load_policy(
     """
     saved = _networks(path)
     cls = algorithm_class(saved.info["algo"])
-    cfg = config_from_json(cls.config_class, saved.info["config"])
+    cfg = _config(cls.config_class, saved.info["config"])
     spec = ObservationSpec.from_json(saved.info["spec"])
     policy = cls.build_policy(cfg, spec)
     saved.load_into(policy)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from robot_rl.hydra_utils import compose, describe, to_dataclass
+from robot_rl.config import from_dict
+from robot_rl.hydra_utils import compose, describe
 
 
 def add_collect_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,7 +29,7 @@ def run_collect(args: argparse.Namespace) -> int:
         for name in tasks.names():
             print(f"{name:34s} {tasks.get(name).description}")
         return 0
-    cfg = to_dataclass(CollectConfig, compose("collect", args.overrides))
+    cfg = from_dict(CollectConfig, compose("collect", args.overrides))
     res = collect(cfg)
     print(
         f"collected {cfg.task}: {res.added} episodes added, {res.skipped} already in the lake, "

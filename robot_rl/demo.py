@@ -330,10 +330,11 @@ def write_summary(out: Path, summary: dict[str, Any], wall_seconds: float) -> Pa
 
 def run_demo(args: argparse.Namespace) -> int:
     from data_lake.sampler import Sampler, SamplerConfig
-    from robot_rl.hydra_utils import compose, to_dataclass
+    from robot_rl.config import from_dict
+    from robot_rl.hydra_utils import compose
 
     t_start = time.perf_counter()
-    cfg = to_dataclass(DemoConfig, compose("demo", args.overrides))
+    cfg = from_dict(DemoConfig, compose("demo", args.overrides))
     out = Path(cfg.out)
     if out.exists():
         shutil.rmtree(out)

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from robot_rl.config import from_dict
 from robot_rl.hydra_utils import compose, describe
 
 
@@ -26,22 +27,13 @@ def run_eval(overrides: list[str]) -> int:
     from robot_rl.evaluate import EvalConfig, evaluate, policy_act
 
     c: dict[str, Any] = compose("eval", overrides)
-    ckpt = resolve_checkpoint(c["ckpt"])
-    algo, meta = load_policy(ckpt, c["device"])
-    task = c["task"]
-    ecfg = EvalConfig(
-        tasks=(task,) if isinstance(task, str) else tuple(task),
-        episodes=c["episodes"],
-        seed=c["seed"],
-        num_envs=c["num_envs"],
-        max_steps=c["max_steps"],
-        deterministic=c["deterministic"],
-        video_episodes=c["video_episodes"],
-        video_format=c["video_format"],
-        progress=c["progress"],
-    )
+    cmd = {k: c.pop(k) for k in ("ckpt", "device", "out", "task")}  # the command's own settings
+    ckpt = resolve_checkpoint(cmd["ckpt"])
+    algo, meta = load_policy(ckpt, cmd["device"])
+    tasks = (cmd["task"],) if isinstance(cmd["task"], str) else tuple(cmd["task"])
+    ecfg = from_dict(EvalConfig, {**c, "tasks": tasks})  # the rest of configs/eval.yaml is EvalConfig
     run_dir = next((p for p in (ckpt, *ckpt.parents) if (p / "run.json").exists()), None)
-    out = Path(c["out"]) if c["out"] else (run_dir / "eval" if run_dir else Path("runs/eval"))
+    out = Path(cmd["out"]) if cmd["out"] else (run_dir / "eval" if run_dir else Path("runs/eval"))
 
     act = policy_act(algo, ecfg.deterministic, ecfg.seed)
     res = evaluate(act, algo.spec, ecfg, meta.get("tasks", ()), out, algo.device, name=f"eval_{algo.step:07d}")

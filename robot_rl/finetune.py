@@ -48,10 +48,10 @@ from data_lake.lake import LakeView
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
 from robot_rl.algos import ALGOS, ActionableModelsConfig, Algorithm, encode, polyak_update
 from robot_rl.algos.actionable_models import goal_reaching_loss
+from robot_rl.config import LakeConfig, ObsConfig, from_dict
 from robot_rl.evaluate import EvalConfig, evaluate
 from robot_rl.nets import ObservationSpec
 from robot_rl.policy import LearnedPolicy, policy_act
-from robot_rl.pretrain import LakeConfig, ObsConfig
 from robot_rl.runs import Logger, autocast, git_commit, prepare_run_dir, resolve_device
 from sim.rollout import rollout
 from tasks.collect import episode_seeds, to_episode
@@ -110,23 +110,10 @@ class FinetuneConfig:
 
 
 def config_from_dict(d: dict[str, Any]) -> FinetuneConfig:
-    from robot_rl.hydra_utils import to_dataclass
-
+    """The composed Hydra dict -> FinetuneConfig (the ``algo`` group's ``name`` picks the algorithm)."""
     d = dict(d)
     algo = dict(d.pop("algo"))
-    aux = dict(d.pop("aux", {}))
-    aux_cfg = AuxConfig(**{**aux, "relabel": RelabelConfig(**aux.get("relabel", {}))})
-    return to_dataclass(
-        FinetuneConfig,
-        {
-            **d,
-            "algo": algo.pop("name"),
-            "algo_cfg": algo,
-            "lake": to_dataclass(LakeConfig, d.pop("lake", {})),
-            "obs": to_dataclass(ObsConfig, d.pop("obs", {})),
-            "aux": aux_cfg,
-        },
-    )
+    return from_dict(FinetuneConfig, {**d, "algo": algo.pop("name"), "algo_cfg": algo})
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -317,8 +304,6 @@ class Finetuner:
     def _build_algorithm(self) -> Algorithm:
         """The finetuned algorithm: its config with the pretrained encoder's, on the pretrained spec (or,
         from scratch, the spec of the lake's task batches)."""
-        from robot_rl.checkpoint import config_from_json
-
         cfg = self.cfg
         if cfg.algo not in ALGOS:
             raise ValueError(f"unknown algo {cfg.algo!r}; known: {sorted(ALGOS)}")
@@ -326,7 +311,7 @@ class Finetuner:
         values = {**cfg.algo_cfg, "seed": cfg.seed}
         if self.pretrained is not None:
             values["encoder"] = dataclasses.asdict(self.pretrained.cfg.encoder)
-        algo_cfg = config_from_json(cls.config_class, values)
+        algo_cfg = from_dict(cls.config_class, values)
         if self.pretrained is not None:
             return cls(algo_cfg, self.pretrained.spec, self.device)
         probe = self._sampler(self.view, None, 2, seed=0, relabel=task_relabel(algo_cfg.gamma, True), pad=0)
@@ -336,8 +321,6 @@ class Finetuner:
 
     def _attach_aux(self) -> GoalReachingAux:
         """Goal-reaching heads (the pretrained Actionable Models critic, else new ones) on the encoder."""
-        from robot_rl.checkpoint import config_from_json
-
         if not self.algo.spec.has_goal:
             raise ValueError("aux.xi > 0 needs a goal-conditioned model (the goal-reaching loss conditions on goals)")
         if self.pretrained is not None and self.pretrained.name == AUX_ALGO:
@@ -345,7 +328,7 @@ class Finetuner:
         else:
             cls = ALGOS[AUX_ALGO]
             values = {"encoder": dataclasses.asdict(self.algo.cfg.encoder), "seed": self.cfg.seed}
-            am = cls(config_from_json(cls.config_class, values), self.algo.spec, self.device)
+            am = cls(from_dict(cls.config_class, values), self.algo.spec, self.device)
         if abs(am.cfg.gamma - self.cfg.aux.relabel.gamma) > 1e-9:
             raise ValueError(
                 f"aux.relabel.gamma={self.cfg.aux.relabel.gamma} but the goal-reaching head's gamma is "

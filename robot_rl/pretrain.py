@@ -34,6 +34,7 @@ import torch
 
 from data_lake.lake import LakeView
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
+from robot_rl.config import LakeConfig, ObsConfig, from_dict
 from robot_rl.runs import Logger, Throughput, autocast, git_commit, prepare_run_dir, resolve_device
 
 if TYPE_CHECKING:
@@ -43,21 +44,6 @@ CONDITIONING = ("goal", "task", "none")
 
 
 # ---------------------------------------------------------------------------- config
-@dataclasses.dataclass(frozen=True)
-class LakeConfig:
-    uri: str = "./lake"
-    ref: str = "main"  # branch:NAME, tag:NAME, snapshot:ID, or a bare branch/tag name
-
-
-@dataclasses.dataclass(frozen=True)
-class ObsConfig:
-    cameras: tuple[str, ...] = ("front",)  # () for state-only
-    use_state: bool = True  # proprioception
-    scene_state: bool = False  # also observe the scene vector (object positions: privileged, "from states")
-    augment_pad: int = 4  # DrQ random shift (pixels); 0 disables
-    normalize: bool = True  # state and goal state enter the networks as (x - mean) / std of the data
-
-
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     """What the model is conditioned on and where it is evaluated."""
@@ -111,12 +97,11 @@ class PretrainConfig:
 
     def algo_config(self) -> Any:
         from robot_rl.algos import ALGOS
-        from robot_rl.checkpoint import config_from_json
 
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}; known: {sorted(ALGOS)}")
         values = {**self.algo_cfg, "seed": self.seed}
-        return config_from_json(ALGOS[self.algo].config_class, values)
+        return from_dict(ALGOS[self.algo].config_class, values)
 
     def sampler_config(
         self, rank: int = 0, world_size: int = 1, episode_ids: tuple[str, ...] | None = None
@@ -139,24 +124,9 @@ class PretrainConfig:
 
 def config_from_dict(d: dict[str, Any]) -> PretrainConfig:
     """The composed Hydra dict -> PretrainConfig (the ``algo`` group's ``name`` picks the algorithm)."""
-    from robot_rl.hydra_utils import to_dataclass
-
     d = dict(d)
     algo = dict(d.pop("algo"))
-    name = algo.pop("name")
-    task = dict(d.pop("task", {}))
-    relabel = RelabelConfig(**task.pop("relabel", {}))
-    return to_dataclass(
-        PretrainConfig,
-        {
-            **d,
-            "algo": name,
-            "algo_cfg": algo,
-            "lake": to_dataclass(LakeConfig, d.pop("lake", {})),
-            "obs": to_dataclass(ObsConfig, d.pop("obs", {})),
-            "task": to_dataclass(TaskConfig, {**task, "relabel": relabel}),
-        },
-    )
+    return from_dict(PretrainConfig, {**d, "algo": algo.pop("name"), "algo_cfg": algo})
 
 
 # ---------------------------------------------------------------------------- helpers
