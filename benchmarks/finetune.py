@@ -34,17 +34,27 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmarks.report import report
 from robot_rl.hydra_utils import algo_settings
 
+if TYPE_CHECKING:
+    from data_lake.sampler import RelabelConfig
+
 GAMMA = 0.97
 # CQL and Cal-QL alike: no entropy in the backup (with 0/1 rewards it would dominate Q and lift it far
 # above the Monte-Carlo return that Cal-QL's bound compares with), a small initial entropy weight
 DIP_ALGO = {"gamma": GAMMA, "backup_entropy": False, "alpha_init": 0.1}
-AM_RELABEL = {"future": 0.3, "final": 0.4, "negative": 0.3, "commanded": 0.0, "task": 0.0, "gamma": GAMMA}
+
+
+def am_relabel() -> RelabelConfig:
+    """The goal relabeling of the Actionable Models pretraining and auxiliary loss."""
+    from data_lake.sampler import RelabelConfig
+
+    return RelabelConfig(future=0.3, final=0.4, negative=0.3, commanded=0.0, task=0.0, gamma=GAMMA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +91,6 @@ def build_lake(root: Path, task: str, b: Budget) -> str:
 
 
 def pretrain_am(uri: str, root: Path, b: Budget) -> Path:
-    from data_lake.sampler import RelabelConfig
     from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
 
     cfg = PretrainConfig(
@@ -89,7 +98,7 @@ def pretrain_am(uri: str, root: Path, b: Budget) -> Path:
         algo_cfg=algo_settings("actionable_models", gamma=GAMMA, mc_lower_bound=True, encoder={"goal_delta": True}),
         lake=LakeConfig(uri, "tag:v1"),
         obs=ObsConfig(cameras=("front",), use_state=True, augment_pad=2),
-        task=TaskConfig(conditioning="goal", relabel=RelabelConfig(**AM_RELABEL)),
+        task=TaskConfig(conditioning="goal", relabel=am_relabel()),
         steps=b.pretrain_steps,
         batch_size=b.batch,
         run_dir=str(root / "pretrain-am"),
@@ -131,7 +140,6 @@ def dip(curve: list[dict], online_steps: int) -> float:
 
 
 def main() -> None:
-    from data_lake.sampler import RelabelConfig
     from robot_rl.finetune import AuxConfig, FinetuneConfig
     from robot_rl.pretrain import LakeConfig
 
@@ -159,7 +167,7 @@ def main() -> None:
             algo_cfg=algo_settings("qtopt", gamma=GAMMA, mc_lower_bound=True),
             ckpt=None if am is None else str(am),
             lake=LakeConfig(uri, "tag:v1"),
-            aux=AuxConfig(xi=0.0, batch_size=b.batch // 2, relabel=RelabelConfig(**AM_RELABEL)),
+            aux=AuxConfig(xi=0.0, batch_size=b.batch // 2, relabel=am_relabel()),
             online_steps=b.online_steps,
             batch_size=b.batch,
             reward_budget=b.reward_budget,

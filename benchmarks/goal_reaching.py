@@ -48,18 +48,18 @@ DATA = (  # (task, share of the episodes, action noise)
     ("tabletop/pick_and_lift_red", 0.2, 0.3),
 )
 GAMMA = 0.97
-LEARNERS = {  # key -> (algorithm, algorithm config overrides, relabel probabilities)
+LEARNERS = {  # key -> (algorithm, algorithm config overrides, relabel probabilities (future, final, negative))
     "am": (
         "actionable_models",
         {"gamma": GAMMA, "mc_lower_bound": True, "encoder": {"goal_delta": True}},
-        {"future": 0.3, "final": 0.4, "negative": 0.3},
+        (0.3, 0.4, 0.3),
     ),
     "gciql": (
         "iql",
         {"gamma": GAMMA, "mc_lower_bound": True, "encoder": {"goal_delta": True}},
-        {"future": 0.3, "final": 0.4, "negative": 0.3},
+        (0.3, 0.4, 0.3),
     ),
-    "gcbc": ("bc", {"gamma": GAMMA, "encoder": {"goal_delta": True}}, {"future": 0.3, "final": 0.7, "negative": 0.0}),
+    "gcbc": ("bc", {"gamma": GAMMA, "encoder": {"goal_delta": True}}, (0.3, 0.7, 0.0)),
 }
 DISTANCE_EDGES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
 
@@ -169,7 +169,7 @@ def main() -> None:
         if a.obs == "states":
             obs = ObsConfig(cameras=(), use_state=True, scene_state=True, augment_pad=0)
         for key in a.learners.split(","):
-            algo, overrides, relabel = LEARNERS[key]
+            algo, overrides, (future, final, negative) = LEARNERS[key]
             t1 = time.perf_counter()
             algo_cfg = algo_settings(algo, **overrides)
             run = pretrain(
@@ -180,7 +180,9 @@ def main() -> None:
                     obs=obs,
                     task=TaskConfig(
                         conditioning="goal",
-                        relabel=RelabelConfig(**relabel, commanded=0, task=0, gamma=GAMMA),
+                        relabel=RelabelConfig(
+                            future=future, final=final, negative=negative, commanded=0, task=0, gamma=GAMMA
+                        ),
                         eval_tasks=EVAL_TASKS,
                     ),
                     steps=b.updates,
@@ -211,6 +213,8 @@ def main() -> None:
             curves[key].append((b.updates, {t: res.per_task[t]["success_rate"] for t in EVAL_TASKS}))
             by_distance[key] = res.episodes
             figs[f"{key}_train_eval_s"] = time.perf_counter() - t1
+        if spec is None:
+            raise ValueError(f"no learner in {a.learners!r}")
         res = evaluate(None, spec, ecfg)
         record(figs, "random", res)
         by_distance["random"] = res.episodes

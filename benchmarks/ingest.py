@@ -47,6 +47,7 @@ from benchmarks.report import report
 from data_lake import Lake, parallel
 from data_lake.ingest import load_mapping
 from data_lake.ingest.driver import READERS, BuildContext, episodes_of, gc_paused
+from data_lake.ingest.errors import IngestError
 from data_lake.synthetic import synthetic_episode
 from robot_rl.cli import main as cli
 
@@ -217,7 +218,9 @@ def run(quick: bool, workdir: Path, log: Path, jpegs: list[bytes]) -> dict[str, 
     steps = len(ep)
     assert steps >= len(jpegs) - 1, steps
     for i in (0, steps // 2, steps - 1):  # the lake holds exactly what OpenCV decodes
-        want = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpegs[i], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        bgr = cv2.imdecode(np.frombuffer(jpegs[i], np.uint8), cv2.IMREAD_COLOR)
+        assert bgr is not None, i
+        want = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         np.testing.assert_array_equal(ep.steps["images/front"][i], want)
 
     # phases, once each: read the MCAP, build the episode, commit it
@@ -225,6 +228,8 @@ def run(quick: bool, workdir: Path, log: Path, jpegs: list[bytes]) -> dict[str, 
     with gc_paused():  # as the command does
         t0 = time.perf_counter()
         (unit,) = list(READERS["mcap"].read(log, mapping))
+        if isinstance(unit, IngestError):
+            raise unit
         read_s = time.perf_counter() - t0
 
     with gc_paused():

@@ -63,7 +63,9 @@ def run(quick: bool, workdir: Path) -> dict[str, float]:
         _ = e.episode_id
     check_s = time.perf_counter() - t0
 
-    ingest_times, nosync_times, read_times = [], [], []
+    ingest_times: list[float] = []
+    nosync_times: list[float] = []
+    read_times: list[float] = []
     stored = 0
     for r in range(repeats):
         for durable, times in ((True, ingest_times), (False, nosync_times)):

@@ -122,7 +122,8 @@ def main() -> None:
     cls = ALGOS["actionable_models"]
     configs = {"default": {}} | ({"baseline": json.loads(a.baseline)} if a.baseline else {})
     iters = 3 if a.quick else 10
-    rows, figs = {}, {}
+    rows: dict[str, dict[str, float]] = {}
+    figs: dict[str, float] = {}
     for name, overrides in configs.items():
         algo = cls(from_dict(cls.config_class, overrides), spec)
         algo.update(batches[0])  # warm-up

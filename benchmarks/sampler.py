@@ -86,11 +86,20 @@ def main() -> None:
         view, SamplerConfig(batch_size=B, relabel=relabel, streaming_segments=4, swap_every=20), progress=False
     )
     stream.__next__()
-    streaming_per_s = rate(lambda: stream._queue.get(), secs)
+
+    def streamed() -> None:
+        assert stream._queue is not None  # the first batch started the streaming thread
+        stream._queue.get()
+
+    streaming_per_s = rate(streamed, secs)
     stream.close()
 
     # naive: random access into the chunked zarr arrays of the lake, segment by segment
-    seg_arrays = [view._segment(n)["steps/images/front"] for n in view.segment_names()]
+    seg_arrays: list[zarr.Array] = []
+    for n in view.segment_names():
+        a = view._segment(n)["steps/images/front"]
+        assert isinstance(a, zarr.Array)
+        seg_arrays.append(a)
     sizes = np.array([a.shape[0] for a in seg_arrays])
 
     def naive() -> None:

@@ -76,6 +76,7 @@ class Batch:
     mc_returns: torch.Tensor  # (B,) float32 behaviour-policy Monte-Carlo return (Cal-QL)
     goal_source: torch.Tensor  # (B,) int64, one of GOAL_SOURCES
     actor_goals: Observation | None = None  # the actor's own goals (``RelabelConfig.actor_goals``); None: ``goals``
+    next_actions: torch.Tensor | None = None  # (B, A) the data's action at s' (ReBRAC's critic penalty); None: unknown
 
     def to(self, device: torch.device | str, non_blocking: bool = True, float_images: bool = True) -> Batch:
         """Copy to ``device``; images become float (B, 3, H, W) in [0, 1] there (unless ``float_images``
@@ -95,6 +96,7 @@ class Batch:
             mc_returns=mv(self.mc_returns),
             goal_source=mv(self.goal_source),
             actor_goals=None if self.actor_goals is None else self.actor_goals.to(device, non_blocking, float_images),
+            next_actions=None if self.next_actions is None else mv(self.next_actions),
         )
 
     def pin_memory(self) -> Batch:
@@ -109,6 +111,7 @@ class Batch:
             mc_returns=self.mc_returns.pin_memory(),
             goal_source=self.goal_source.pin_memory(),
             actor_goals=None if self.actor_goals is None else self.actor_goals.pin_memory(),
+            next_actions=None if self.next_actions is None else self.next_actions.pin_memory(),
         )
 
     def __len__(self) -> int:
@@ -146,4 +149,7 @@ def cat_batches(batches: list[Batch]) -> Batch:
         actor_goals=None
         if batches[0].actor_goals is None
         else _cat_obs([b.actor_goals for b in batches if b.actor_goals is not None]),
+        next_actions=None
+        if any(b.next_actions is None for b in batches)
+        else torch.cat([b.next_actions for b in batches if b.next_actions is not None]),
     )

@@ -424,6 +424,9 @@ def gather(pool: EpisodePool, rows: Rows, goals: bool) -> Batch:
             {c: torch.from_numpy(pool.images[c][a]) for c in (goal_obs.images if goal_obs else {})},
             None if gstate_src is None else torch.from_numpy(gstate_src[a].astype(np.float32)),
         )
+    # a' of the data at s'; the episode's last step stores no action, so there it repeats a_t
+    last = (nt == pool.ep_end[ep] - 1)[:, None]  # (B, 1)
+    next_actions = np.where(last, pool.action[t], pool.action[nt])  # (B, A)
     return Batch(
         observations=obs(t),
         actions=torch.from_numpy(pool.action[t]),
@@ -435,6 +438,7 @@ def gather(pool: EpisodePool, rows: Rows, goals: bool) -> Batch:
         mc_returns=torch.from_numpy(rows.mc_return),
         goal_source=torch.from_numpy(rows.source),
         actor_goals=actor_goals,
+        next_actions=torch.from_numpy(next_actions),
     )
 
 
@@ -583,10 +587,6 @@ class Sampler:
         self._buffer = [*self._buffer[1:], new]
         self._pending = self._io.submit(self._read_next)
         self.pool = self._pool_from(self._buffer)
-
-    @property
-    def segments_visited(self) -> int:
-        return self._next_seg if self.cfg.streaming_segments else len(self.view.segment_names())
 
     def statistics(self, min_std: float = 1e-3) -> dict[str, tuple[float, ...]]:
         """Per-dimension mean and std (floored at ``min_std``) of the observation state and of the goal

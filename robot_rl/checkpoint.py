@@ -73,7 +73,7 @@ def _json_value(v: Any, where: str) -> Any:
     raise CheckpointError(f"{where} has a value of type {type(v).__name__} that JSON cannot hold: {v!r}")
 
 
-def _atomic_write(path: Path, write: typing.Callable[[str], None]) -> None:
+def _atomic_write(path: Path, write: typing.Callable[[str], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(str(tmp))
     os.replace(tmp, path)

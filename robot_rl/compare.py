@@ -146,7 +146,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
 def main(overrides: list[str]) -> int:
     from robot_rl.hydra_utils import compose
 
-    own = {"seeds": [0, 1, 2], "xi": 0.1, "out": "runs/compare"}
+    own: dict[str, Any] = {"seeds": [0, 1, 2], "xi": 0.1, "out": "runs/compare"}  # values parsed from JSON
     rest = []
     for o in overrides:
         key, _, value = o.partition("=")

@@ -27,18 +27,27 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from data_lake import Lake
 from data_lake.batch import GOAL_SOURCES, Batch
 
+if TYPE_CHECKING:
+    from data_lake.sampler import RelabelConfig
+
 # The goal-reaching recipe (docs/learning.md): γ = 0.97 (a ~33-step horizon, the tabletop episode's
 # scale), the Monte-Carlo lower bound on TD targets, goal features φ(g) − φ(s), and hindsight goals
 # weighted toward the episode's final state; the auxiliary ξ·L_g samples goals the same way.
 GAMMA = 0.97
-RELABEL = {"future": 0.3, "final": 0.4, "negative": 0.3, "commanded": 0.0, "task": 0.0, "gamma": GAMMA}
+
+
+def relabel() -> RelabelConfig:
+    """The goal relabeling of the goal-reaching learner (pretraining and the finetuning L_g alike)."""
+    from data_lake.sampler import RelabelConfig
+
+    return RelabelConfig(future=0.3, final=0.4, negative=0.3, commanded=0.0, task=0.0, gamma=GAMMA)
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -154,7 +163,6 @@ def stage_collect(cfg: DemoConfig, uri: str) -> dict[str, Any]:
 
 
 def stage_pretrain(cfg: DemoConfig, uri: str, run: Path) -> Path:
-    from data_lake.sampler import RelabelConfig
     from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
 
     encoder = {"feature_dim": cfg.feature_dim, "conv_channels": cfg.conv_channels, "goal_delta": True}
@@ -163,7 +171,7 @@ def stage_pretrain(cfg: DemoConfig, uri: str, run: Path) -> Path:
         algo_cfg={"encoder": encoder, "gamma": GAMMA, "mc_lower_bound": True},
         lake=LakeConfig(uri, "tag:v1"),
         obs=ObsConfig(cameras=("front",), use_state=True, augment_pad=2),
-        task=TaskConfig(conditioning="goal", relabel=RelabelConfig(**RELABEL), eval_tasks=(cfg.finetune_task,)),
+        task=TaskConfig(conditioning="goal", relabel=relabel(), eval_tasks=(cfg.finetune_task,)),
         steps=cfg.pretrain_steps,
         batch_size=cfg.pretrain_batch,
         seed=cfg.seed,
@@ -179,7 +187,6 @@ def stage_pretrain(cfg: DemoConfig, uri: str, run: Path) -> Path:
 
 
 def stage_finetune(cfg: DemoConfig, uri: str, ckpt: Path, out: Path) -> dict[str, Any]:
-    from data_lake.sampler import RelabelConfig
     from robot_rl.compare import compare
     from robot_rl.finetune import AuxConfig, FinetuneConfig
     from robot_rl.hydra_utils import algo_settings
@@ -191,7 +198,7 @@ def stage_finetune(cfg: DemoConfig, uri: str, ckpt: Path, out: Path) -> dict[str
         algo_cfg=algo_settings("qtopt", gamma=GAMMA, mc_lower_bound=True),
         ckpt=str(ckpt),
         lake=LakeConfig(uri, ""),
-        aux=AuxConfig(xi=cfg.aux_xi, batch_size=max(8, cfg.finetune_batch // 2), relabel=RelabelConfig(**RELABEL)),
+        aux=AuxConfig(xi=cfg.aux_xi, batch_size=max(8, cfg.finetune_batch // 2), relabel=relabel()),
         online_steps=cfg.finetune_steps,
         batch_size=cfg.finetune_batch,
         online_ratio=0.5,

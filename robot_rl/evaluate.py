@@ -254,7 +254,7 @@ def write_video(clips: list[list[np.ndarray]], path: Path, fps: int = 10) -> Pat
         pil = [Image.fromarray(f) for f in frames]
         pil[0].save(path, save_all=True, append_images=pil[1:], duration=1000 // fps, loop=0)
         return path
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w * scale, h * scale))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w * scale, h * scale))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path} (mp4v); use video_format=gif")
     for f in frames:

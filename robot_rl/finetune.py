@@ -48,6 +48,7 @@ from data_lake.lake import LakeView
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
 from robot_rl.algos import ALGOS, ActionableModelsConfig, Algorithm, encode, polyak_update
 from robot_rl.algos.actionable_models import goal_reaching_loss
+from robot_rl.algos.base import Nets
 from robot_rl.config import LakeConfig, ObsConfig, from_dict
 from robot_rl.evaluate import EvalConfig, evaluate
 from robot_rl.nets import ObservationSpec
@@ -247,7 +248,7 @@ class GoalReachingAux:
     """ξ·L_g: the Actionable Models goal-reaching loss with its heads (``critic``, ``target_critic``) on the
     finetuned algorithm's encoder, on hindsight-relabeled lake batches; ``algo.auxiliary`` calls it."""
 
-    nets: torch.nn.ModuleDict  # encoder (the finetuned algorithm's), critic, target_critic
+    nets: Nets  # encoder (the finetuned algorithm's), critic, target_critic
     cfg: ActionableModelsConfig  # the heads'
     sampler: Sampler
     xi: float
@@ -335,10 +336,12 @@ class Finetuner:
                 f"{am.cfg.gamma}: L_g's Monte-Carlo returns are discounted with aux.relabel.gamma; set it to "
                 f"{am.cfg.gamma}"
             )
+        if not isinstance(am.cfg, ActionableModelsConfig):  # ALGOS[AUX_ALGO] checks its config class
+            raise TypeError(f"the goal-reaching head needs an ActionableModelsConfig, got {type(am.cfg).__name__}")
         heads = {k: m for k, m in am.nets.items() if k != "encoder"}
         self.algo.attach_auxiliary({f"aux_{k}": m for k, m in heads.items()})
         aux = GoalReachingAux(
-            nets=torch.nn.ModuleDict({"encoder": self.algo.nets.encoder, **heads}),
+            nets=Nets({"encoder": self.algo.nets.encoder, **heads}),
             cfg=am.cfg,
             sampler=self._sampler(self.view, None, self.cfg.aux.batch_size, self.cfg.seed + 1, self.cfg.aux.relabel),
             xi=self.cfg.aux.xi,

@@ -51,7 +51,10 @@ def dataclass_defaults(cls: type) -> dict[str, Any]:
             instance[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             instance[f.name] = f.default_factory()
-    plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in instance.items()}
+    plain = {
+        k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+        for k, v in instance.items()
+    }
     return json.loads(json.dumps(plain))
 
 

@@ -109,7 +109,7 @@ class LearnedPolicy:
                 )
             self.goal = to_device_observation(frames, states, spec.goal_cameras, self.device)
         self.task_ids = None
-        if spec.num_tasks:
+        if spec.num_tasks and self.task_id is not None:  # __init__: task-conditioned networks have a task_id
             self.task_ids = torch.full((len(envs),), self.task_id, device=self.device)  # (B,)
 
     def act(self, observations: Sequence[dict[str, Any]], envs: Sequence[RobotEnv]) -> np.ndarray:

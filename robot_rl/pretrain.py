@@ -444,7 +444,7 @@ def save_checkpoint(run: PretrainRun, name: str) -> None:
     if run.dist.world_size > 1:
         import torch.distributed as tdist
 
-        states = [None] * run.dist.world_size
+        states = [{} for _ in range(run.dist.world_size)]  # all_gather_object fills each
         tdist.all_gather_object(states, run.sampler.state_dict())
     if run.dist.main:
         extra = {**run.meta, "samplers": states, "best": run.best, "history": run.history}

@@ -71,7 +71,9 @@ class RobotEnv(gym.Env[Observation, np.ndarray], abc.ABC):
         scene_dim: size of :meth:`scene_state` (default ``goal_dim``, as the default ``scene_state``).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+    # gymnasium declares ``metadata`` an instance variable; it is per class (RUF012 wants the ClassVar)
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}  # type: ignore[misc]
+    action_space: gym.spaces.Box  # (action_dim,) in [-1, 1]: its shape is never None
     render_images: bool = True
     """False: observations carry no images (``images == {}``): state-only agents skip the renderer,
     which costs more than the physics step in most worlds. Goal images and ``render`` still work."""

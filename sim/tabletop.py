@@ -77,7 +77,8 @@ class TabletopGoal:
 class TabletopObjective(Protocol):
     """What a tabletop task asks for; implementations live in ``tasks.tabletop``."""
 
-    goal_dim: int
+    @property
+    def goal_dim(self) -> int: ...  # implementations: a ClassVar
 
     def sample_goal(self, env: TabletopEnv, rng: np.random.Generator) -> TabletopGoal: ...
 

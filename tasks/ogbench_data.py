@@ -110,7 +110,7 @@ def _make_env(spec: DatasetSpec, max_episode_steps: int) -> Any:
     import gymnasium
     import ogbench  # noqa: F401  (registers the environments)
 
-    kwargs = {"mode": "data_collection"} if spec.kind in ("play", "noisy") else {}
+    kwargs: dict[str, Any] = {"mode": "data_collection"} if spec.kind in ("play", "noisy") else {}
     return gymnasium.make(spec.env, terminate_at_goal=False, max_episode_steps=max_episode_steps, **kwargs)
 
 

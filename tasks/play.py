@@ -119,7 +119,7 @@ class PlayExpert:
             return bool(np.linalg.norm(gripper - sub.target) < 0.015)
         if sub.kind == "lift":
             return bool(pos[2] > sub.target[2] - 0.01)
-        if sub.kind == "stack":
+        if sub.kind == "stack" and sub.other is not None:  # _sample: a stack subtask names its base
             on_top = xy_distance(pos, env.block_pos(sub.other)) < 0.015
             return on_top and pos[2] > env.block_pos(sub.other)[2] + 0.03 and rested
         return xy_distance(pos, sub.target) < 0.02 and rested
@@ -136,7 +136,7 @@ class PlayExpert:
         if sub.kind == "push":
             return push(gripper, pos, sub.target, PUSH, ACTION_SCALE)
         target = sub.target
-        if sub.kind == "stack":
+        if sub.kind == "stack" and sub.other is not None:
             target = env.block_pos(sub.other) + np.array([0.0, 0.0, BLOCK_HEIGHT])
         return pick_and_place(
             gripper,

@@ -66,9 +66,8 @@ def shortest_path(
 def waypoint_expert(env: RobotEnv) -> np.ndarray:
     env = pointmaze(env)
     maze, pos, goal = env.maze, env.ball_pos(), env.goal
-    here = tuple(int(c) for c in maze.cell_xy_to_rowcol(pos))
-    there = tuple(int(c) for c in maze.cell_xy_to_rowcol(goal))
-    path = shortest_path(maze.maze_map, here, there)
+    (r0, c0), (r1, c1) = maze.cell_xy_to_rowcol(pos), maze.cell_xy_to_rowcol(goal)
+    path = shortest_path(maze.maze_map, (int(r0), int(c0)), (int(r1), int(c1)))
     waypoint = goal if len(path) == 1 else maze.cell_rowcol_to_xy(np.array(path[1]))
     return np.clip(KP * (waypoint - pos) - KD * env.ball_vel(), -1.0, 1.0)
 

@@ -280,8 +280,8 @@ def _register(
             goal_image=goal_image,
             cameras=CAMERAS,
             build_env=env_factory(objective),
-            detector=lambda env, objective=objective: objective.is_success(tabletop(env)),
-            expert=lambda expert=expert: StatelessExpert(expert),
+            detector=lambda env: objective.is_success(tabletop(env)),
+            expert=lambda: StatelessExpert(expert),
         )
     )
 

@@ -28,14 +28,22 @@ from robot_rl.algos import (
     Algorithm,
     AWACConfig,
     BCConfig,
+    BCQConfig,
+    BEARConfig,
+    BRACConfig,
     CalQLConfig,
     CEMConfig,
     CQLConfig,
+    EDACConfig,
     IQLConfig,
     MTOptConfig,
     QTOptConfig,
+    ReBRACConfig,
+    REMConfig,
     SACConfig,
+    SACNConfig,
     TD3BCConfig,
+    UWACConfig,
 )
 from robot_rl.nets import EncoderConfig, ObservationSpec, SpecError
 
@@ -65,6 +73,19 @@ CONFIGS: dict[str, tuple[str, AlgoConfig]] = {
         ),
     ),
     "mt_opt": ("mt_opt", MTOptConfig(**TINY, cem=CEM, task_balanced_loss=True)),
+    "sac_n": ("sac_n", SACNConfig(**TINY, num_critics=3)),
+    "edac": ("edac", EDACConfig(**TINY, num_critics=3)),
+    "rem": ("rem", REMConfig(**TINY, num_heads=3, cem=CEM)),
+    "rebrac": ("rebrac", ReBRACConfig(**TINY)),  # policy_freq 2, LayerNorm critics
+    "bcq": ("bcq", BCQConfig(**TINY, vae_hidden=(16, 16), num_samples=3, act_samples=4)),
+    "bear": ("bear", BEARConfig(**TINY, vae_hidden=(16, 16), num_target_samples=3, num_mmd_samples=3)),
+    "uwac": ("uwac", UWACConfig(**TINY, vae_hidden=(16, 16), num_target_samples=3, num_mmd_samples=3, mc_passes=3)),
+    "brac": ("brac", BRACConfig(**TINY, num_div_samples=3)),  # BRAC-v, KL through a tanh-Gaussian π_b
+    "brac-p-mmd-gaussian": (
+        "brac",
+        BRACConfig(**TINY, penalty="policy", divergence="mmd", behavior_distribution="gaussian", num_div_samples=3),
+    ),
+    "brac-w": ("brac", BRACConfig(**TINY, divergence="w", num_div_samples=3)),  # BRAC-v, c(s', a') at next_actions
 }
 OBS = ["state", "image"]
 COND = ["none", "goal", "task"]

@@ -255,7 +255,7 @@ def test_streaming_visits_every_segment() -> None:
     for _ in range(3 * 8):
         seen |= set(s.sample_host().task_ids.tolist())
     s.close()
-    assert seen == set(range(6)) and s.segments_visited >= 6
+    assert seen == set(range(6))  # one task per segment: every segment was streamed in
 
 
 def test_rank_shares_are_disjoint_and_cover() -> None:

@@ -17,13 +17,21 @@ from robot_rl.algos.base import (
     polyak_update,
 )
 from robot_rl.algos.bc import BC, BCConfig
+from robot_rl.algos.bcq import BCQ, BCQConfig
+from robot_rl.algos.bear import BEAR, BEARConfig
+from robot_rl.algos.brac import BRAC, BRACConfig
 from robot_rl.algos.calql import CalQL, CalQLConfig
 from robot_rl.algos.cql import CQL, CQLConfig
+from robot_rl.algos.edac import EDAC, EDACConfig
 from robot_rl.algos.iql import IQL, IQLConfig
 from robot_rl.algos.mt_opt import MTOpt, MTOptConfig
 from robot_rl.algos.qtopt import CEMConfig, CEMPolicy, QTOpt, QTOptConfig
+from robot_rl.algos.rebrac import ReBRAC, ReBRACConfig
+from robot_rl.algos.rem import REM, REMConfig
 from robot_rl.algos.sac import SAC, SACConfig
+from robot_rl.algos.sac_n import SACN, SACNConfig
 from robot_rl.algos.td3bc import TD3BC, TD3BCConfig
+from robot_rl.algos.uwac import UWAC, UWACConfig
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {
     "bc": BC,
@@ -36,28 +44,47 @@ ALGOS: dict[str, type[BaseAlgorithm]] = {
     "qtopt": QTOpt,
     "actionable_models": ActionableModels,
     "mt_opt": MTOpt,
+    "bcq": BCQ,
+    "bear": BEAR,
+    "uwac": UWAC,
+    "brac": BRAC,
+    "sac_n": SACN,
+    "edac": EDAC,
+    "rem": REM,
+    "rebrac": ReBRAC,
 }
 
 __all__ = [
     "ALGOS",
     "AWAC",
     "BC",
+    "BCQ",
+    "BEAR",
+    "BRAC",
     "CQL",
+    "EDAC",
     "IQL",
+    "REM",
     "SAC",
+    "SACN",
     "TD3BC",
+    "UWAC",
     "AWACConfig",
     "ActionableModels",
     "ActionableModelsConfig",
     "AlgoConfig",
     "Algorithm",
     "BCConfig",
+    "BCQConfig",
+    "BEARConfig",
+    "BRACConfig",
     "BaseAlgorithm",
     "CEMConfig",
     "CEMPolicy",
     "CQLConfig",
     "CalQL",
     "CalQLConfig",
+    "EDACConfig",
     "Encoded",
     "IQLConfig",
     "MTOpt",
@@ -65,9 +92,14 @@ __all__ = [
     "Policy",
     "QTOpt",
     "QTOptConfig",
+    "REMConfig",
+    "ReBRAC",
+    "ReBRACConfig",
     "SACConfig",
+    "SACNConfig",
     "TD3BCConfig",
     "TrainedPolicy",
+    "UWACConfig",
     "encode",
     "polyak_update",
 ]

@@ -39,11 +39,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import nn
 
 from data_lake.batch import NEGATIVE
-from robot_rl.algos.base import Encoded
+from robot_rl.algos.base import Encoded, Nets
 from robot_rl.algos.qtopt import CEMConfig, QTOpt, QTOptConfig, q_from_output, q_loss, td_target
+from robot_rl.nets import Critic
 
 NEGATIVE_SAMPLING = ("uniform", "exp_q")
 
@@ -90,8 +90,7 @@ def uniform_negatives(
 ) -> torch.Tensor:
     """n actions per row, uniform on the box, none within ``min_distance`` (L∞) of the data action -> (B, n, A)."""
     B, A = data_actions.shape
-    dev = dict(generator=rng, device=data_actions.device)
-    actions = torch.rand((B, n, A), **dev) * 2 - 1  # (B, n, A)
+    actions = torch.rand((B, n, A), generator=rng, device=data_actions.device) * 2 - 1  # (B, n, A)
     cont = A - 1 if cem.discrete_gripper else A  # continuous dimensions
     if cem.discrete_gripper:
         actions[..., -1] = torch.where(actions[..., -1] > 0, 1.0, -1.0)
@@ -106,16 +105,14 @@ def uniform_negatives(
     a_j = data.gather(-1, j).squeeze(-1)  # (B, n)
     below = (a_j + 1 - min_distance).clamp_min(0)  # length of [-1, a_j − δ]
     above = (1 - a_j - min_distance).clamp_min(0)  # length of [a_j + δ, 1]
-    u = torch.rand((B, n), **dev) * (below + above)  # (B, n)
+    u = torch.rand((B, n), generator=rng, device=data_actions.device) * (below + above)  # (B, n)
     redrawn = torch.where(u < below, u - 1, a_j + min_distance + (u - below))  # (B, n)
     current = actions.gather(-1, j).squeeze(-1)
     return actions.scatter(-1, j, torch.where(close, redrawn, current).unsqueeze(-1))
 
 
 @torch.no_grad()
-def negative_actions(
-    enc: Encoded, critic: nn.Module, cfg: ActionableModelsConfig, rng: torch.Generator
-) -> torch.Tensor:
+def negative_actions(enc: Encoded, critic: Critic, cfg: ActionableModelsConfig, rng: torch.Generator) -> torch.Tensor:
     """K artificial negative actions per row, never within ``negative_min_distance`` of a -> (B, K, A)."""
     a = enc.batch.actions  # (B, A)
     K = cfg.num_negatives
@@ -128,7 +125,7 @@ def negative_actions(
 
 
 def goal_reaching_loss(
-    enc: Encoded, nets: nn.ModuleDict, cfg: ActionableModelsConfig, rng: torch.Generator
+    enc: Encoded, nets: Nets, cfg: ActionableModelsConfig, rng: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_g = L_pos + α_neg·L_neg on an encoded batch; ``nets`` holds ``critic`` and ``target_critic``."""
     b = enc.batch

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, encode, make_optimizer, polyak_update
+from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, Nets, encode, make_optimizer, polyak_update
 from robot_rl.algos.iql import weighted_log_likelihood
 from robot_rl.algos.sac import soft_bellman_loss
 from robot_rl.nets import ObservationSpec, make_actor
@@ -65,7 +65,7 @@ class AWACConfig(AlgoConfig):
 
 
 def critic_loss(
-    enc: Encoded, nets: nn.ModuleDict, cfg: AWACConfig, rng: torch.Generator
+    enc: Encoded, nets: Nets, cfg: AWACConfig, rng: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_Q = Σ_i ½·E[(Q_i(s, a) − y)²], y with a' ~ π(·|s') (SAC's loss, with a fixed or no entropy term)."""
     alpha = enc.features.new_tensor(cfg.entropy_alpha) if cfg.entropy_alpha > 0 else None
@@ -78,7 +78,7 @@ def advantage_weights(advantage: torch.Tensor, cfg: AWACConfig) -> torch.Tensor:
 
 
 def actor_loss(
-    enc: Encoded, nets: nn.ModuleDict, cfg: AWACConfig, rng: torch.Generator
+    enc: Encoded, nets: Nets, cfg: AWACConfig, rng: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_π = −E[min(exp(A(s, a)/λ), w_max)·log π(a|s)] , A from the online critic, on detached features."""
     features, actions = enc.features.detach(), enc.batch.actions  # (B, F), (B, A)
@@ -105,7 +105,7 @@ class AWAC(BaseAlgorithm):
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
         nets = self.encoder_and_critic(cfg.num_critics)
-        return {**nets, "actor": self.build_actor(cfg, spec, nets["encoder"].out_dim)}
+        return {**nets, "actor": self.build_actor(cfg, spec, self.feature_dim(nets))}
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         n = self.nets

@@ -10,7 +10,7 @@ An algorithm file (``bc.py``, ``iql.py``, ``cql.py``) subclasses :class:`BaseAlg
 networks without the rest: critic-only algorithms override ``build_policy``); its losses are
 pure functions ``(enc, nets, cfg[, rng]) -> (loss, metrics)`` where ``enc`` is an ``Encoded``
 batch (the Batch plus its embeddings, computed once per update) and ``nets`` the algorithm's
-``nn.ModuleDict`` (``nets.critic``, ``nets.target_critic``, ...). Losses that sample take an
+``Nets`` (an ``nn.ModuleDict``: ``nets.critic``, ``nets.target_critic``, ...). Losses that sample take an
 explicit ``torch.Generator`` so they stay deterministic functions of inputs.
 
 Encode once (DrQ-style sharing): each update encodes ``s`` once with gradients (the critic loss
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch, Observation
-from robot_rl.nets import Critic, EncoderConfig, ObservationEncoder, ObservationSpec
+from robot_rl.nets import Critic, EncoderConfig, ObservationEncoder, ObservationSpec, ValueNetwork
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,12 @@ class Encoded:
     features: torch.Tensor  # (B, F) of s, with gradients to the encoder
     next_features: torch.Tensor | None  # (B, F) of s', no gradients; None when the loss needs no s'
 
+    def require_next(self) -> torch.Tensor:
+        """``next_features`` for a loss that reads s' (the batch encoded with ``next_observations=True``)."""
+        if self.next_features is None:
+            raise ValueError("this loss reads s': encode the batch with next_observations=True")
+        return self.next_features
+
 
 def encode(encoder: ObservationEncoder, batch: Batch, next_observations: bool = True) -> Encoded:
     """Encode s (with grad) and s' (without) once; the goal/task part is computed once and shared."""
@@ -92,7 +98,8 @@ def encode_goals(encoder: ObservationEncoder, batch: Batch, goals: Observation) 
 @torch.no_grad()
 def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """θ̄ ← (1 − τ)·θ̄ + τ·θ for every parameter (one fused foreach op)."""
-    t, o = list(target.parameters()), list(online.parameters())
+    t: list[torch.Tensor] = list(target.parameters())
+    o: list[torch.Tensor] = list(online.parameters())
     if len(t) != len(o):
         raise ValueError(f"target has {len(t)} parameters, online {len(o)}")
     torch._foreach_lerp_(t, o, tau)
@@ -114,6 +121,23 @@ class Scalar(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.value
+
+
+class Nets(nn.ModuleDict):
+    """An algorithm's networks by name (``BaseAlgorithm.nets``, the ``nets`` of every loss).
+
+    The annotations give the types of the names algorithms share to the type checker; they create no
+    attributes (``nn.Module.__getattr__`` finds the modules), and an algorithm builds only those it uses.
+    """
+
+    encoder: ObservationEncoder
+    critic: Critic
+    target_critic: Critic
+    actor: nn.Module  # called on features (B, F), returns an action distribution (``mode``, ``sample``)
+    target_actor: nn.Module
+    value: ValueNetwork
+    log_alpha: Scalar
+    log_alpha_prime: Scalar
 
 
 class Policy(nn.Module):
@@ -170,7 +194,7 @@ class Algorithm(Protocol):
     """What the loops use of an algorithm (pretrain, finetune, checkpoints, diagnostics): every class
     of ``ALGOS`` is one (through :class:`BaseAlgorithm`)."""
 
-    nets: nn.ModuleDict  # every network by name, targets (``target_*``) and auxiliary heads (``aux_*``) included
+    nets: Nets  # every network by name, targets (``target_*``) and auxiliary heads (``aux_*``) included
     optimizers: dict[str, torch.optim.Optimizer]
     rng: torch.Generator  # the algorithm's own sampling (losses, stochastic acting)
     step: int
@@ -244,7 +268,7 @@ class BaseAlgorithm(abc.ABC):
         self.check_config(cfg)
         self.cfg, self.spec, self.device = cfg, spec, torch.device(device)
         with seeded(cfg.seed):
-            self.nets = nn.ModuleDict(self.build_networks()).to(self.device)
+            self.nets = Nets(self.build_networks()).to(self.device)
         for name, module in self.nets.items():
             if name.startswith("target_"):
                 module.requires_grad_(False)
@@ -341,6 +365,14 @@ class BaseAlgorithm(abc.ABC):
         encoder = self.encoder()
         critic = Critic(encoder.out_dim, self.spec.action_dim, self.cfg.hidden, num_critics, self.cfg.layer_norm)
         return {"encoder": encoder, "critic": critic, "target_critic": self.target(critic)}
+
+    @staticmethod
+    def feature_dim(nets: dict[str, nn.Module]) -> int:
+        """The feature size F of ``nets["encoder"]`` (an ObservationEncoder) while ``build_networks`` builds."""
+        encoder = nets["encoder"]
+        if not isinstance(encoder, ObservationEncoder):
+            raise TypeError(f"nets['encoder'] is a {type(encoder).__name__}, not an ObservationEncoder")
+        return encoder.out_dim
 
     @staticmethod
     def target(module: nn.Module) -> nn.Module:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, encode, make_optimizer
+from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, Nets, encode, make_optimizer
 from robot_rl.nets import ObservationSpec, make_actor
 from robot_rl.nets.heads import check_actor_distribution
 
@@ -42,7 +42,7 @@ class BCConfig(AlgoConfig):
         check_actor_distribution(self.actor_distribution)
 
 
-def bc_loss(enc: Encoded, nets: nn.ModuleDict, cfg: BCConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def bc_loss(enc: Encoded, nets: Nets, cfg: BCConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L(π) = −E[log π(a | s, g)]."""
     dist = nets.actor(enc.features)
     actions = enc.batch.actions  # (B, A)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import Encoded, Scalar, make_optimizer
+from robot_rl.algos.base import Encoded, Nets, Scalar, make_optimizer
 from robot_rl.algos.sac import SAC, SACConfig, soft_td_target
 
 
@@ -70,7 +70,7 @@ class CQLConfig(SACConfig):
 
 def critic_loss(
     enc: Encoded,
-    nets: nn.ModuleDict,
+    nets: Nets,
     cfg: CQLConfig,
     rng: torch.Generator,
     q_lower_bound: torch.Tensor | None = None,
@@ -129,7 +129,7 @@ def critic_loss(
     return td_loss + cql_loss, metrics
 
 
-def lagrange_loss(cql_gap: torch.Tensor, nets: nn.ModuleDict, cfg: CQLConfig) -> torch.Tensor:
+def lagrange_loss(cql_gap: torch.Tensor, nets: Nets, cfg: CQLConfig) -> torch.Tensor:
     """L_α′ = −α′·(gap − τ_gap): α′ grows while the gap exceeds its target, shrinks below it."""
     alpha_prime = nets.log_alpha_prime().exp().clamp(0.0, 1e6)
     return -alpha_prime * (cql_gap.detach() - cfg.target_gap)

@@ -51,7 +51,16 @@ import torch
 from torch import nn
 
 from data_lake.batch import FINAL, FUTURE, NEGATIVE, Batch
-from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, encode, encode_goals, make_optimizer, polyak_update
+from robot_rl.algos.base import (
+    AlgoConfig,
+    BaseAlgorithm,
+    Encoded,
+    Nets,
+    encode,
+    encode_goals,
+    make_optimizer,
+    polyak_update,
+)
 from robot_rl.nets import ObservationSpec, ValueNetwork, make_actor
 from robot_rl.nets.heads import check_actor_distribution
 
@@ -91,7 +100,7 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     return weight * diff.pow(2)
 
 
-def value_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def value_loss(enc: Encoded, nets: Nets, cfg: IQLConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_V = E[L₂^τ(Q̄(s, a) − V(s))] (eq. 5); V trains the encoder."""
     with torch.no_grad():
         target_q = nets.target_critic(enc.features.detach(), enc.batch.actions).min(0).values  # (B,)
@@ -100,7 +109,7 @@ def value_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch
     return loss, {"value/loss": loss.detach(), "value/v": v.mean().detach(), "value/target_q": target_q.mean()}
 
 
-def critic_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def critic_loss(enc: Encoded, nets: Nets, cfg: IQLConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_Q = E[Σ_i (r + γ(1 − d)·V(s') − Q_i(s, a))²] (eq. 6)."""
     b = enc.batch
     with torch.no_grad():
@@ -118,7 +127,7 @@ def critic_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torc
     return td_loss, metrics
 
 
-def actor_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def actor_loss(enc: Encoded, nets: Nets, cfg: IQLConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_π = −E[min(exp(β·(Q̄(s, a) − V(s))), w_max)·log π(a | s)] (eq. 7), on detached features.
 
     Rows whose goal comes from another episode (``NEGATIVE``) get weight 0: the data never reached that
@@ -137,7 +146,7 @@ def actor_loss(enc: Encoded, nets: nn.ModuleDict, cfg: IQLConfig) -> tuple[torch
 
 
 def ddpg_bc_actor_loss(
-    features: torch.Tensor, actions: torch.Tensor, nets: nn.ModuleDict, cfg: IQLConfig
+    features: torch.Tensor, actions: torch.Tensor, nets: Nets, cfg: IQLConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_π = −E[Q(s, μ(s))] / E|Q(s, μ(s))| + α·E[½‖μ(s) − a‖²] (DDPG+BC), features (B, F) detached."""
     mu = nets.actor(features).mode()  # (B, A)
@@ -184,7 +193,7 @@ class IQL(BaseAlgorithm):
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
         nets = self.encoder_and_critic(cfg.num_critics)
-        f = nets["encoder"].out_dim
+        f = self.feature_dim(nets)
         return {
             **nets,
             "value": ValueNetwork(f, cfg.hidden, cfg.layer_norm),

@@ -31,9 +31,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import nn
 
-from robot_rl.algos.base import Encoded
+from robot_rl.algos.base import Encoded, Nets
 from robot_rl.algos.qtopt import QTOpt, QTOptConfig, q_from_output, q_loss, td_target
 
 
@@ -53,7 +52,7 @@ def task_weights(task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def multi_task_loss(
-    enc: Encoded, nets: nn.ModuleDict, cfg: MTOptConfig, rng: torch.Generator
+    enc: Encoded, nets: Nets, cfg: MTOptConfig, rng: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_Q on task-conditioned rows: cross-entropy (or ½ squared error) to the CEM clipped double-Q target."""
     b = enc.batch

@@ -51,6 +51,7 @@ from robot_rl.algos.base import (
     AlgoConfig,
     BaseAlgorithm,
     Encoded,
+    Nets,
     Policy,
     encode,
     make_optimizer,
@@ -204,19 +205,19 @@ def cem_value(
 
 
 @torch.no_grad()
-def td_target(enc: Encoded, nets: nn.ModuleDict, cfg: QTOptConfig, generator: torch.Generator) -> torch.Tensor:
+def td_target(enc: Encoded, nets: Nets, cfg: QTOptConfig, generator: torch.Generator) -> torch.Tensor:
     """y = r + γ(1 − d)·min_i Q̄_i(s', π̄(s')) with π̄ = CEM on Q̄_1, on the cached s' embedding -> (B,).
 
     With ``mc_lower_bound``: ``y = max(y, G)``, G the batch's Monte-Carlo return (``Batch.mc_returns``).
     """
     b = enc.batch
-    next_v, _ = cem_value(enc.next_features, nets.target_critic, b.actions.shape[1], cfg, generator)  # (B,)
+    next_v, _ = cem_value(enc.require_next(), nets.target_critic, b.actions.shape[1], cfg, generator)  # (B,)
     y = b.rewards + cfg.gamma * (1.0 - b.terminals) * next_v  # (B,)
     return torch.maximum(y, b.mc_returns) if cfg.mc_lower_bound else y
 
 
 def critic_loss(
-    enc: Encoded, nets: nn.ModuleDict, cfg: QTOptConfig, rng: torch.Generator
+    enc: Encoded, nets: Nets, cfg: QTOptConfig, rng: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_Q = Σ_i E_D[H(y, Q_i(s, a))] (or ½ squared error), y the clipped double-Q CEM target."""
     y = td_target(enc, nets, cfg, rng)  # (B,)

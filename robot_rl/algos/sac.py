@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, Scalar, encode, make_optimizer, polyak_update
+from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, Nets, Scalar, encode, make_optimizer, polyak_update
 from robot_rl.nets import ObservationSpec, TanhGaussian, TanhGaussianActor
 
 
@@ -57,7 +57,7 @@ class SACConfig(AlgoConfig):
 @torch.no_grad()
 def soft_td_target(
     enc: Encoded,
-    nets: nn.ModuleDict,
+    nets: Nets,
     gamma: float,
     rng: torch.Generator,
     alpha: torch.Tensor | None = None,
@@ -69,14 +69,14 @@ def soft_td_target(
     ``alpha`` is None. ``max_backup_samples = M > 0``: CQL's max-backup ``max_{a'_1..M} min_i Q̄_i(s', a'_m)``
     (no entropy term).
     """
-    b = enc.batch
-    next_dist = nets.actor(enc.next_features)
+    b, next_features = enc.batch, enc.require_next()
+    next_dist = nets.actor(next_features)
     if max_backup_samples > 0:
         next_a, _ = next_dist.sample(max_backup_samples, rng)  # (B, M, A)
-        next_v = nets.target_critic.q_values(enc.next_features, next_a).min(0).values.max(-1).values  # (B,)
+        next_v = nets.target_critic.q_values(next_features, next_a).min(0).values.max(-1).values  # (B,)
     else:
         next_a, next_log_prob = next_dist.sample(generator=rng)  # (B, A), (B,)
-        next_v = nets.target_critic(enc.next_features, next_a).min(0).values  # (B,)
+        next_v = nets.target_critic(next_features, next_a).min(0).values  # (B,)
         if alpha is not None:
             next_v = next_v - alpha * next_log_prob
     td_target = b.rewards + gamma * (1.0 - b.terminals) * next_v  # (B,)
@@ -84,7 +84,7 @@ def soft_td_target(
 
 
 def soft_bellman_loss(
-    enc: Encoded, nets: nn.ModuleDict, gamma: float, rng: torch.Generator, alpha: torch.Tensor | None
+    enc: Encoded, nets: Nets, gamma: float, rng: torch.Generator, alpha: torch.Tensor | None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Σ_i ½·E[(Q_i(s, a) − y)²] to ``soft_td_target`` (no entropy term when ``alpha`` is None)."""
     td_target, _ = soft_td_target(enc, nets, gamma, rng, alpha)  # (B,)
@@ -99,7 +99,7 @@ def soft_bellman_loss(
 
 
 def critic_loss(
-    enc: Encoded, nets: nn.ModuleDict, cfg: SACConfig, rng: torch.Generator
+    enc: Encoded, nets: Nets, cfg: SACConfig, rng: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_Q = Σ_i ½·E[(Q_i(s, a) − y)²] to the soft backup with the current temperature."""
     alpha = nets.log_alpha().exp().detach() if cfg.backup_entropy else None
@@ -107,7 +107,7 @@ def critic_loss(
 
 
 def actor_loss(
-    enc: Encoded, nets: nn.ModuleDict, cfg: SACConfig, rng: torch.Generator
+    enc: Encoded, nets: Nets, cfg: SACConfig, rng: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_π = E[α·log π(ã|s) − min_i Q_i(s, ã)], ã ~ π(·|s) reparameterized, on detached features."""
     features = enc.features.detach()  # (B, F)
@@ -124,7 +124,7 @@ def actor_loss(
     return loss, metrics
 
 
-def temperature_loss(entropy: torch.Tensor, nets: nn.ModuleDict, target_entropy: float) -> torch.Tensor:
+def temperature_loss(entropy: torch.Tensor, nets: Nets, target_entropy: float) -> torch.Tensor:
     """L_α = −log α·(log π + H_target) = log α·(H − H_target), with H = −E[log π] detached."""
     return nets.log_alpha() * (entropy.detach() - target_entropy)
 
@@ -147,7 +147,7 @@ class SAC(BaseAlgorithm):
         nets = self.encoder_and_critic(cfg.num_critics)
         return {
             **nets,
-            "actor": self.build_actor(cfg, spec, nets["encoder"].out_dim),
+            "actor": self.build_actor(cfg, spec, self.feature_dim(nets)),
             "log_alpha": Scalar(math.log(cfg.alpha_init)),
         }
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, encode, make_optimizer, polyak_update
+from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, Nets, encode, make_optimizer, polyak_update
 from robot_rl.nets import NoisyDeterministicActor, ObservationSpec
 
 
@@ -58,7 +58,7 @@ class TD3BCConfig(AlgoConfig):
 
 
 def critic_loss(
-    enc: Encoded, nets: nn.ModuleDict, cfg: TD3BCConfig, rng: torch.Generator
+    enc: Encoded, nets: Nets, cfg: TD3BCConfig, rng: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_Q = Σ_i E[(Q_i(s, a) − y)²], y with the smoothed target action and the clipped double-Q."""
     b = enc.batch
@@ -79,7 +79,7 @@ def critic_loss(
     return td_loss, metrics
 
 
-def actor_loss(enc: Encoded, nets: nn.ModuleDict, cfg: TD3BCConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def actor_loss(enc: Encoded, nets: Nets, cfg: TD3BCConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_π = −λ·E[Q_1(s, π(s))] + E[(π(s) − a)²], λ = α / mean|Q_1| (detached), on detached features."""
     features, actions = enc.features.detach(), enc.batch.actions  # (B, F), (B, A)
     pi = nets.actor(features).mode()  # (B, A)
@@ -100,6 +100,9 @@ class TD3BC(BaseAlgorithm):
     name = "td3bc"
     config_class = TD3BCConfig
     cfg: TD3BCConfig
+    # the two losses of the delayed update; variants (ReBRAC) keep the update and swap these
+    critic_loss = staticmethod(critic_loss)
+    actor_loss = staticmethod(actor_loss)
 
     @classmethod
     def build_actor(cls, cfg: TD3BCConfig, spec: ObservationSpec, feature_dim: int) -> nn.Module:
@@ -108,7 +111,7 @@ class TD3BC(BaseAlgorithm):
     def build_networks(self) -> dict[str, nn.Module]:
         cfg, spec = self.cfg, self.spec
         nets = self.encoder_and_critic(cfg.num_critics)
-        actor = self.build_actor(cfg, spec, nets["encoder"].out_dim)
+        actor = self.build_actor(cfg, spec, self.feature_dim(nets))
         return {**nets, "actor": actor, "target_actor": self.target(actor)}
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -121,11 +124,11 @@ class TD3BC(BaseAlgorithm):
     def update(self, batch: Batch) -> dict[str, float]:
         cfg, nets = self.cfg, self.nets
         enc = encode(nets.encoder, batch)
-        q_loss, metrics = critic_loss(enc, nets, cfg, self.rng)
+        q_loss, metrics = self.critic_loss(enc, nets, cfg, self.rng)
         self.optimize("critic", self.with_auxiliary(q_loss, metrics))
 
         if self.step % cfg.policy_freq == 0:  # delayed policy update (step 0 included)
-            pi_loss, pi_metrics = actor_loss(enc, nets, cfg)
+            pi_loss, pi_metrics = self.actor_loss(enc, nets, cfg)
             self.optimize("actor", pi_loss)
             metrics.update(pi_metrics)
             polyak_update(nets.target_critic, nets.critic, cfg.tau)

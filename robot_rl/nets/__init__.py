@@ -1,4 +1,5 @@
-"""Networks: observation encoders (``encoders.py``) and heads on their features (``heads.py``)."""
+"""Networks: observation encoders (``encoders.py``) and heads on their features (``heads.py``), a
+conditional VAE of actions (``vae.py``)."""
 
 from robot_rl.nets.encoders import EncoderConfig, ObservationEncoder, ObservationSpec, SpecError
 from robot_rl.nets.heads import (
@@ -14,8 +15,10 @@ from robot_rl.nets.heads import (
     ValueNetwork,
     make_actor,
 )
+from robot_rl.nets.vae import ConditionalVAE, PairMLP, gaussian_kl, vae_loss
 
 __all__ = [
+    "ConditionalVAE",
     "Critic",
     "Deterministic",
     "DeterministicActor",
@@ -26,9 +29,12 @@ __all__ = [
     "NoisyDeterministicActor",
     "ObservationEncoder",
     "ObservationSpec",
+    "PairMLP",
     "SpecError",
     "TanhGaussian",
     "TanhGaussianActor",
     "ValueNetwork",
+    "gaussian_kl",
     "make_actor",
+    "vae_loss",
 ]

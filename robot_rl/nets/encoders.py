@@ -122,12 +122,14 @@ class ObservationSpec:
     def with_statistics(self, stats: dict[str, tuple[float, ...]]) -> ObservationSpec:
         """This spec normalizing with ``stats`` (``Sampler.statistics()``: keys ``state_mean``, ``state_std``,
         ``goal_state_mean``, ``goal_state_std``); a part the spec does not have is left out."""
-        keep = {}
-        if self.state_dim:
-            keep |= {k: tuple(stats[k]) for k in ("state_mean", "state_std")}
-        if self.goal_state_dim:
-            keep |= {k: tuple(stats[k]) for k in ("goal_state_mean", "goal_state_std")}
-        return dataclasses.replace(self, **keep)
+        s, g = bool(self.state_dim), bool(self.goal_state_dim)
+        return dataclasses.replace(
+            self,
+            state_mean=tuple(stats["state_mean"]) if s else self.state_mean,
+            state_std=tuple(stats["state_std"]) if s else self.state_std,
+            goal_state_mean=tuple(stats["goal_state_mean"]) if g else self.goal_state_mean,
+            goal_state_std=tuple(stats["goal_state_std"]) if g else self.goal_state_std,
+        )
 
     @classmethod
     def from_batch(cls, batch: Batch, num_tasks: int = 0) -> ObservationSpec:
@@ -209,6 +211,9 @@ NORM_CLIP = 10.0
 
 class Normalizer(nn.Module):
     """``clip((x − mean) / std, ±NORM_CLIP)`` with the spec's statistics; the identity without them."""
+
+    mean: torch.Tensor  # (D,) buffers
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -321,9 +326,6 @@ class ObservationEncoder(nn.Module):
             + (cfg.task_embedding_dim if use_task else 0)
         )
 
-    def _trunk(self, cam: str) -> nn.Module:
-        return self.trunks["shared" if "shared" in self.trunks else cam]
-
     def _check(self, what: str, obs: Observation, cams: tuple[str, ...], state_dim: int) -> None:
         if tuple(sorted(obs.images)) != cams:
             raise SpecError(f"{what} has cameras {sorted(obs.images)}, the networks were built for {list(cams)}")
@@ -339,13 +341,13 @@ class ObservationEncoder(nn.Module):
     def _encode(self, cams: tuple[str, ...], images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Run each trunk once on all images routed to it (concatenated along the batch)."""
         key = ["shared" if "shared" in self.trunks else c for c in cams]
-        out: list[torch.Tensor | None] = [None] * len(cams)
+        out: dict[int, torch.Tensor] = {}
         for k in dict.fromkeys(key):
             idx = [i for i, kk in enumerate(key) if kk == k]
             feats = self.trunks[k](torch.cat([images[i] for i in idx]))  # (sum n_i, feature_dim)
             for i, f in zip(idx, feats.split([images[i].shape[0] for i in idx]), strict=True):
                 out[i] = f
-        return out  # type: ignore[return-value]
+        return [out[i] for i in range(len(cams))]
 
     def check_goal(self, goal: Observation | None, task_ids: torch.Tensor | None) -> None:
         spec = self.spec
@@ -363,11 +365,12 @@ class ObservationEncoder(nn.Module):
 
         None when the networks are conditioned on neither a goal nor a task."""
         self.check_goal(goal, task_ids)
-        parts = (
-            self._encode(self.late_cameras, [goal.images[c] for c in self.late_cameras]) if self.late_cameras else []
-        )
-        if self.spec.goal_state_dim:
-            parts.append(self.goal_state_norm(goal.state))  # (B, G)
+        parts: list[torch.Tensor] = []
+        if goal is not None:  # check_goal: a goal exactly when the spec has one
+            if self.late_cameras:
+                parts += self._encode(self.late_cameras, [goal.images[c] for c in self.late_cameras])
+            if self.spec.goal_state_dim:
+                parts.append(self.goal_state_norm(goal.state))  # (B, G)
         if self.task_embedding is not None:
             parts.append(self.task_embedding(task_ids))  # (B, E)
         return torch.cat(parts, dim=1) if parts else None  # (B, D_g)
@@ -381,11 +384,13 @@ class ObservationEncoder(nn.Module):
         for c in spec.cameras:
             x = torch.cat([o.images[c] for o in observations])  # (K*B, 3, H, W)
             if self.early:
+                if goal is None:
+                    raise SpecError("the networks fuse goal images early but no goal was given")
                 x = torch.cat([x, goal.images[c].repeat(K, 1, 1, 1)], dim=1)  # (K*B, 6, H, W)
             images.append(x)
         parts = self._encode(spec.cameras, images) if spec.cameras else []  # (K*B, F) each
         if spec.state_dim:
-            s = self.state_norm(torch.cat([o.state for o in observations]))  # (K*B, S)
+            s = self.state_norm(torch.cat([o.state for o in observations if o.state is not None]))  # (K*B, S)
             parts.append(s if self.state_net is None else self.state_net(s))
         return list(torch.cat(parts, dim=1).split(observations[0].batch_size))
 

@@ -130,6 +130,7 @@ class TanhGaussian:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized actions and their log-probs: (B, A), (B,) or, with ``num``, (B, M, A), (B, M)."""
         mean, log_std = self.mean, self.log_std
+        shape: tuple[int, ...]
         if num is not None:
             mean, log_std = mean.unsqueeze(1), log_std.unsqueeze(1)  # (B, 1, A)
             shape = (mean.shape[0], num, mean.shape[-1])
@@ -193,6 +194,7 @@ class Gaussian:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions clipped to [-1, 1] and the log-density of the unclipped draw: (B, A), (B,) or (B, M, A), (B, M)."""
         mean, log_std = self.mean, self.log_std
+        shape: tuple[int, ...]
         if num is not None:
             mean, log_std = mean.unsqueeze(1), log_std.unsqueeze(1)  # (B, 1, A)
             shape = (mean.shape[0], num, mean.shape[-1])
