@@ -61,6 +61,11 @@ LEARNERS = {  # key -> (algorithm, algorithm config overrides, relabel probabili
     ),
     "gcbc": ("bc", {"gamma": GAMMA, "encoder": {"goal_delta": True}}, (0.3, 0.7, 0.0)),
 }
+# The rest of the offline family, goal-conditioned the same way: each algorithm's own defaults (its
+# configs/algo file), γ, goal features φ(g) − φ(s), and GC-IQL's goals and rewards (0/1 on reaching).
+OTHERS = ("cql", "bcq", "bear", "brac", "uwac", "rem", "sac_n", "edac", "rebrac")
+LEARNERS.update({k: (k, {"gamma": GAMMA, "encoder": {"goal_delta": True}}, (0.3, 0.4, 0.3)) for k in OTHERS})
+DEFAULT_LEARNERS = ("am", "gciql", "gcbc")
 DISTANCE_EDGES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
 
 
@@ -136,7 +141,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json")
     p.add_argument("--out", help="keep the lake-free run folders and plots here (default: a temp dir)")
-    p.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated subset of " + ",".join(LEARNERS))
+    p.add_argument(
+        "--learners",
+        default=",".join(DEFAULT_LEARNERS),
+        help="comma-separated subset of " + ",".join(LEARNERS) + " (default: " + ",".join(DEFAULT_LEARNERS) + ")",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda (bf16 autocast) or auto")
     p.add_argument("--image-size", type=int, help="override the budget's image size (e.g. 64 on a GPU)")
     p.add_argument("--updates", type=int, help="override the budget's updates per learner")
@@ -147,6 +156,9 @@ def main() -> None:
         "--obs", choices=("images", "states"), default="images", help="states: proprioception + scene vector, no image"
     )
     a = p.parse_args()
+    unknown = [k for k in a.learners.split(",") if k not in LEARNERS]
+    if unknown:
+        raise SystemExit(f"unknown learners {unknown}; known: {', '.join(LEARNERS)}")
     b = QUICK if a.quick else FULL
     overrides = {"image_size": a.image_size, "updates": a.updates, "batch": a.batch, "episodes": a.episodes}
     b = dataclasses.replace(b, **{k: v for k, v in overrides.items() if v is not None})

@@ -53,7 +53,15 @@ from robot_rl.algos.base import (
     polyak_update,
     seeded,
 )
-from robot_rl.nets import ConditionalVAE, Critic, ObservationEncoder, ObservationSpec, PairMLP, vae_loss
+from robot_rl.nets import (
+    ConditionalVAE,
+    Critic,
+    ObservationEncoder,
+    ObservationSpec,
+    PairMLP,
+    check_vae_settings,
+    vae_loss,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +91,7 @@ class BCQConfig(AlgoConfig):
             raise ValueError(f"lmbda must be in [0, 1], got {self.lmbda}")
         if not 0 <= self.phi <= 2:
             raise ValueError(f"phi must be in [0, 2] (actions live in [-1, 1]), got {self.phi}")
-        if not self.vae_hidden or any(h < 1 for h in self.vae_hidden):
-            raise ValueError(f"vae_hidden must be a non-empty tuple of sizes >= 1, got {self.vae_hidden}")
-        if self.latent_dim is not None and self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1 or None (2·dim(A)), got {self.latent_dim}")
-        if self.vae_lr <= 0 or self.kl_weight < 0:
-            raise ValueError(f"vae_lr must be > 0 and kl_weight >= 0, got {self.vae_lr}, {self.kl_weight}")
+        check_vae_settings(self.vae_hidden, self.latent_dim, self.vae_lr, self.kl_weight)
 
 
 class Perturbation(nn.Module):

@@ -51,7 +51,7 @@ from data_lake.batch import Batch
 from robot_rl.algos.base import AlgoConfig, BaseAlgorithm, Encoded, Nets, Scalar, encode, make_optimizer, polyak_update
 from robot_rl.algos.bcq import vae_of
 from robot_rl.algos.divergences import check_kernel, clip_log_alpha, lagrange_loss, mmd, raw_policy_samples, vae_samples
-from robot_rl.nets import ConditionalVAE, ObservationSpec, TanhGaussianActor, vae_loss
+from robot_rl.nets import ConditionalVAE, ObservationSpec, TanhGaussianActor, check_vae_settings, vae_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,12 +95,7 @@ class BEARConfig(AlgoConfig):
             )
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not self.vae_hidden or any(h < 1 for h in self.vae_hidden):
-            raise ValueError(f"vae_hidden must be a non-empty tuple of sizes >= 1, got {self.vae_hidden}")
-        if self.latent_dim is not None and self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1 or None (2·dim(A)), got {self.latent_dim}")
-        if self.vae_lr <= 0 or self.kl_weight < 0:
-            raise ValueError(f"vae_lr must be > 0 and kl_weight >= 0, got {self.vae_lr}, {self.kl_weight}")
+        check_vae_settings(self.vae_hidden, self.latent_dim, self.vae_lr, self.kl_weight)
 
 
 def bear_vae_loss(

@@ -61,7 +61,7 @@ from robot_rl.algos.bear import (
     next_actions,
     support_samples,
 )
-from robot_rl.nets import Critic, EnsembleLinear
+from robot_rl.nets import Critic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,14 +104,6 @@ class DropoutCritic(Critic):
     ) -> None:
         super().__init__(feature_dim, action_dim, hidden, n, layer_norm)
         self.dropout = dropout
-
-    def first_layer(self, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Pre-activations of the first hidden layer: features (B, F), actions (B, M, A) -> (N, B·M, H)."""
-        B, M, A = actions.shape
-        first, F_ = cast(EnsembleLinear, self.hidden[0]), features.shape[-1]
-        h_f = torch.baddbmm(first.bias, features.unsqueeze(0).expand(self.n, B, F_), first.weight[:, :F_])  # (N, B, H)
-        h_a = torch.bmm(actions.reshape(1, B * M, A).expand(self.n, B * M, A), first.weight[:, F_:])  # (N, B·M, H)
-        return (h_a.view(self.n, B, M, -1) + h_f.unsqueeze(2)).view(self.n, B * M, -1)  # (N, B·M, H)
 
     def dropout_layers(self, x: torch.Tensor, passes: int, per_row: bool, generator: torch.Generator) -> torch.Tensor:
         """The remaining layers on first-layer pre-activations x (N, R, H) with a mask after every hidden ReLU:

@@ -15,7 +15,7 @@ from robot_rl.nets.heads import (
     ValueNetwork,
     make_actor,
 )
-from robot_rl.nets.vae import ConditionalVAE, PairMLP, gaussian_kl, vae_loss
+from robot_rl.nets.vae import ConditionalVAE, PairMLP, check_vae_settings, gaussian_kl, vae_loss
 
 __all__ = [
     "ConditionalVAE",
@@ -34,6 +34,7 @@ __all__ = [
     "TanhGaussian",
     "TanhGaussianActor",
     "ValueNetwork",
+    "check_vae_settings",
     "gaussian_kl",
     "make_actor",
     "vae_loss",

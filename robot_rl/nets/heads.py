@@ -84,20 +84,27 @@ class Critic(nn.Module):
 
         ``members``: evaluate only the first k ensemble members -> (k, B, M).
         """
-        B, M, A = actions.shape
+        B, M, _ = actions.shape
         n = self.n if members is None else members
-        layers = [*self.hidden, self.out]
-        first = layers[0]
-        w = first.weight[:n]  # (n, F + A, H)
-        F_ = features.shape[-1]
-        h_f = torch.baddbmm(first.bias[:n], features.unsqueeze(0).expand(n, B, F_), w[:, :F_])  # (n, B, H)
-        h_a = torch.bmm(actions.reshape(1, B * M, A).expand(n, B * M, A), w[:, F_:])  # (n, B·M, H)
-        x = (h_a.view(n, B, M, -1) + h_f.unsqueeze(2)).view(n, B * M, -1)  # (n, B·M, H)
-        for layer in layers[1:]:
+        x = self.first_layer(features, actions, n)  # (n, B·M, H)
+        for layer in [*self.hidden[1:], self.out]:
             if self.layer_norm:
                 x = F.layer_norm(x, x.shape[-1:])
             x = torch.baddbmm(layer.bias[:n], F.relu(x), layer.weight[:n])  # (n, B·M, H')
         return x.view(n, B, M)  # (n, B, M)
+
+    def first_layer(self, features: torch.Tensor, actions: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """Pre-activations of the first hidden layer of the first ``n`` members (all by default), split as
+        ``W_f·f + W_a·a``: features (B, F), actions (B, M, A) -> (n, B·M, H)."""
+        B, M, A = actions.shape
+        n = self.n if n is None else n
+        first = self.hidden[0]
+        assert isinstance(first, EnsembleLinear)
+        w = first.weight[:n]  # (n, F + A, H)
+        F_ = features.shape[-1]
+        h_f = torch.baddbmm(first.bias[:n], features.unsqueeze(0).expand(n, B, F_), w[:, :F_])  # (n, B, H)
+        h_a = torch.bmm(actions.reshape(1, B * M, A).expand(n, B * M, A), w[:, F_:])  # (n, B·M, H)
+        return (h_a.view(n, B, M, -1) + h_f.unsqueeze(2)).view(n, B * M, -1)  # (n, B·M, H)
 
 
 class ValueNetwork(nn.Module):

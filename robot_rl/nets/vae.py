@@ -74,6 +74,16 @@ class PairMLP(nn.Module):
         return h
 
 
+def check_vae_settings(vae_hidden: tuple[int, ...], latent_dim: int | None, vae_lr: float, kl_weight: float) -> None:
+    """The VAE fields of an algorithm's config (BCQ, BEAR, UWAC): a clear ValueError on a bad one."""
+    if not vae_hidden or any(h < 1 for h in vae_hidden):
+        raise ValueError(f"vae_hidden must be a non-empty tuple of sizes >= 1, got {vae_hidden}")
+    if latent_dim is not None and latent_dim < 1:
+        raise ValueError(f"latent_dim must be >= 1 or None (2·dim(A)), got {latent_dim}")
+    if vae_lr <= 0 or kl_weight < 0:
+        raise ValueError(f"vae_lr must be > 0 and kl_weight >= 0, got {vae_lr}, {kl_weight}")
+
+
 def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, σ) ‖ N(0, 1)) per element: −½·(1 + log σ² − μ² − σ²)."""
     return -0.5 * (1.0 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2))
