@@ -53,7 +53,11 @@ ENV_OF = {
     "cube-single-noisy": "cube-single",
 }
 ALPHA = {"pointmaze-medium-navigate": 0.003, "cube-single-play": 1.0, "cube-single-noisy": 0.03}  # hyperparameters.sh
-LEARNERS = ("gcbc", "gciql", "am")
+# The rest of the offline family, goal-conditioned with OGBench's goal sampling (task=ogbench, as
+# GC-IQL) and each algorithm's own defaults, the budget's MLPs and LayerNorm critics; 0/1 rewards.
+OTHERS = ("cql", "bcq", "bear", "brac", "uwac", "rem", "sac_n", "edac", "rebrac")
+LEARNERS = ("gcbc", "gciql", "am", *OTHERS)
+DEFAULT_LEARNERS = ("gcbc", "gciql", "am")
 GAMMA = 0.99
 
 
@@ -99,6 +103,9 @@ def learner(key: str, dataset: str, b: Budget) -> tuple[str, dict[str, Any], Any
         relabel = RelabelConfig(future=0.5, final=0.2, negative=0.3, task=0, geometric_p=1 - GAMMA, gamma=GAMMA)
         cfg = algo_settings("actionable_models", gamma=GAMMA, hidden=hidden, layer_norm=True, mc_lower_bound=True)
         return "actionable_models", cfg, relabel
+    if key in OTHERS:
+        task = compose("pretrain", ["task=ogbench"])["task"]["relabel"]
+        return key, algo_settings(key, gamma=GAMMA, hidden=hidden, layer_norm=True), RelabelConfig(**task)
     raise KeyError(f"unknown learner {key!r}; known: {LEARNERS}")
 
 
@@ -171,7 +178,11 @@ def main() -> None:
     p.add_argument("--json")
     p.add_argument("--out", help="keep the run folders (checkpoints, TensorBoard, eval JSON) here")
     p.add_argument("--datasets", default=",".join(PUBLISHED), help="comma-separated subset of " + ",".join(PUBLISHED))
-    p.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated subset of " + ",".join(LEARNERS))
+    p.add_argument(
+        "--learners",
+        default=",".join(DEFAULT_LEARNERS),
+        help="comma-separated subset of " + ",".join(LEARNERS) + " (default: " + ",".join(DEFAULT_LEARNERS) + ")",
+    )
     p.add_argument("--updates", type=int, help="override the budget's updates per learner")
     p.add_argument("--episodes", type=int, help="override the budget's trajectories per dataset")
     p.add_argument("--batch", type=int, help="override the budget's batch size")
@@ -255,15 +266,19 @@ def markdown_table(figs: dict[str, float], datasets: list[str], keys: list[str],
 
 def print_table(figs: dict[str, float], datasets: list[str], keys: list[str]) -> None:
     """Ours (success [95% CI]) next to the published column of the same algorithm, one row per dataset."""
-    head = f"{'dataset':28s}" + "".join(f"{k + ' (ours)':>22s}{k + ' (pub.)':>13s}" for k in keys)
+    published = {k for k in keys if any(k in PUBLISHED[d] for d in datasets)}  # a (pub.) column only for these
+    head = f"{'dataset':28s}" + "".join(
+        f"{k + ' (ours)':>22s}" + (f"{k + ' (pub.)':>13s}" if k in published else "") for k in keys
+    )
     print(head)
     for d in datasets:
         row = f"{d:28s}"
         for k in keys:
             lo, hi = figs[f"{d}_{k}_success_ci_low"], figs[f"{d}_{k}_success_ci_high"]
             row += f"{figs[f'{d}_{k}_success']:>8.2f} [{lo:.2f}, {hi:.2f}]"
-            pub = PUBLISHED[d].get(k)
-            row += f"{'-' if pub is None else f'{pub / 100:.2f}':>13s}"
+            if k in published:
+                pub = PUBLISHED[d].get(k)
+                row += f"{'-' if pub is None else f'{pub / 100:.2f}':>13s}"
         print(row)
     print()
 
