@@ -14,6 +14,8 @@ Layout of one snapshot (the Zarr hierarchy inside the Icechunk repository)::
             ├── steps/is_first|is_last|is_terminal   bool (T,)
             ├── steps/timestamp_ns              int64 (T,)
             ├── steps/achieved_goal             float32 (T, G)                   optional
+            ├── steps/sim_state                 float64 (T, D)                   optional
+            ├── steps/action_logp               float32 (T,)      optional, per episode (NaN rows: absent)
             └── goals/images/<camera>, goals/state   (E, ...)                   commanded goals
             attrs["episodes"]: episode_id, length, task, language, success, source, robot,
                                created_at, metadata, and has_goal per goal key
@@ -26,7 +28,9 @@ Rules:
   schema, a compaction racing a delete) is retried from the new tip.
 - The first append fixes the schema (field keys, dtypes, per-step shapes, cameras); later
   appends must match it exactly. ``allow_new_fields=True`` adds new fields to the schema;
-  episodes stored before lack them (their segments have no such array).
+  episodes stored before lack them (their segments have no such array). The per-episode step
+  fields (``action_logp``) are the exception: any episode may lack them, and they join the schema
+  with the first episode that has one, without ``allow_new_fields``.
 - ``episode_id`` is a content hash: appending an episode already on the branch is a no-op that is
   counted in ``AppendResult.skipped_duplicates``.
 - Readers pin a snapshot (:meth:`Lake.checkout`); the same snapshot id returns the same bytes
@@ -60,12 +64,14 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from data_lake.episode import Episode
+from data_lake import parallel
+from data_lake.episode import PER_EPISODE_STEP_KEYS, Episode
 from data_lake.segment import (
     SegmentData,
     UnreadableEpisodesError,
     attrs_of,
     concat_segments,
+    drop_absent,
     new_segment_name,
     read_segment,
     read_segment_episodes,
@@ -76,12 +82,14 @@ from data_lake.segment import (
 from data_lake.storage import (
     Location,
     commit_lock,
+    fsync_files,
     fsync_new,
     fsync_path,
     fsync_ref,
     fsync_tree,
     listing,
     make_storage,
+    new_files,
     parse_uri,
 )
 from data_lake.validate import (
@@ -325,7 +333,7 @@ class LakeView:
             raise KeyError(f"episode {episode_id} is not in snapshot {self.snapshot_id}")
         g = self._segment(rec.segment)
         a = attrs_of(g)
-        steps = {p: np.asarray(arr[rec.start : rec.stop]) for p, arr in _arrays(g, "steps")}
+        steps = drop_absent({p: np.asarray(arr[rec.start : rec.stop]) for p, arr in _arrays(g, "steps")})
         goal = {p: np.asarray(arr[rec.index]) for p, arr in _arrays(g, "goals") if a["has_goal"][p][rec.index]}
         meta = {
             k: getattr(rec, k) for k in ("task", "language", "success", "source", "robot", "created_at", "metadata")
@@ -754,6 +762,11 @@ class Lake:
                     schema, first = es, False
                     changed = True
                 probs, additions = schema_differences(schema, es)
+                optional = {k: v for k, v in additions["step"].items() if k in PER_EPISODE_STEP_KEYS}
+                if optional:  # per-episode fields join the schema on their own (other episodes may lack them)
+                    schema = {**schema, "step": {**schema["step"], **optional}}
+                    additions = {**additions, "step": {k: v for k, v in additions["step"].items() if k not in optional}}
+                    changed = True
                 if any(additions[p] for p in additions):
                     if allow_new_fields:
                         schema = {p: {**schema[p], **additions[p]} for p in schema}
@@ -961,6 +974,7 @@ class Lake:
         root_dir = self.location.path
         for _attempt in range(MAX_WRITE_ATTEMPTS):
             staging = f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{socket.gethostname()}"
+            chunk_sync: cf.Future[None] | None = None
             try:
                 with storage_errors(op, self.location):
                     if staged:
@@ -972,8 +986,11 @@ class Lake:
                     stats = write(root, base_ids)
                     if stats.pop("nothing", False) or not session.has_uncommitted_changes:
                         return WriteResult(None, branch, **_only(stats, WriteResult))
-                    if staged:
-                        before["chunks"] = fsync_new(root_dir, {"chunks": before["chunks"]})["chunks"]  # unlocked
+                    if staged:  # the chunks written so far sync while the commit below runs (joined before
+                        # the branch moves); chunks a rewrite adds meanwhile are in the final fsync_new
+                        paths, listed = new_files(root_dir, {"chunks": before["chunks"]})
+                        before["chunks"] = listed["chunks"]
+                        chunk_sync = parallel.pool("lake-fsync", 1).submit(fsync_files, root_dir, paths, ["chunks"])
                     with commit_lock(self.location):
                         tip = self.repo.lookup_branch(stored)
                         if staged:
@@ -998,6 +1015,8 @@ class Lake:
                         # raises ConflictError and the write is redone, so the duplicate check stays exact
                         snap = session.commit(msg, metadata=meta)
                         if staged:
+                            assert chunk_sync is not None
+                            chunk_sync.result()
                             fsync_new(root_dir, before)  # chunks written since, manifests, snapshot, log
                             self.repo.reset_branch(stored, snap, from_snapshot_id=tip)
                             fsync_ref(root_dir, stored)

@@ -154,6 +154,15 @@ def fsync_new(root: str, before: dict[str, set[str]]) -> dict[str, set[str]]:
     """fsync every file that appeared in ``before``'s directories since (several at a time: on
     most disks concurrent fsyncs share the device flushes), then the directories; returns the
     listing after, to pass as the next ``before`` so nothing is synced twice."""
+    paths, after = new_files(root, before)
+    fsync_files(root, paths, list(before))
+    return after
+
+
+def new_files(root: str, before: dict[str, set[str]]) -> tuple[list[str], dict[str, set[str]]]:
+    """The files that appeared in ``before``'s directories since, and the listing now. List in the
+    writing thread: a file that appears after this listing is left to the next one (files written
+    while another thread syncs are never taken for synced)."""
     after: dict[str, set[str]] = {}
     paths: list[str] = []
     for d, old in before.items():
@@ -162,16 +171,20 @@ def fsync_new(root: str, before: dict[str, set[str]]) -> dict[str, set[str]]:
         except FileNotFoundError:
             after[d] = set()
         paths += [os.path.join(root, d, name) for name in after[d] - old]
+    return paths, after
+
+
+def fsync_files(root: str, paths: list[str], dirs: list[str]) -> None:
+    """fsync ``paths`` (several at a time), then the directories ``dirs`` under ``root``, then ``root``."""
     if len(paths) > 1:
         with cf.ThreadPoolExecutor(min(FSYNC_THREADS, len(paths))) as pool:
             list(pool.map(_fsync_if_present, paths))
     elif paths:
         _fsync_if_present(paths[0])
-    for d in before:
+    for d in dirs:
         with contextlib.suppress(FileNotFoundError):
             fsync_path(os.path.join(root, d))
     fsync_path(root)
-    return after
 
 
 FSYNC_THREADS = 8
