@@ -17,10 +17,19 @@ small per-episode record. Step arrays are addressed by *field keys*:
     sim_state         float64 (T, D)          optional: the simulator's full state (MuJoCo
                                               mjSTATE_INTEGRATION), so any task's success
                                               detector can relabel the episode later
+    action_logp       float32 (T,)            optional, per episode: log μ(a_t | o_t), the log
+                                              probability of the logged action under the
+                                              (stochastic) policy that took it (finite: a taken
+                                              action has positive probability; 0 on the last
+                                              step), for off-policy evaluation
 
 Step convention (as RLDS): step ``t`` holds observation ``o_t``, the action ``a_t`` taken in it and
 the reward ``r_t`` that followed. The action and reward of the last step (``is_last``) have no
 successor observation; learners never use them as a transition.
+
+Per-episode step fields (``PER_EPISODE_STEP_KEYS``: ``action_logp``) may be absent from some
+episodes of a lake that stores them (a deterministic expert's or a learned policy's episodes have no
+logged probability); the lake keeps NaN rows for those episodes and its readers leave the field out.
 
 Per-episode goal arrays (optional, the commanded goal): ``goal/images/<camera>`` uint8 (H, W, 3)
 and ``goal/state`` float32 (G,).
@@ -54,7 +63,9 @@ import numpy as np
 
 HASH_VERSION = b"robot-rl/episode/v1\0"
 REQUIRED_STEP_KEYS = ("state", "action", "reward", "is_first", "is_last", "is_terminal", "timestamp_ns")
-OPTIONAL_STEP_KEYS = ("achieved_goal", "sim_state")
+OPTIONAL_STEP_KEYS = ("achieved_goal", "sim_state", "action_logp")
+PER_EPISODE_STEP_KEYS = ("action_logp",)
+"""Optional step fields an episode may lack even when its lake's schema has them."""
 STEP_PREFIXES = ("images/", "depth/")
 GOAL_PREFIX = "goal/"
 META_KEYS = ("task", "language", "success", "source", "robot", "created_at", "metadata")

@@ -5,6 +5,8 @@
     ├── steps/images/<camera>        uint8 (T, H, W, 3)    T = sum of the episodes' lengths
     ├── steps/depth/<camera>         float32|uint16 (T, H, W)
     ├── steps/state, action, ...     (T, ...)              every step field of the lake schema
+                                                           (per-episode fields, ``action_logp``:
+                                                           NaN rows for episodes without it)
     └── goals/images/<camera>, goals/state   (E, ...)      commanded goals; zeros where absent
 
 ``attrs["episodes"]`` is the per-episode table, column-wise (JSON): ``episode_id``, ``length``,
@@ -47,7 +49,7 @@ from zarr.core.group import GroupMetadata
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
 from data_lake import parallel
-from data_lake.episode import Episode
+from data_lake.episode import PER_EPISODE_STEP_KEYS, Episode
 
 FORMAT = 1
 IMAGE_CHUNK_BYTES = 2 << 20
@@ -129,10 +131,15 @@ class SegmentData:
         stop = int(self.episode_ends[i])
         goal = {k: v[i] for k, v in self.goals.items() if self.has_goal[k][i]}
         rec = {c: self.table[c][i] for c in TABLE_COLUMNS if c not in ("episode_id", "length")}
-        return Episode(steps={k: v[start:stop] for k, v in self.steps.items()}, goal=goal, **rec)
+        return Episode(steps=drop_absent({k: v[start:stop] for k, v in self.steps.items()}), goal=goal, **rec)
 
     def episodes(self) -> list[Episode]:
         return [self.episode(i) for i in range(len(self.episode_ends))]
+
+
+def drop_absent(steps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One episode's step arrays without the per-episode fields it lacks (stored as NaN rows)."""
+    return {k: v for k, v in steps.items() if not (k in PER_EPISODE_STEP_KEYS and np.isnan(v).all())}
 
 
 def write_segment(
@@ -154,6 +161,9 @@ def write_segment(
         present = [e.steps[key] for e in episodes if key in e.steps]
         if not present:
             continue  # a field added to the schema after these episodes' format (allow_new_fields)
+        if len(present) < len(episodes) and key in PER_EPISODE_STEP_KEYS:  # NaN rows: the episode lacks it
+            shape, dtype = tuple(spec["shape"]), spec["dtype"]
+            present = [e.steps[key] if key in e.steps else np.full((len(e), *shape), np.nan, dtype) for e in episodes]
         data = np.concatenate(present) if len(present) > 1 else np.asarray(present[0])
         arrays.append((f"steps/{key}", key, data, spec["dtype"]))
     has_goal: dict[str, list[bool]] = {}
@@ -399,12 +409,20 @@ def read_segment_episodes(group: zarr.Group, indices: Sequence[int]) -> SegmentD
     )
 
 
+def _steps_or_absent(seg: SegmentData, key: str, segs: list[SegmentData]) -> np.ndarray:
+    """``seg``'s step field ``key``; NaN rows (absent) for a per-episode field none of its episodes has."""
+    if key in seg.steps:
+        return seg.steps[key]
+    like = next(s.steps[key] for s in segs if key in s.steps)
+    return np.full((int(seg.episode_ends[-1]) if len(seg.episode_ends) else 0, *like.shape[1:]), np.nan, like.dtype)
+
+
 def concat_segments(segs: list[SegmentData], name: str) -> SegmentData:
     """Segments concatenated in order into one (labels kept for the tasks every segment has)."""
     if len(segs) == 1:
         return segs[0]
     keys = sorted({k for s in segs for k in s.steps})
-    missing = [(s.name, k) for s in segs for k in keys if k not in s.steps]
+    missing = [(s.name, k) for s in segs for k in keys if k not in s.steps and k not in PER_EPISODE_STEP_KEYS]
     if missing:
         raise ValueError(f"cannot concatenate: segment {missing[0][0]} lacks field {missing[0][1]!r}; pass fields=")
     offsets = np.cumsum([0] + [int(s.episode_ends[-1]) for s in segs[:-1]])
@@ -421,7 +439,7 @@ def concat_segments(segs: list[SegmentData], name: str) -> SegmentData:
     return SegmentData(
         name=name,
         labels={t: np.concatenate([s.labels[t] for s in segs]) for t in sorted(common)},
-        steps={k: np.concatenate([s.steps[k] for s in segs]) if segs else np.zeros(0) for k in keys},
+        steps={k: np.concatenate([_steps_or_absent(s, k, segs) for s in segs]) for k in keys},
         goals=goals,
         episode_ends=np.concatenate([s.episode_ends + o for s, o in zip(segs, offsets, strict=True)])
         if segs

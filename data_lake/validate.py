@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from data_lake.episode import OPTIONAL_STEP_KEYS, REQUIRED_STEP_KEYS, Episode
+from data_lake.episode import OPTIONAL_STEP_KEYS, PER_EPISODE_STEP_KEYS, REQUIRED_STEP_KEYS, Episode
 
 FLOAT32_KEYS = ("state", "action", "reward", "achieved_goal")
 BOOL_KEYS = ("is_first", "is_last", "is_terminal")
@@ -142,14 +142,17 @@ def _check_field(key: str, a: np.ndarray) -> list[Problem]:
         hint = f"; convert with .astype(np.{np.dtype(expected).name})" if a.dtype.kind in "fiub" else ""
         out.append(Problem("dtype", key, None, f"expected {np.dtype(expected).name}, found {a.dtype}{hint}"))
         return out
-    ndim = 1 if key in ("reward", "timestamp_ns", *BOOL_KEYS) else 2
+    ndim = 1 if key in ("reward", "timestamp_ns", "action_logp", *BOOL_KEYS) else 2
     if a.ndim != ndim:
         want = "(T,)" if ndim == 1 else "(T, D)"
         out.append(Problem("shape", key, None, f"expected {want}, found shape {a.shape}"))
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         bad = _first_bad_step(~np.isfinite(a))
+        why = " (a logged action has positive probability: log μ(a|s) must be finite)" if key == "action_logp" else ""
         out.append(
-            Problem("non_finite", key, bad, f"value {a[bad].ravel()[~np.isfinite(a[bad].ravel())][0]} is not finite")
+            Problem(
+                "non_finite", key, bad, f"value {a[bad].ravel()[~np.isfinite(a[bad].ravel())][0]} is not finite{why}"
+            )
         )
     return out
 
@@ -238,8 +241,9 @@ def schema_differences(lake: Schema, ep: Schema) -> tuple[list[Problem], Schema]
     """Compare an episode's schema with the lake's.
 
     Returns (problems, additions): problems for fields that differ or are missing, and the new
-    fields the episode brings (which only ``allow_new_fields`` accepts). A goal field may be absent
-    from an episode (goals are optional per episode); a step field may not.
+    fields the episode brings (which only ``allow_new_fields`` accepts, but for the per-episode step
+    fields, see ``Lake.append``). A goal field may be absent from an episode (goals are optional per
+    episode); a step field may not, unless it is one of ``PER_EPISODE_STEP_KEYS`` (``action_logp``).
     """
     problems: list[Problem] = []
     additions: Schema = {"step": {}, "goal": {}}
@@ -248,7 +252,7 @@ def schema_differences(lake: Schema, ep: Schema) -> tuple[list[Problem], Schema]
             got = ep[part].get(key)
             name = key if part == "step" else "goal/" + key
             if got is None:
-                if part == "step":
+                if part == "step" and key not in PER_EPISODE_STEP_KEYS:
                     problems.append(Problem("schema_mismatch", name, None, f"missing; the lake stores {_fmt(spec)}"))
             elif got != spec:
                 problems.append(

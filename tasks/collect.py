@@ -17,7 +17,11 @@ observation closes the episode with a zero action. Plus ``achieved_goal`` = the 
 vector (``env.scene_state()``: one layout for every task of a world, so play and all tabletop
 tasks share one lake schema), the simulator state (``sim_state``, for relabeling with any task's
 detector later), the commanded goal (images from every camera, and ``goal/state`` = the scene
-vector of the goal configuration), ``success`` (the env's ``is_success`` at the end).
+vector of the goal configuration), ``success`` (the env's ``is_success`` at the end). Stochastic
+policies (noisy experts, random) also store ``action_logp``, the log probability log μ(a_t | s_t) of
+each action under the policy that took it (``tasks.core.censored_gaussian_logp``; 0 on the last
+step, which has no action), for off-policy evaluation; the noiseless expert has no density and
+stores none.
 """
 
 from __future__ import annotations
@@ -108,8 +112,18 @@ def episode_seeds(seed: int, index: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------- one episode
-def to_episode(traj: Trajectory, env: RobotEnv, task: str, source: str, metadata: dict[str, Any]) -> Episode:
-    """A recorded trajectory (``rollout(..., record=True)``) of ``env`` as a lake episode."""
+def to_episode(
+    traj: Trajectory,
+    env: RobotEnv,
+    task: str,
+    source: str,
+    metadata: dict[str, Any],
+    action_logp: Sequence[float] | None = None,
+) -> Episode:
+    """A recorded trajectory (``rollout(..., record=True)``) of ``env`` as a lake episode.
+
+    ``action_logp``: log μ(a_t | s_t) of the ``traj.steps`` actions under the (stochastic) policy that
+    took them, stored as the ``action_logp`` step field (None: not stored)."""
     if not traj.observations:
         raise ValueError("to_episode needs a recorded trajectory: rollout(..., record=True)")
     assert traj.goal_state is not None
@@ -135,7 +149,13 @@ def to_episode(traj: Trajectory, env: RobotEnv, task: str, source: str, metadata
         robot=task.split("/")[0],
         metadata=metadata,
     )
-    return episode.replace(steps={**episode.steps, "sim_state": np.stack(traj.sim_states)})
+    extra = {"sim_state": np.stack(traj.sim_states)}
+    if action_logp is not None:
+        if len(action_logp) != traj.steps:
+            raise ValueError(f"action_logp has {len(action_logp)} values for {traj.steps} actions")
+        extra["action_logp"] = np.zeros(T, np.float32)  # the last step has no action: 0
+        extra["action_logp"][: traj.steps] = action_logp
+    return episode.replace(steps={**episode.steps, **extra})
 
 
 _ENV_CACHE: dict[tuple[Any, ...], RobotEnv] = {}
@@ -157,11 +177,12 @@ def collect_episode(cfg: CollectConfig, index: int) -> Episode:
     env_seed, policy_seed = episode_seeds(cfg.seed, index)
     rng = np.random.default_rng(policy_seed)
     noise = cfg.noise_std
-    policy = ScriptedPolicy([task.random_policy(rng) if noise is None else task.scripted_policy(noise, rng)])
+    acting = task.random_policy(rng) if noise is None else task.scripted_policy(noise, rng)
     steps = cfg.max_steps or task.max_episode_steps
-    (traj,) = rollout([env], policy, [env_seed], steps, stop_on_success=False, record=True)
+    (traj,) = rollout([env], ScriptedPolicy([acting]), [env_seed], steps, stop_on_success=False, record=True)
     source = f"collect:{cfg.task}:{cfg.policy}:seed={cfg.seed}:i={index}"
-    return to_episode(traj, env, cfg.task, source, {**cfg.run_params(), "index": index, "env_seed": env_seed})
+    logp = acting.logps[: traj.steps] if acting.stochastic else None  # its log μ(a_t | s_t)
+    return to_episode(traj, env, cfg.task, source, {**cfg.run_params(), "index": index, "env_seed": env_seed}, logp)
 
 
 # ---------------------------------------------------------------------------- the run

@@ -12,10 +12,19 @@ standard deviation ``noise`` (0 = expert, 0.3 = "noisy"), clipped to [-1, 1];
 :func:`make_policy` builds a policy by level name. Scripted policies read the simulator, so
 ``act`` takes the env, not an observation. :class:`ScriptedPolicy` puts one per env behind the
 rollout loop's :class:`sim.rollout.Policy` (``act(observations, envs) -> (B, A)``).
+
+Action probabilities (off-policy evaluation needs μ(a_t | s_t) of every logged action): a noisy
+expert's action is a censored Gaussian per component — the Gaussian density
+N(a; m, σ²) inside (-1, 1) and a point mass at each bound, P(a = 1) = Φ(-(1 - m)/σ) and
+P(a = -1) = Φ(-(1 + m)/σ), which is where clipping puts the tails. :func:`censored_gaussian_logp`
+computes it (summed over action components); uniform random actions have log μ = -A·log 2; the
+noiseless expert is deterministic and has no density. Each :class:`Policy` records the log
+probability of every action it returns in the current episode (``Policy.logps``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,10 +58,69 @@ class StatelessExpert:
         return self.fn(env)
 
 
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _log_ndtr(x: float) -> float:
+    """log Φ(x), the log standard normal CDF, accurate in both tails (float64)."""
+    if x > -30.0:
+        return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
+    # Mills ratio series: Φ(x) = φ(x)/|x| · (1 - 1/x² + 3/x⁴ - 15/x⁶ + 105/x⁸ - ...) for x -> -inf
+    u = 1.0 / (x * x)
+    return -0.5 * x * x - math.log(-x) - _LOG_SQRT_2PI + math.log1p(-u * (1 - 3 * u * (1 - 5 * u * (1 - 7 * u))))
+
+
+_log_ndtr_array = np.vectorize(_log_ndtr, otypes=[np.float64])
+
+
+def censored_gaussian_logp(action: np.ndarray, mean: np.ndarray, std: float | np.ndarray) -> np.ndarray:
+    """log P(action) of ``clip(mean + std·N(0, I), -1, 1)``, summed over the last (action) axis.
+
+    Per component: a value inside (-1, 1) has the Gaussian log density ``log N(a; m, std²)``; a value
+    at exactly +1 (-1) carries the tail mass clipping puts there, ``log Φ(-(1 - m)/std)``
+    (``log Φ(-(1 + m)/std)``). ``action`` and ``mean`` broadcast against each other (``(..., A)``);
+    ``std`` is a scalar or broadcasts too. Returns float64 ``(...)``.
+
+    Raises ValueError for ``std <= 0`` (a deterministic policy has no density: importance weights
+    need a stochastic policy, e.g. the expert with noise > 0) and for actions outside [-1, 1]
+    (clipping never produces them).
+    """
+    a = np.asarray(action, dtype=np.float64)
+    m = np.asarray(mean, dtype=np.float64)
+    s = np.asarray(std, dtype=np.float64)
+    if not (s > 0).all() or not np.isfinite(s).all():
+        raise ValueError(
+            f"censored_gaussian_logp needs std > 0 (got {s.min() if s.size else s}): a deterministic policy "
+            "(noise 0) has no action density; evaluate a stochastic one (noise > 0)"
+        )
+    if not (np.isfinite(a).all() and np.isfinite(m).all()):
+        raise ValueError("censored_gaussian_logp: action and mean must be finite")
+    if (np.abs(a) > 1.0).any():
+        bad = a[np.abs(a) > 1.0].ravel()[0]
+        raise ValueError(f"action component {bad} lies outside [-1, 1]: a clipped policy cannot have taken it")
+    a, m, s = np.broadcast_arrays(a, m, s)
+    z = (a - m) / s
+    out = -0.5 * z * z - np.log(s) - _LOG_SQRT_2PI  # interior: Gaussian log density
+    upper, lower = a >= 1.0, a <= -1.0
+    if upper.any():
+        out[upper] = _log_ndtr_array((m[upper] - 1.0) / s[upper])  # P(a = +1) = Φ(-(1 - m)/σ)
+    if lower.any():
+        out[lower] = _log_ndtr_array((-1.0 - m[lower]) / s[lower])  # P(a = -1) = Φ(-(1 + m)/σ)
+    return out.sum(axis=-1)
+
+
+def uniform_logp(action_dim: int) -> float:
+    """log density of a uniform action in [-1, 1]^A: ``-A·log 2``."""
+    return -action_dim * math.log(2.0)
+
+
 class Policy:
     """Acts in a task's env: ``action = clip(expert(env) + noise * N(0, I))``, or uniform.
 
-    The expert is reset automatically at the first ``act`` of every episode.
+    The expert is reset automatically at the first ``act`` of every episode. ``logps`` holds the log
+    probability of each action returned in the current episode (:func:`censored_gaussian_logp` of a
+    noisy expert's action, ``-A·log 2`` for a uniform one); it stays empty for the noiseless expert,
+    whose actions have no density (``stochastic`` is False).
 
     Args:
         expert: the scripted controller, or None for uniform random actions.
@@ -65,6 +133,12 @@ class Policy:
             raise ValueError(f"noise must be >= 0, got {noise}")
         self.expert, self.noise, self.rng = expert, noise, rng
         self._episode: tuple[int, int] | None = None
+        self.logps: list[float] = []  # log μ(a_t | s_t) of this episode's actions (stochastic policies)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the actions have a density (uniform random, or an expert with noise > 0)."""
+        return self.expert is None or self.noise > 0
 
     def act(self, env: RobotEnv) -> np.ndarray:
         """The action for the env's current state, float32 in [-1, 1]."""
@@ -74,18 +148,27 @@ class Policy:
                 f"{type(env).__name__} (an observation cannot drive the expert)"
             )
         shape = env.action_space.shape
-        if self.expert is None:
-            return self.rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
         episode = (id(env), env.episode_id)
-        if episode != self._episode:
+        new_episode = episode != self._episode
+        if new_episode:
             self._episode = episode
+            self.logps = []
+        if self.expert is None:
+            uniform = self.rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
+            self.logps.append(uniform_logp(shape[0]))
+            return uniform
+        if new_episode:
             self.expert.reset(env, self.rng)
-        action = np.asarray(self.expert(env), dtype=np.float64)
-        if action.shape != shape:
-            raise ValueError(f"expert returned shape {action.shape}, env expects {shape}")
+        mean = np.asarray(self.expert(env), dtype=np.float64)
+        if mean.shape != shape:
+            raise ValueError(f"expert returned shape {mean.shape}, env expects {shape}")
+        action = mean
         if self.noise > 0:
-            action = action + self.noise * self.rng.standard_normal(shape)
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+            action = mean + self.noise * self.rng.standard_normal(shape)
+        out = np.clip(action, -1.0, 1.0).astype(np.float32)
+        if self.noise > 0:  # the probability of the action actually returned (float32, clipped)
+            self.logps.append(float(censored_gaussian_logp(out, mean, self.noise)))
+        return out
 
 
 class ScriptedPolicy:
