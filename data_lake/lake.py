@@ -733,14 +733,17 @@ class Lake:
         if len(labels) != len(eps):
             raise ValueError(f"{len(labels)} labels for {len(eps)} episodes")
         quarantined: list[Quarantined] = []
-        good: list[tuple[str, str, Episode]] = []
+        good: list[tuple[str, cf.Future[str], Episode]] = []
+        hashing = parallel.pool("lake-hash", parallel.available_cores())
         for label, ep in zip(labels, eps, strict=True):
             probs = validate_episode(ep)
             if probs:
                 quarantined.append(Quarantined(label, None, probs))
-            else:
-                good.append((label, ep.episode_id, ep))
+            else:  # content hashes (sha256 releases the GIL) run while the transaction opens
+                good.append((label, hashing.submit(_episode_id, ep), ep))
         if quarantined and not skip_invalid:
+            for _, fut, _ in good:
+                fut.cancel()
             q = quarantined[0]
             raise EpisodeValidationError(q.label, q.problems)
 
@@ -753,7 +756,8 @@ class Lake:
             schema_q: list[Quarantined] = []
             seen = set(view_ids)
             dup = 0
-            for label, eid, ep in good:
+            for label, fut, ep in good:
+                eid = fut.result()
                 if eid in seen:
                     dup += 1
                     continue
@@ -1100,6 +1104,10 @@ def _root_view(root: zarr.Group) -> LakeView:
     view.snapshot_id, view.ref, view._root, view._records = "(uncommitted)", "", root, None
     view.schema = attrs_of(root)[MARKER].get("schema")
     return view
+
+
+def _episode_id(ep: Episode) -> str:
+    return ep.episode_id
 
 
 def _write_batched(

@@ -315,10 +315,12 @@ class _FrameJob:
         cf.wait([fut for _, _, fut in self.blocks])
 
 
-# Two decode threads per core: each frame also needs the GIL briefly (message parsing, the copy
-# into the episode), and a second thread per core decodes meanwhile (≈ 10 % faster than one per
-# core on 2 cores, benchmarks/ingest.py). OpenCV's decoders and resizes release the GIL.
-DECODE_THREADS_PER_CORE = 2
+# One decode thread per core. OpenCV's decoders and resizes release the GIL, but every frame also
+# takes it back (message parsing, the copy into the episode): with small frames (64x64 JPEGs decode
+# in ≈ 35 µs) a second thread per core only adds GIL hand-offs. Measured on 2 cores, 3,000 frames,
+# 15 interleaved repeats: one per core 0.096-0.120 s to build the episode, two per core
+# 0.105-0.146 s (benchmarks/ingest.py).
+DECODE_THREADS_PER_CORE = 1
 FRAMES_IN_FLIGHT_BYTES = 512 << 20  # source frames the decode pool holds at once, at most
 
 
