@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name -> (module, function that adds 
     "compare": ("robot_rl.compare", "add_compare_parser"),
     "demo": ("robot_rl.demo", "add_demo_parser"),
     "ogbench": ("robot_rl.ogbench_cmd", "add_ogbench_parser"),
+    "ope": ("robot_rl.commands.ope", "add_ope_parser"),
 }
 
 

@@ -86,12 +86,24 @@ class PretrainConfig:
     prefetch: int = 4
     progress: bool = True
     calibration_episodes: int = 0  # held out of training; Q vs the data's return on them (calibration/*)
+    ope_every: int = (
+        0  # off-policy evaluation of the current policy every N updates (ope/*, robot_rl/ope/run.py); 0: off
+    )
+    ope_sigma: float = 0.2  # the evaluated policy: its deterministic action + N(0, ope_sigma²), clipped
+    ope_estimators: tuple[str, ...] = ("is", "pdis", "wis", "cwpdis")  # fqe, dr, wdr fit FQE each time (costly)
+    ope_episodes: int = 50  # episodes evaluated on: the held-out ones (calibration_episodes), else in-sample
+    ope_fqe_steps: int = 500  # FQE updates per evaluation, when ope_estimators asks for fqe, dr or wdr
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.log_every < 1 or self.save_every < 1:
             raise ValueError("steps, batch_size, log_every and save_every must be >= 1")
         if self.calibration_episodes < 0:
             raise ValueError(f"calibration_episodes must be >= 0, got {self.calibration_episodes}")
+        if self.ope_every < 0 or self.ope_episodes < 1 or self.ope_fqe_steps < 1:
+            raise ValueError(
+                f"ope_every must be >= 0 (0: off), ope_episodes and ope_fqe_steps >= 1; got {self.ope_every}, "
+                f"{self.ope_episodes}, {self.ope_fqe_steps}"
+            )
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
 
@@ -316,6 +328,7 @@ class PretrainRun:
     calib: Calibration | None
     best: float = -1.0  # the best evaluation success so far
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    ope: Any = None  # robot_rl.ope.run.PretrainOPE when ope_every > 0 (rank 0)
 
 
 def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Path:
@@ -335,6 +348,9 @@ def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Pat
                 run.log.scalars({**metrics, **meter.window(metrics)}, step)
             if (cfg.eval_every and step % cfg.eval_every == 0) or last:
                 evaluate_and_keep_best(run, step)
+                meter.restart()
+            if cfg.ope_every and step % cfg.ope_every == 0:
+                off_policy_evaluation(run, step)
                 meter.restart()
             if step % cfg.save_every == 0 or last:
                 save_checkpoint(run, "latest")
@@ -381,6 +397,7 @@ def start_run(cfg: PretrainConfig, resolved: dict[str, Any]) -> PretrainRun:
     calib = Calibration(view, cfg, held_out, device) if held_out and dist.main else None
     log = Logger(run_dir, dist.main)
     run = PretrainRun(cfg, dist, device, run_dir, view, sampler, algo, sampler.tasks, meta, log, held_out, calib)
+    run.ope = start_ope(run)
     if cfg.resume:
         resume(run)
     if dist.world_size > 1:
@@ -469,6 +486,35 @@ def evaluate_and_keep_best(run: PretrainRun, step: int) -> None:
         extra = {**run.meta, "best": run.best, "history": run.history}
         checkpoint.save(run.dir / "checkpoints" / "best", run.algo, extra=extra)
     run.log.scalars({"time/eval_s": time.perf_counter() - t0}, step)
+
+
+def start_ope(run: PretrainRun) -> Any:
+    """The off-policy evaluator of ``ope_every`` (rank 0): its episodes loaded and checked before training."""
+    if not run.cfg.ope_every or not run.dist.main:
+        return None
+    from robot_rl.ope.fqe import FQEConfig
+    from robot_rl.ope.run import OPEConfig, PretrainOPE
+
+    cfg = run.cfg
+    ope_cfg = OPEConfig(
+        lake=cfg.lake,
+        estimators=cfg.ope_estimators,
+        gamma=cfg.task.relabel.gamma,
+        sigma=cfg.ope_sigma,
+        success_terminal=cfg.task.relabel.success_terminal,
+        max_episodes=cfg.ope_episodes,
+        n_boot=0,
+        seed=cfg.seed,
+        progress=False,
+        fqe=FQEConfig(steps=cfg.ope_fqe_steps, batch_size=cfg.batch_size),
+    )
+    return PretrainOPE(cfg.lake.uri, run.view.snapshot_id, run.held_out, run.algo.spec, run.vocab, ope_cfg)
+
+
+def off_policy_evaluation(run: PretrainRun, step: int) -> None:
+    """``ope/<estimator>`` scalars of the current policy (``ope_every``; rank 0)."""
+    if run.ope is not None:
+        run.log.scalars(run.ope.measure(run.algo), step)
 
 
 def calibrate(run: PretrainRun, step: int, final: bool) -> None:

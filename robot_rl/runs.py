@@ -51,6 +51,7 @@ def git_commit() -> dict[str, Any]:
 # settings a resumed run may change: they do not shape training
 RESUMABLE = {"steps", "online_steps", "resume", "progress", "run_dir", "log_every", "save_every", "eval_every"}
 RESUMABLE |= {"eval_episodes"}
+RESUMABLE |= {"ope_every", "ope_sigma", "ope_estimators", "ope_episodes", "ope_fqe_steps"}  # OPE forks the RNGs
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from robot_rl.algos.calql import CalQL, CalQLConfig
 from robot_rl.algos.cql import CQL, CQLConfig
 from robot_rl.algos.edac import EDAC, EDACConfig
 from robot_rl.algos.iql import IQL, IQLConfig
+from robot_rl.algos.lspi import LSPI, LSPIConfig
 from robot_rl.algos.mt_opt import MTOpt, MTOptConfig
 from robot_rl.algos.qtopt import CEMConfig, CEMPolicy, QTOpt, QTOptConfig
 from robot_rl.algos.rebrac import ReBRAC, ReBRACConfig
@@ -52,6 +53,7 @@ ALGOS: dict[str, type[BaseAlgorithm]] = {
     "edac": EDAC,
     "rem": REM,
     "rebrac": ReBRAC,
+    "lspi": LSPI,
 }
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "CQL",
     "EDAC",
     "IQL",
+    "LSPI",
     "REM",
     "SAC",
     "SACN",
@@ -87,6 +90,7 @@ __all__ = [
     "EDACConfig",
     "Encoded",
     "IQLConfig",
+    "LSPIConfig",
     "MTOpt",
     "MTOptConfig",
     "Policy",
