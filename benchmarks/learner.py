@@ -5,7 +5,9 @@
 Batch: B = 256 rows of one 64x64 camera plus a goal image (and state, goal state), the default
 encoder (DrQ conv trunk, late goal fusion), from a synthetic in-memory lake through the real
 Sampler (DrQ shifts on). A few device batches are drawn before timing and cycled, so sampling is
-not timed (``benchmarks.sampler`` measures it). Every algorithm runs its default config.
+not timed (``benchmarks.sampler`` measures it). Every algorithm runs its default config. A sequence
+model (dt) gets B // K windows of K steps per update (B frames, each embedded once), from the
+``SequenceSampler`` on the same lake.
 
 The floor: one forward and backward of the bare encoder on the batch's images exactly as
 ``robot_rl.algos.base.encode`` runs them (s with gradients, s' without, the goal images once, shared
@@ -29,6 +31,11 @@ configuration issue 13 started from: DrQ's encoder strides at 64x64 (2, 1, 1, 1)
 (64 samples, 2 iterations) for every TD target. Both run on today's code, so code-level gains that
 help both (the critic scoring Q_1 only in CEM, the split first layer) are not in the ratio.
 Target: >= 3.
+
+Dynamics model: ``dynamics_steps_per_s`` = gradient steps per second of the model-based algorithms'
+dynamics ensemble (``robot_rl.models``, default ``DynamicsConfig``: 7 members of 4x200 SiLU layers,
+256 rows per member per step) on the goal batches' features from a frozen default encoder, timed in
+the same run as the floor (the encoder is not in it: the model trains on precomputed features).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from benchmarks.report import report
 from data_lake import Lake
 from data_lake.batch import Batch
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
+from data_lake.sequences import SequenceBatch, SequenceSampler
 from data_lake.synthetic import synthetic_episode
 from robot_rl.algos import ALGOS, Algorithm, encode
 from robot_rl.nets import EncoderConfig, ObservationEncoder, ObservationSpec
@@ -76,18 +84,27 @@ def paired_seconds(
     return n, t_update, t_floor
 
 
+RELABEL = {
+    "goal": RelabelConfig(future=0.6, final=0.1, negative=0.2, task=0.1),
+    "task": RelabelConfig(future=0.0, final=0.0, negative=0.0, task=1.0),
+}
+
+
 def draw_batches(view, device: str) -> dict[str, tuple[list[Batch], int]]:
     """N_BATCHES device batches per variant, and the number of tasks to condition on."""
-    variants = {
-        "goal": RelabelConfig(future=0.6, final=0.1, negative=0.2, task=0.1),
-        "task": RelabelConfig(future=0.0, final=0.0, negative=0.0, task=1.0),
-    }
     out = {}
-    for name, relabel in variants.items():
+    for name, relabel in RELABEL.items():
         cfg = SamplerConfig(batch_size=B, relabel=relabel, augment_pad=4, seed=0)
         with Sampler(view, cfg, device=device, progress=False) as sampler:
             out[name] = [next(sampler) for _ in range(N_BATCHES)], len(sampler.tasks) if name == "task" else 0
     return out
+
+
+def sequence_batches(view, variant: str, window: int, device: str) -> list[SequenceBatch]:
+    """Sequence models (dt): N_BATCHES batches of B // K windows of K steps (B frames, as many as a Batch's rows)."""
+    cfg = SamplerConfig(batch_size=max(B // window, 1), relabel=RELABEL[variant], augment_pad=4, seed=0)
+    with SequenceSampler(view, cfg, window, device=device, progress=False) as sampler:
+        return [next(sampler) for _ in range(N_BATCHES)]
 
 
 def build(name: str, batches: dict[str, tuple[list[Batch], int]], device: str, autocast) -> tuple[Algorithm, str]:
@@ -130,6 +147,41 @@ def am_speedup(
         "am_baseline_seconds_per_update": t_old / n,
         "am_speedup_vs_baseline": t_old / t_new,
     }
+
+
+def dynamics_rate(data: list[Batch], secs: float, min_iters: int, device: str, autocast, sync) -> float:
+    """Gradient steps/s of the default dynamics ensemble on frozen-encoder features of ``data``."""
+    from robot_rl.models import DynamicsConfig, DynamicsEnsemble, dynamics_loss, make_dynamics_optimizer
+
+    encoder = ObservationEncoder(ObservationSpec.from_batch(data[0]), EncoderConfig()).to(device).requires_grad_(False)
+    with torch.no_grad():
+        feats = [encoder.observation_features([b.observations, b.next_observations], b.goals) for b in data]
+    x, x_next = torch.cat([f for f, _ in feats]).float(), torch.cat([n for _, n in feats]).float()  # (N, D)
+    a, r = torch.cat([b.actions for b in data]), torch.cat([b.rewards for b in data])
+    cfg = DynamicsConfig()
+    model = DynamicsEnsemble(x.shape[1], a.shape[1], cfg).to(device)
+    y = torch.cat([x_next - x, r[:, None]], 1)
+    model.set_normalization(x, a, y)
+    yn = model.normalize_targets(y)
+    opt = make_dynamics_optimizer(model, cfg)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step() -> None:
+        idx = torch.randint(len(x), (cfg.ensemble_size, cfg.batch_size), generator=gen, device=device)  # (K, B)
+        with autocast():
+            loss, _ = dynamics_loss(model, x[idx], a[idx], yn[idx], cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while n < max(min_iters, 5) or time.perf_counter() - t0 < secs / 4:
+        step()
+        n += 1
+    sync()
+    return n / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -184,7 +236,9 @@ def main() -> None:
     rates, ratios, used, floor_n, floor_s = {}, {}, {}, 0, 0.0
     for name in names:
         algo, used[name] = build(name, batches, args.device, autocast)
-        data = itertools.cycle(batches[used[name]][0])
+        window = getattr(algo.cfg, "sequence_length", 0)  # sequence models (dt) learn from K-step windows
+        source = sequence_batches(lake.checkout(), used[name], window, args.device) if window else None
+        data = itertools.cycle(source or batches[used[name]][0])
 
         def update(algo: Algorithm = algo, data=data) -> None:
             with autocast():
@@ -195,6 +249,7 @@ def main() -> None:
         if used[name] == "goal":
             floor_n, floor_s = floor_n + n, floor_s + t_floor
     figs: dict[str, float] = {"encoder_floor_updates_per_s": floor_n / floor_s, **rates, **ratios}
+    figs["dynamics_steps_per_s"] = dynamics_rate(batches["goal"][0], secs, min_iters, args.device, autocast, sync)
     figs |= am_speedup(batches["goal"][0], json.loads(args.baseline), secs, min_iters, args.device, autocast, sync)
     figs["batch_size"] = B
     figs["wall_s"] = time.perf_counter() - t_start

@@ -42,6 +42,10 @@ def policy_act(source: Algorithm | TrainedPolicy, deterministic: bool = True, se
     def act(obs: Observation, goal: Observation | None, task_ids: torch.Tensor | None) -> torch.Tensor:
         return policy(obs, goal, task_ids, deterministic, generator)
 
+    # a policy with a history (the Decision Transformer's context window) learns of new episodes and rewards
+    for hook in ("reset_context", "observe_rewards"):
+        if hasattr(policy, hook):
+            setattr(act, hook, getattr(policy, hook))
     return act
 
 
@@ -111,6 +115,15 @@ class LearnedPolicy:
         self.task_ids = None
         if spec.num_tasks and self.task_id is not None:  # __init__: task-conditioned networks have a task_id
             self.task_ids = torch.full((len(envs),), self.task_id, device=self.device)  # (B,)
+        reset_context = getattr(self.act_fn, "reset_context", None)
+        if reset_context is not None:  # a policy with a history: new episodes start with empty windows
+            reset_context(len(envs))
+
+    def observe_rewards(self, rewards: np.ndarray) -> None:
+        """The rewards (B,) of the step just taken, for policies that condition on them (``policy_act``'s hooks)."""
+        observe = getattr(self.act_fn, "observe_rewards", None)
+        if observe is not None:
+            observe(rewards, self.task_ids)
 
     def act(self, observations: Sequence[dict[str, Any]], envs: Sequence[RobotEnv]) -> np.ndarray:
         spec = self.spec

@@ -34,6 +34,7 @@ import torch
 
 from data_lake.lake import LakeView
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
+from data_lake.sequences import SequenceSampler
 from robot_rl.config import LakeConfig, ObsConfig, from_dict
 from robot_rl.runs import Logger, Throughput, autocast, git_commit, prepare_run_dir, resolve_device
 
@@ -385,9 +386,9 @@ def start_run(cfg: PretrainConfig, resolved: dict[str, Any]) -> PretrainRun:
     view = Lake.open(cfg.lake.uri).checkout(cfg.lake.ref)
     check_goal_is_observable(cfg, view.schema or {"step": {}})
     train_ids, held_out = held_out_episodes(view, cfg.calibration_episodes)
-    sampler = Sampler(
-        view, cfg.sampler_config(dist.rank, dist.world_size, train_ids), device, progress=cfg.progress and dist.main
-    )
+    scfg, progress = cfg.sampler_config(dist.rank, dist.world_size, train_ids), cfg.progress and dist.main
+    window = getattr(algo_cfg, "sequence_length", 0)  # sequence models (dt) learn from windows of K steps
+    sampler = SequenceSampler(view, scfg, window, device, progress) if window else Sampler(view, scfg, device, progress)
     algo = build_algorithm(cfg, algo_cfg, sampler, dist, device)
     meta = {
         "lake": {"uri": cfg.lake.uri, "ref": cfg.lake.ref, "snapshot_id": view.snapshot_id},

@@ -48,6 +48,9 @@ class Policy(Protocol):
         """Actions (B, A) for the current observations of the B envs."""
         ...
 
+    # optional: ``observe_rewards(rewards (B,))`` after each step, for policies that condition on the
+    # rewards as they come (the Decision Transformer's return-to-go); the loop calls it when present
+
 
 class RandomPolicy:
     """Uniform random actions in [-1, 1], one ``(B, A)`` draw per step from ``rng``."""
@@ -121,9 +124,14 @@ def rollout(
         actions = policy.act([t.last for t in trajectories], envs)  # (B, A)
         if actions.shape[0] != len(envs):
             raise ValueError(f"the policy returned {actions.shape[0]} actions for {len(envs)} envs")
-        for env, traj, action, k in zip(envs, trajectories, actions, keep, strict=True):
+        rewards = np.zeros(len(envs), np.float32)  # (B,) 0 for envs that had ended
+        for j, (env, traj, action, k) in enumerate(zip(envs, trajectories, actions, keep, strict=True)):
             if not traj.ended:
                 _step(env, traj, action, stop_on_success, k)
+                rewards[j] = traj.rewards[-1]
+        observe = getattr(policy, "observe_rewards", None)  # optional: policies that condition on rewards
+        if observe is not None:
+            observe(rewards)
         if all(t.ended for t in trajectories):
             break
     return trajectories

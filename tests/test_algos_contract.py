@@ -33,10 +33,14 @@ from robot_rl.algos import (
     BRACConfig,
     CalQLConfig,
     CEMConfig,
+    COMBOConfig,
     CQLConfig,
+    DTConfig,
     EDACConfig,
     IQLConfig,
     LSPIConfig,
+    MOPOConfig,
+    MOReLConfig,
     MTOptConfig,
     QTOptConfig,
     ReBRACConfig,
@@ -46,11 +50,18 @@ from robot_rl.algos import (
     TD3BCConfig,
     UWACConfig,
 )
+from robot_rl.algos.model_based import ModelConfig
+from robot_rl.models import DynamicsConfig
 from robot_rl.nets import EncoderConfig, ObservationSpec, SpecError
 
 ENCODER = EncoderConfig(feature_dim=8, conv_channels=4, task_embedding_dim=4)
 TINY = {"encoder": ENCODER, "hidden": (16, 16), "seed": 7}
 CEM = CEMConfig(samples=8, elites=2)  # QT-Opt family: a small CEM
+# model-based: a small ensemble trained from the first batch, rollouts (2 steps) from the first update on
+MODEL = {
+    "dynamics": DynamicsConfig(ensemble_size=3, elites=2, hidden=(16, 16)),
+    "model": ModelConfig(horizon=2, replay_size=32, warmup=0, elite_every=2),
+}
 CONFIGS: dict[str, tuple[str, AlgoConfig]] = {
     "bc": ("bc", BCConfig(**TINY)),
     "iql": ("iql", IQLConfig(**TINY)),
@@ -78,6 +89,11 @@ CONFIGS: dict[str, tuple[str, AlgoConfig]] = {
     "edac": ("edac", EDACConfig(**TINY, num_critics=3)),
     "rem": ("rem", REMConfig(**TINY, num_heads=3, cem=CEM)),
     "rebrac": ("rebrac", ReBRACConfig(**TINY)),  # policy_freq 2, LayerNorm critics
+    # a transition Batch is read as windows of two steps (SequenceBatch.from_transitions)
+    "dt": ("dt", DTConfig(**TINY, sequence_length=4, embed_dim=8, layers=1, heads=2, max_timestep=16)),
+    "mopo": ("mopo", MOPOConfig(**TINY, **MODEL)),
+    "morel": ("morel", MOReLConfig(**TINY, **MODEL)),
+    "combo": ("combo", COMBOConfig(**TINY, **MODEL, num_samples=3)),
     "bcq": ("bcq", BCQConfig(**TINY, vae_hidden=(16, 16), num_samples=3, act_samples=4)),
     "bear": ("bear", BEARConfig(**TINY, vae_hidden=(16, 16), num_target_samples=3, num_mmd_samples=3)),
     "uwac": ("uwac", UWACConfig(**TINY, vae_hidden=(16, 16), num_target_samples=3, num_mmd_samples=3, mc_passes=3)),

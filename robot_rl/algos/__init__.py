@@ -21,10 +21,14 @@ from robot_rl.algos.bcq import BCQ, BCQConfig
 from robot_rl.algos.bear import BEAR, BEARConfig
 from robot_rl.algos.brac import BRAC, BRACConfig
 from robot_rl.algos.calql import CalQL, CalQLConfig
+from robot_rl.algos.combo import COMBO, COMBOConfig
 from robot_rl.algos.cql import CQL, CQLConfig
+from robot_rl.algos.dt import DT, DTConfig, DTPolicy
 from robot_rl.algos.edac import EDAC, EDACConfig
 from robot_rl.algos.iql import IQL, IQLConfig
 from robot_rl.algos.lspi import LSPI, LSPIConfig
+from robot_rl.algos.mopo import MOPO, MOPOConfig
+from robot_rl.algos.morel import MOReL, MOReLConfig
 from robot_rl.algos.mt_opt import MTOpt, MTOptConfig
 from robot_rl.algos.qtopt import CEMConfig, CEMPolicy, QTOpt, QTOptConfig
 from robot_rl.algos.rebrac import ReBRAC, ReBRACConfig
@@ -54,6 +58,10 @@ ALGOS: dict[str, type[BaseAlgorithm]] = {
     "rem": REM,
     "rebrac": ReBRAC,
     "lspi": LSPI,
+    "mopo": MOPO,
+    "morel": MOReL,
+    "combo": COMBO,
+    "dt": DT,
 }
 
 __all__ = [
@@ -63,10 +71,13 @@ __all__ = [
     "BCQ",
     "BEAR",
     "BRAC",
+    "COMBO",
     "CQL",
+    "DT",
     "EDAC",
     "IQL",
     "LSPI",
+    "MOPO",
     "REM",
     "SAC",
     "SACN",
@@ -84,13 +95,19 @@ __all__ = [
     "BaseAlgorithm",
     "CEMConfig",
     "CEMPolicy",
+    "COMBOConfig",
     "CQLConfig",
     "CalQL",
     "CalQLConfig",
+    "DTConfig",
+    "DTPolicy",
     "EDACConfig",
     "Encoded",
     "IQLConfig",
     "LSPIConfig",
+    "MOPOConfig",
+    "MOReL",
+    "MOReLConfig",
     "MTOpt",
     "MTOptConfig",
     "Policy",

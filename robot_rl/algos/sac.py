@@ -169,8 +169,11 @@ class SAC(BaseAlgorithm):
         """Steps that follow the critic's (CQL: the Lagrange multiplier)."""
 
     def update(self, batch: Batch) -> dict[str, float]:
+        return self.update_on(encode(self.nets.encoder, batch))
+
+    def update_on(self, enc: Encoded) -> dict[str, float]:
+        """One SAC step on an encoded batch (the model-based algorithms pass real and model rows mixed)."""
         cfg, nets = self.cfg, self.nets
-        enc = encode(nets.encoder, batch)
         q_loss, metrics = self.critic_objective(enc)
         self.optimize("critic", self.with_auxiliary(q_loss, metrics))
         self.after_critic_step(metrics)
