@@ -48,6 +48,7 @@ from robot_rl.algos import (
     SACConfig,
     SACNConfig,
     TD3BCConfig,
+    TTConfig,
     UWACConfig,
 )
 from robot_rl.algos.model_based import ModelConfig
@@ -91,6 +92,10 @@ CONFIGS: dict[str, tuple[str, AlgoConfig]] = {
     "rebrac": ("rebrac", ReBRACConfig(**TINY)),  # policy_freq 2, LayerNorm critics
     # a transition Batch is read as windows of two steps (SequenceBatch.from_transitions)
     "dt": ("dt", DTConfig(**TINY, sequence_length=4, embed_dim=8, layers=1, heads=2, max_timestep=16)),
+    "tt": (
+        "tt",
+        TTConfig(**TINY, sequence_length=3, bins=8, embed_dim=8, layers=1, heads=2, beam_width=2, horizon=2, top_k=4),
+    ),
     "mopo": ("mopo", MOPOConfig(**TINY, **MODEL)),
     "morel": ("morel", MOReLConfig(**TINY, **MODEL)),
     "combo": ("combo", COMBOConfig(**TINY, **MODEL, num_samples=3)),

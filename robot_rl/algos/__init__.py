@@ -36,6 +36,7 @@ from robot_rl.algos.rem import REM, REMConfig
 from robot_rl.algos.sac import SAC, SACConfig
 from robot_rl.algos.sac_n import SACN, SACNConfig
 from robot_rl.algos.td3bc import TD3BC, TD3BCConfig
+from robot_rl.algos.tt import TT, TTConfig, TTPolicy
 from robot_rl.algos.uwac import UWAC, UWACConfig
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {
@@ -62,6 +63,7 @@ ALGOS: dict[str, type[BaseAlgorithm]] = {
     "morel": MOReL,
     "combo": COMBO,
     "dt": DT,
+    "tt": TT,
 }
 
 __all__ = [
@@ -82,6 +84,7 @@ __all__ = [
     "SAC",
     "SACN",
     "TD3BC",
+    "TT",
     "UWAC",
     "AWACConfig",
     "ActionableModels",
@@ -119,6 +122,8 @@ __all__ = [
     "SACConfig",
     "SACNConfig",
     "TD3BCConfig",
+    "TTConfig",
+    "TTPolicy",
     "TrainedPolicy",
     "UWACConfig",
     "encode",
