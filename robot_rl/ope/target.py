@@ -209,7 +209,9 @@ class TargetPolicy:
 
 # ---------------------------------------------------------------------------- uniform random
 class RandomTarget:
-    """Uniform random actions in [−1, 1]^A: log π(a | s) = −A·log 2 for every action."""
+    """Uniform random actions in [−1, 1]^A: log π(a | s) = −A·log 2 inside the box. A logged action with a
+    component at exactly ±1 (a noisy expert's clipped component: a point mass of the censored Gaussian) has
+    probability 0 under uniform actions, so its log π is −inf (its importance ratio is 0)."""
 
     sigma: float | None = None
 
@@ -221,7 +223,8 @@ class RandomTarget:
 
     def score_logged(self, data: LoggedData) -> tuple[np.ndarray, None]:
         check_action_dim("the uniform random policy", int(self.action_dim or 0), data.action_dim)
-        return np.full(data.num_steps, uniform_logp(data.action_dim), np.float64), None
+        logp = np.full(data.num_steps, uniform_logp(data.action_dim), np.float64)
+        return np.where((np.abs(data.actions) >= 1.0).any(axis=1), -np.inf, logp), None
 
     def rollout_policy(self, task: str, num_envs: int = 1, seed: int = 0) -> ScriptedPolicy:
         """Uniform actions in ``num_envs`` envs (one RNG each), for the truth."""
