@@ -63,7 +63,7 @@ LEARNERS = {  # key -> (algorithm, algorithm config overrides, relabel probabili
 }
 # The rest of the offline family, goal-conditioned the same way: each algorithm's own defaults (its
 # configs/algo file), γ, goal features φ(g) − φ(s), and GC-IQL's goals and rewards (0/1 on reaching).
-OTHERS = ("cql", "bcq", "bear", "brac", "uwac", "rem", "sac_n", "edac", "rebrac")
+OTHERS = ("cql", "bcq", "bear", "brac", "uwac", "rem", "sac_n", "edac", "rebrac", "mopo", "morel", "combo", "dt", "tt")
 LEARNERS.update({k: (k, {"gamma": GAMMA, "encoder": {"goal_delta": True}}, (0.3, 0.4, 0.3)) for k in OTHERS})
 DEFAULT_LEARNERS = ("am", "gciql", "gcbc")
 DISTANCE_EDGES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 1.0)

@@ -55,7 +55,7 @@ ENV_OF = {
 ALPHA = {"pointmaze-medium-navigate": 0.003, "cube-single-play": 1.0, "cube-single-noisy": 0.03}  # hyperparameters.sh
 # The rest of the offline family, goal-conditioned with OGBench's goal sampling (task=ogbench, as
 # GC-IQL) and each algorithm's own defaults, the budget's MLPs and LayerNorm critics; 0/1 rewards.
-OTHERS = ("cql", "bcq", "bear", "brac", "uwac", "rem", "sac_n", "edac", "rebrac")
+OTHERS = ("cql", "bcq", "bear", "brac", "uwac", "rem", "sac_n", "edac", "rebrac", "mopo", "morel", "combo", "dt", "tt")
 LEARNERS = ("gcbc", "gciql", "am", *OTHERS)
 DEFAULT_LEARNERS = ("gcbc", "gciql", "am")
 GAMMA = 0.99
