@@ -87,7 +87,7 @@ class Critic(nn.Module):
         B, M, _ = actions.shape
         n = self.n if members is None else members
         x = self.first_layer(features, actions, n)  # (n, B·M, H)
-        for layer in [*self.hidden[1:], self.out]:
+        for layer in [*self.hidden, self.out][1:]:
             if self.layer_norm:
                 x = F.layer_norm(x, x.shape[-1:])
             x = torch.baddbmm(layer.bias[:n], F.relu(x), layer.weight[:n])  # (n, B·M, H')
@@ -98,7 +98,7 @@ class Critic(nn.Module):
         ``W_f·f + W_a·a``: features (B, F), actions (B, M, A) -> (n, B·M, H)."""
         B, M, A = actions.shape
         n = self.n if n is None else n
-        first = self.hidden[0]
+        first = self.hidden[0] if len(self.hidden) else self.out  # no hidden layer: the output layer
         assert isinstance(first, EnsembleLinear)
         w = first.weight[:n]  # (n, F + A, H)
         F_ = features.shape[-1]
