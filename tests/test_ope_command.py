@@ -20,7 +20,7 @@ from robot_rl import checkpoint
 from robot_rl.algos.bc import BC, BCConfig
 from robot_rl.cli import main
 from robot_rl.config import LakeConfig, ObsConfig
-from robot_rl.ope.dataset import load_trajectories
+from robot_rl.ope.dataset import load_logged, load_trajectories, trajectories_from
 from robot_rl.ope.estimators import importance_sampling
 from robot_rl.ope.run import NAMES
 from robot_rl.ope.target import TargetPolicy
@@ -200,3 +200,34 @@ def test_ope_every_logs_scalars_and_leaves_training_unchanged(
     got = load_file(str(tmp_path / "ope" / "checkpoints" / "latest" / "tensors.safetensors"))
     want = load_file(str(plain / "checkpoints" / "latest" / "tensors.safetensors"))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_goal_sources_each_on_their_own(
+    noisy_lake: str, runs: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """goals=[final,future]: a goal-conditioned policy valued per hindsight goal source, FQE relabeled alike."""
+    relabel = RelabelConfig(future=0.7, final=0.3, negative=0, task=0, reward_rule="distance")
+    cfg = bc_config(noisy_lake, tmp_path / "gc", steps=3)
+    gc = str(pretrain(dataclasses.replace(cfg, task=TaskConfig(conditioning="goal", relabel=relabel))))
+    out = tmp_path / "ope"
+    rc, stdout, _ = ope(
+        capsys, f"ckpt={gc}", f"lake.uri={noisy_lake}", "goals=[final,future]", "estimators=[fqe,is,wdr]",
+        f"out={out}", *CHEAP,
+    )  # fmt: skip
+    assert rc == 0 and "hindsight sources final, future" in stdout and "goals=final: 6 logged trajectories" in stdout
+    report = json.loads((out / "ope.json").read_text())
+    assert report["goals"] == ["final", "future"] and report["goal_reward"] == "distance"
+    assert set(report["tasks"]) == {"goals=final", "goals=future"}
+    for unit in report["tasks"].values():
+        estimates = unit["policies"][gc]["estimates"]
+        assert set(estimates) == {"fqe", "is", "wdr"}
+        assert all(math.isfinite(e["value"]) for e in estimates.values())
+    # the command's IS on final goals is the library's, on the episodes' own last observations
+    data = load_logged(noisy_lake, "main", goal_source="final", success_terminal=True)
+    traj = trajectories_from(data, TargetPolicy.load(gc, 0.2), 0.99)
+    assert traj.n == 6 and (traj.rewards.sum(1) == 1).all()  # each reaches its final step, then stops
+    got = report["tasks"]["goals=final"]["policies"][gc]["estimates"]["is"]["value"]
+    assert got == pytest.approx(importance_sampling(traj), rel=1e-9)
+    # a policy that reads no goal cannot be valued on goals
+    rc, _, err = ope(capsys, f"ckpt={runs[0]}", f"lake.uri={noisy_lake}", "goals=[final]", *CHEAP)
+    assert rc == 2 and err.count("\n") == 1 and "evaluates goal-conditioned policies" in err and runs[0] in err

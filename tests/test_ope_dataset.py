@@ -154,3 +154,36 @@ def test_behavior_model_recovers_the_logged_probabilities(tmp_path: Path) -> Non
     quick = BehaviorConfig(steps=20, eval_every=10, seed=4)
     a, b = fit_behavior(uri, "main", quick), fit_behavior(uri, "main", quick)
     np.testing.assert_array_equal(a.score_logged(data), b.score_logged(data))
+
+
+def test_hindsight_goals_final_and_future(lake: str) -> None:
+    """goal_source=final/future: each episode's own observation as the goal, rewards by the sampler's rule."""
+    view = Lake.open(lake).checkout()
+    records = view.episodes()
+    eps = [view.read_episode(r.episode_id) for r in records]
+    final = load_logged(lake, "main", goal_source="final", goal_epsilon=0.02)
+    assert final.goal_source == "final" and final.num_episodes == 5 and all(final.has_goal["state"])
+    for i, ep in enumerate(eps):
+        ag, last = ep.steps["achieved_goal"], len(ep.steps["action"]) - 1
+        np.testing.assert_array_equal(final.goals["images/front"][i], ep.steps["images/front"][last])
+        np.testing.assert_array_equal(final.goals["state"][i], ag[last])
+        want = (np.linalg.norm(ag[1:] - ag[last], axis=-1) < 0.02).astype(float)  # r_t = 1[‖ag_{t+1} − g‖ < ε]
+        np.testing.assert_array_equal(final.rewards[final.rows_of(i)], want)
+    assert final.rewards[final.starts + final.lengths - 1].all(), "the last transition reaches its own final step"
+
+    future = load_logged(lake, "main", goal_source="future", goal_reward="index", success_terminal=True, goal_seed=3)
+    again = load_logged(lake, "main", goal_source="future", goal_reward="index", success_terminal=True, goal_seed=3)
+    np.testing.assert_array_equal(future.lengths, again.lengths)  # the goal steps are seeded
+    other = load_logged(lake, "main", goal_source="future", goal_reward="index", goal_seed=4)
+    assert not np.array_equal(future.lengths, other.lengths), "another seed draws other goal steps"
+    for i, ep in enumerate(eps):
+        j = int(future.lengths[i])  # index rule: the trajectory is the j transitions up to the goal's step
+        assert 1 <= j <= 20
+        np.testing.assert_array_equal(future.rewards[future.rows_of(i)], np.arange(1, j + 1) == j)
+        np.testing.assert_array_equal(future.goals["images/front"][i], ep.steps["images/front"][j])
+        np.testing.assert_array_equal(future.steps["state"][future.rows_of(i)], ep.steps["state"][:j])
+
+    with pytest.raises(ValueError, match="unknown goal source 'past'; known: commanded, final, future"):
+        load_logged(lake, "main", goal_source="past")
+    with pytest.raises(ValueError, match="reward_task=.* and goal_source='final' both define the reward"):
+        load_logged(lake, "main", goal_source="final", reward_task=TASK)

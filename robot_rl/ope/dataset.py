@@ -24,7 +24,15 @@ the lake's step convention, as in the sampler); rows are padded to T = max_i T_i
 Rewards, by the sampler's rules (``data_lake.sampler``): r_t is the episode's stored reward of step t
 (its own task's sparse success after a_t: the sampler's ``commanded`` / ``task`` rows); with
 ``reward_task=k``, r_t = label_k[t + 1], task k's stored success label after a_t (the sampler's
-MT-Opt rule; labels come from ``robot-rl lake label --task k``). ``success_terminal`` ends each
+MT-Opt rule; labels come from ``robot-rl lake label --task k``).
+
+Hindsight goals (``goal_source``, the sampler's goal sources of the same names): ``final`` gives
+episode i its own last stored observation as the goal, g = o_{L−1} (images of every camera; the goal
+state is achieved_goal_{L−1}, else state_{L−1}, as the sampler's); ``future`` a step j ~ U{1 .. L−1}
+of it (seeded, drawn in lake order), and the trajectory stops at j (the goal's own step: what the
+behavior needed to get there). The reward is then the sampler's ``reward_rule``: ``distance``,
+r_t = 1[‖ag_{t+1} − g_state‖ < ε], or ``index``, r_t = 1[t + 1 = j].
+``success_terminal`` ends each
 trajectory at its first rewarded transition (success is absorbing), as ``rollout(stop_on_success=True)``
 does for the simulator's truth; without it the return counts every rewarded step of the logged horizon.
 
@@ -57,6 +65,8 @@ from robot_rl.ope.data import Trajectories
 from robot_rl.ope.target import RandomTarget, Target
 
 FIELD = "action_logp"
+GOAL_SOURCES = ("commanded", "final", "future")  # whose goal a goal-conditioned policy is evaluated on
+GOAL_REWARDS = ("distance", "index")  # the hindsight reward rules (the sampler's ``reward_rule``)
 
 
 class BehaviorScorer(Protocol):
@@ -100,6 +110,9 @@ class LoggedData:
     goals: dict[str, np.ndarray]
     has_goal: dict[str, np.ndarray]
     vocabulary: tuple[str, ...]  # the snapshot's task names, sorted (the sampler's task ids)
+    goal_source: str = "commanded"  # commanded: the episodes' own goals and rewards | final | future (hindsight)
+    goal_reward: str = "distance"  # hindsight rewards: "distance" (‖ag' − g‖ < ε) | "index" (the goal's own step)
+    goal_epsilon: float = 0.05
 
     # ------------------------------------------------------------ shape
     @property
@@ -256,10 +269,21 @@ def load_logged(
     reward_task: str | None = None,
     success_terminal: bool = False,
     cameras: Sequence[str] | None = None,
+    goal_source: str = "commanded",
+    goal_reward: str = "distance",
+    goal_epsilon: float = 0.05,
+    goal_seed: int = 0,
 ) -> LoggedData:
     """Whole episodes of snapshot ``ref`` of the lake at ``lake_uri``: those of ``task`` (None: every task),
     restricted to the ids ``episodes`` if given, the first ``max_episodes`` of them in lake order.
-    ``cameras`` (None: all) limits the image streams read. See the module docstring for rewards."""
+    ``cameras`` (None: all) limits the image streams read. See the module docstring for rewards and for
+    the hindsight goal sources (``goal_source``, ``goal_reward``, ``goal_epsilon``, ``goal_seed``)."""
+    hindsight = check_goal_source(goal_source, goal_reward, goal_epsilon)
+    if hindsight and reward_task is not None:
+        raise ValueError(
+            f"reward_task={reward_task!r} and goal_source={goal_source!r} both define the reward: pick one "
+            "(a task's success labels, or reaching the hindsight goal)"
+        )
     view = Lake.open(lake_uri).checkout(ref)
     records = view.episodes(task)
     if episodes is not None:
@@ -289,6 +313,11 @@ def load_logged(
     goal_keys = [k for k in schema["goal"] if not k.startswith("images/") or keep_cams is None or k in keep_cams]
     pieces: list[_Piece | None] = [None] * len(records)
     position = {r.episode_id: k for k, r in enumerate(records)}
+    rng = np.random.default_rng(goal_seed)
+    goal_steps = [  # hindsight goal step j of each episode, relative to its start
+        r.stop - r.start - 1 if goal_source == "final" else int(rng.integers(1, max(r.stop - r.start, 2)))
+        for r in records
+    ]
     for name in dict.fromkeys(r.segment for r in records):
         seg = view.read_segment(name, fields)
         if reward_task is not None and reward_task not in seg.labels:
@@ -298,14 +327,21 @@ def load_logged(
             )
         for r in (r for r in records if r.segment == name):
             a, b = r.start, r.stop
-            if reward_task is None:
+            if hindsight:
+                j = goal_steps[position[r.episode_id]]
+                where = f"segment {name} of lake {lake_uri}"
+                reward, goal = _hindsight(seg.steps, a, b, j, goal_reward, goal_epsilon, where)
+            elif reward_task is None:
                 reward = seg.steps["reward"][a : b - 1]  # r_t after a_t; the last step is no transition
             else:
                 reward = seg.labels[reward_task][a + 1 : b]  # task k's success after a_t
-            n = b - a - 1
+            n = len(reward)
             if success_terminal and (reward > 0).any():
                 n = int(np.argmax(reward > 0)) + 1  # up to the first rewarded transition
-            goal = {k: seg.goals[k][r.index] for k in goal_keys if k in seg.goals and seg.has_goal.get(k, [])[r.index]}
+            if not hindsight:
+                goal = {
+                    k: seg.goals[k][r.index] for k in goal_keys if k in seg.goals and seg.has_goal.get(k, [])[r.index]
+                }
             logp = seg.steps[FIELD][a : a + n] if FIELD in seg.steps else np.full(n, np.nan)  # NaN: none logged
             steps = {k: v[a : a + n] for k, v in seg.steps.items() if k not in ("action", "reward", FIELD)}
             pieces[position[r.episode_id]] = _Piece(steps, goal, seg.steps["action"][a : a + n], reward[:n], logp)
@@ -313,7 +349,7 @@ def load_logged(
     assert len(done) == len(records)
     common = set.intersection(*(set(p.steps) for p in done))  # fields every selected episode has
     goals, has_goal = {}, {}
-    for k in goal_keys:
+    for k in dict.fromkeys(k for p in done for k in p.goal) if hindsight else goal_keys:
         flags = np.array([k in p.goal for p in done])
         if flags.any():
             like = next(p.goal[k] for p in done if k in p.goal)
@@ -334,7 +370,42 @@ def load_logged(
         goals=goals,
         has_goal=has_goal,
         vocabulary=tuple(sorted({r.task for r in view.episodes()})),
+        goal_source=goal_source,
+        goal_reward=goal_reward,
+        goal_epsilon=goal_epsilon,
     )
+
+
+def check_goal_source(source: str, reward: str, epsilon: float) -> bool:
+    """Validate a goal source and its reward rule; True for the hindsight ones (final, future)."""
+    if source not in GOAL_SOURCES:
+        raise ValueError(f"unknown goal source {source!r}; known: {', '.join(GOAL_SOURCES)}")
+    if reward not in GOAL_REWARDS:
+        raise ValueError(f"goal_reward must be one of {GOAL_REWARDS}, got {reward!r}")
+    if not epsilon > 0:
+        raise ValueError(f"goal_epsilon must be > 0, got {epsilon}")
+    return source != "commanded"
+
+
+def _hindsight(
+    steps: dict[str, np.ndarray], a: int, b: int, j: int, rule: str, epsilon: float, where: str
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Rewards r_t (t < j) and the goal of an episode (rows a..b−1) whose goal is its own step j."""
+    src = steps.get("achieved_goal", steps.get("state"))  # the goal state, as the sampler's
+    if rule == "distance":
+        if "achieved_goal" not in steps:
+            raise ValueError(
+                f"goal_reward='distance' needs the step field 'achieved_goal' (the scene vector); {where} has none: "
+                "use goal_reward='index'"
+            )
+        ag = steps["achieved_goal"]
+        reward = (np.linalg.norm(ag[a + 1 : a + j + 1] - ag[a + j], axis=-1) < epsilon).astype(np.float64)  # (j,)
+    else:
+        reward = (np.arange(1, j + 1) == j).astype(np.float64)  # (j,) only on reaching step j itself
+    goal = {k: v[a + j] for k, v in steps.items() if k.startswith("images/")}
+    if src is not None:
+        goal["state"] = src[a + j]
+    return reward, goal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -512,8 +583,11 @@ def load_trajectories(
 
 
 __all__ = [
+    "GOAL_REWARDS",
+    "GOAL_SOURCES",
     "LoggedData",
     "behavior_logp",
+    "check_goal_source",
     "load_logged",
     "load_trajectories",
     "model_values",

@@ -6,7 +6,10 @@ values) the ranking metrics. ``robot-rl ope`` (``robot_rl/commands/ope.py``) and
 The evaluated policy π of a checkpoint is its deterministic action m(s) plus Gaussian noise, clipped:
 ``a = clip(m(s) + σ·ε, −1, 1)`` (``robot_rl.ope.target.TargetPolicy``), the policy a user then rolls
 out with that noise. Per task (each task's episodes on their own; rewards are the episodes' stored
-rewards, the goal a goal-conditioned policy is given is the episode's commanded goal):
+rewards, the goal a goal-conditioned policy is given is the episode's commanded goal), or with
+``goals=[final, future, commanded]`` per goal source (over every episode, or per task when tasks are
+named too: hindsight goals from the episodes' own observations and the sampler's reward rule,
+``robot_rl.ope.dataset``; FQE then relabels its batches from the same source):
 
     data       load_logged: the task's whole episodes of the pinned snapshot
     μ          the lake's logged ``action_logp`` (behavior="logged"), or a behavior model fitted once
@@ -51,7 +54,14 @@ import torch
 from robot_rl.config import LakeConfig, ObsConfig
 from robot_rl.ope.behavior import BehaviorConfig
 from robot_rl.ope.data import Trajectories
-from robot_rl.ope.dataset import LoggedData, behavior_logp, load_logged, model_values, trajectories_from
+from robot_rl.ope.dataset import (
+    LoggedData,
+    behavior_logp,
+    check_goal_source,
+    load_logged,
+    model_values,
+    trajectories_from,
+)
 from robot_rl.ope.dice import DiceConfig, dualdice
 from robot_rl.ope.estimators import (
     ESTIMATORS,
@@ -126,7 +136,10 @@ class OPEConfig:
 
     ckpt: tuple[str, ...] = ()  # checkpoint, policy or run directories
     lake: LakeConfig = dataclasses.field(default_factory=LakeConfig)
-    tasks: tuple[str, ...] = ()  # (): every task of the snapshot, each on its own
+    tasks: tuple[str, ...] = ()  # (): every task of the snapshot, each on its own (or all together with goals)
+    goals: tuple[str, ...] = ()  # (): each task's commanded goals | goal sources: commanded, final, future
+    goal_reward: str = "distance"  # hindsight rewards: "distance" (‖ag' − g‖ < goal_epsilon) | "index"
+    goal_epsilon: float = 0.05
     estimators: tuple[str, ...] = ("fqe", *WEIGHT_NAMES, "dr", "wdr")
     gamma: float = 0.99
     sigma: float = 0.2  # the target policy's Gaussian noise std
@@ -157,6 +170,18 @@ class OPEConfig:
             raise ValueError(f"n_boot must be >= 0 and level in (0, 1), got {self.n_boot}, {self.level}")
         if self.max_episodes is not None and self.max_episodes < 1:
             raise ValueError(f"max_episodes must be >= 1 (or null), got {self.max_episodes}")
+        for source in self.goals:
+            check_goal_source(source, self.goal_reward, self.goal_epsilon)
+        if len(set(self.goals)) != len(self.goals):
+            raise ValueError(f"goals names a source twice: {list(self.goals)}")
+
+    def units(self, snapshot_tasks: Sequence[str]) -> list[tuple[str, str | None, str]]:
+        """What is evaluated, each on its own: (name, task or None for every task, goal source)."""
+        if not self.goals:
+            return [(t, t, "commanded") for t in (self.tasks or snapshot_tasks)]
+        return [
+            (f"goals={g}" if t is None else f"{t} goals={g}", t, g) for t in (self.tasks or [None]) for g in self.goals
+        ]
 
     def fqe_config(self) -> FQEConfig:
         """FQE's settings with this evaluation's γ and seed."""
@@ -238,6 +263,8 @@ class OPEReport:
             "gamma": c.gamma,
             "behavior": c.behavior,
             "success_terminal": c.success_terminal,
+            "goals": list(c.goals) or "each task's commanded goals and stored rewards",
+            **({"goal_reward": c.goal_reward, "goal_epsilon": c.goal_epsilon} if c.goals else {}),
             "n_boot": c.n_boot,
             "level": c.level,
             "estimators": list(c.estimators),
@@ -353,9 +380,11 @@ def fit_fqe_for(
     from robot_rl.pretrain import TaskConfig
 
     spec, fcfg = target.spec, cfg.fqe_config()
-    goal = spec.has_goal
+    goal, source = spec.has_goal, data.goal_source
     relabel = RelabelConfig(
-        future=0.0, final=0.0, negative=0.0, commanded=1.0 if goal else 0.0, task=0.0 if goal else 1.0,
+        future=float(source == "future"), final=float(source == "final"), negative=0.0,
+        commanded=float(goal and source == "commanded"), task=0.0 if goal else 1.0,
+        future_mode="uniform", reward_rule=data.goal_reward, epsilon=data.goal_epsilon,
         gamma=cfg.gamma, success_terminal=cfg.success_terminal,
     )  # fmt: skip
     task = TaskConfig(conditioning="goal" if goal else "none", relabel=relabel)
@@ -514,13 +543,20 @@ def run_ope(cfg: OPEConfig, labels: Sequence[str] | None = None) -> OPEReport:
         raise ValueError(f"each checkpoint must be named once, got {labels}")
     device = resolve_device(cfg.device)
     targets = {label: TargetPolicy.load(path, cfg.sigma, device) for label, path in zip(labels, cfg.ckpt, strict=True)}
+    if cfg.goals:
+        blind = [label for label, t in targets.items() if not t.spec.has_goal]
+        if blind:
+            raise ValueError(
+                f"goals={list(cfg.goals)} evaluates goal-conditioned policies, but {blind} read no goal: "
+                "evaluate them per task (goals=null)"
+            )
     view = Lake.open(cfg.lake.uri).checkout(cfg.lake.ref)
     pinned = f"snapshot:{view.snapshot_id}"
-    tasks = list(cfg.tasks) or sorted({r.task for r in view.episodes()})
-    truth = read_truth(cfg.truth, tasks, labels)
+    units = cfg.units(sorted({r.task for r in view.episodes()}))
+    truth = read_truth(cfg.truth, [name for name, _, _ in units], labels)
     cameras = sorted({c for t in targets.values() for c in (*t.spec.cameras, *t.spec.goal_cameras)})
     results: dict[str, dict[str, PolicyResult]] = {}
-    for task in tasks:
+    for name, task, source in units:
         data = load_logged(
             cfg.lake.uri,
             pinned,
@@ -528,9 +564,13 @@ def run_ope(cfg: OPEConfig, labels: Sequence[str] | None = None) -> OPEReport:
             max_episodes=cfg.max_episodes,
             success_terminal=cfg.success_terminal,
             cameras=cameras,
+            goal_source=source,
+            goal_reward=cfg.goal_reward,
+            goal_epsilon=cfg.goal_epsilon,
+            goal_seed=cfg.seed,
         )
         behavior = "logged" if cfg.behavior == "logged" else fit_behavior_once(data, cfg, device)
-        results[task] = {label: evaluate_policy(data, t, cfg, behavior, pinned) for label, t in targets.items()}
+        results[name] = {label: evaluate_policy(data, t, cfg, behavior, pinned) for label, t in targets.items()}
     policies = {
         label: {"checkpoint": path, "algo": t.trained.name, "step": t.trained.step}
         for (label, t), path in zip(targets.items(), cfg.ckpt, strict=True)
@@ -583,13 +623,17 @@ def format_report(report: OPEReport) -> str:
         "behavior μ: " + ("the lake's logged action_logp" if c.behavior == "logged" else "a fitted behavior model "
                           "(the importance-weighted estimates are only as good as it)"),
     ]  # fmt: skip
+    if c.goals:
+        rule = "‖ag' − g‖ < " + f"{c.goal_epsilon:g}" if c.goal_reward == "distance" else "reaching the goal's own step"
+        lines.append(f"goals: hindsight sources {', '.join(c.goals)} (final: each episode's last observation; "
+                     f"future: a uniform later step, the trajectory cut there), reward 1 on {rule}")  # fmt: skip
     width = max(12, *(len(p) for p in report.policies))
     pct = f"{c.level:.0%} CI"
     for task, per in report.results.items():
         n = next(iter(per.values())).trajectories
         lines += [
             "",
-            f"task {task}: {n} logged trajectories",
+            f"{'' if c.goals else 'task '}{task}: {n} logged trajectories",
             f"  {'policy':{width}s}  {'estimator':9s} {'value':>9s}  {pct}",
         ]
         for label, r in per.items():
