@@ -137,9 +137,10 @@ class Windows:
     episode: np.ndarray  # (B,)
 
 
-def return_statistics(pool: EpisodePool) -> tuple[np.ndarray, np.ndarray]:
-    """Undiscounted return-to-go (N,) of every step, and each task's return scale (num task ids,)."""
-    rtg = _return_to_go(pool.reward, pool.ep_start, pool.ep_end, 1.0)  # (N,)
+def return_statistics(pool: EpisodePool, discount: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Return-to-go R̂_t = Σ_{t' ≥ t} discount^{t'−t} r_t' (N,) of every step (undiscounted by default), and each
+    task's return scale (num task ids,): the best episode's R̂_0."""
+    rtg = _return_to_go(pool.reward, pool.ep_start, pool.ep_end, discount)  # (N,)
     n_tasks = int(pool.task_of.max()) + 1 if len(pool.task_of) else 1
     scale = np.ones(n_tasks, np.float32)
     ep_return = rtg[pool.ep_start]  # (E,)
@@ -217,9 +218,13 @@ class SequenceSampler(Sampler):
         length: int,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        discount: float = 1.0,
     ):
         if length < 1:
             raise SamplerError(f"the window length must be >= 1, got {length}")
+        if not 0 < discount <= 1:
+            raise SamplerError(f"the return-to-go discount must be in (0, 1], got {discount}")
+        self.discount = discount
         if cfg.relabel.p_task > 0:
             raise SamplerError("sequence windows keep their episode's task: set relabel.p_task=0")
         self.length = length
@@ -228,7 +233,7 @@ class SequenceSampler(Sampler):
 
     def _statistics(self) -> tuple[np.ndarray, np.ndarray]:
         if self._stats_of is None or self._stats_of[0] is not self.pool:  # a new pool (streaming swaps)
-            self._stats_of = (self.pool, *return_statistics(self.pool))
+            self._stats_of = (self.pool, *return_statistics(self.pool, self.discount))
         return self._stats_of[1], self._stats_of[2]
 
     def sample_host(self) -> SequenceBatch:  # type: ignore[override]

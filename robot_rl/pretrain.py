@@ -387,8 +387,13 @@ def start_run(cfg: PretrainConfig, resolved: dict[str, Any]) -> PretrainRun:
     check_goal_is_observable(cfg, view.schema or {"step": {}})
     train_ids, held_out = held_out_episodes(view, cfg.calibration_episodes)
     scfg, progress = cfg.sampler_config(dist.rank, dist.world_size, train_ids), cfg.progress and dist.main
-    window = getattr(algo_cfg, "sequence_length", 0)  # sequence models (dt) learn from windows of K steps
-    sampler = SequenceSampler(view, scfg, window, device, progress) if window else Sampler(view, scfg, device, progress)
+    window = getattr(algo_cfg, "sequence_length", 0)  # sequence models (dt, tt) learn from windows of K steps
+    discount = algo_cfg.gamma if getattr(algo_cfg, "discounted_returns", False) else 1.0  # tt: R̂ discounted by γ
+    sampler = (
+        SequenceSampler(view, scfg, window, device, progress, discount)
+        if window
+        else Sampler(view, scfg, device, progress)
+    )
     algo = build_algorithm(cfg, algo_cfg, sampler, dist, device)
     meta = {
         "lake": {"uri": cfg.lake.uri, "ref": cfg.lake.ref, "snapshot_id": view.snapshot_id},

@@ -18,7 +18,7 @@ import torch
 
 from data_lake import Episode, Lake
 from data_lake.batch import Observation
-from data_lake.sampler import RelabelConfig, SamplerConfig
+from data_lake.sampler import RelabelConfig, SamplerConfig, SamplerError
 from data_lake.sequences import SequenceBatch, SequenceSampler
 from robot_rl import checkpoint
 from robot_rl.algos import DT, DTConfig
@@ -153,6 +153,28 @@ def test_windows_stay_in_one_episode_with_left_padding_and_return_to_go(tagged_l
         torch.testing.assert_close(batch.actions[b, m, 0], steps.float() / 10)
         assert not batch.actions[b, ~m].any() and not batch.returns_to_go[b, ~m].any()
         assert not batch.timesteps[b, ~m].any() and not batch.rewards[b, ~m].any()
+
+
+def test_discounted_return_to_go(tagged_lake: Lake) -> None:
+    """discount=γ (the Trajectory Transformer's R̂): R̂_t = Σ_k γ^k r_{t+k}, scaled by the task's best R̂_0."""
+    g, lengths = 0.5, {0: 3, 1: 6, 2: 10, 3: 4, 4: 8}  # rewards 1 at steps 3 .. L − 2 (see tagged_episode)
+
+    def rtg(L: int, s: int) -> float:
+        return sum(g ** (k - s) for k in range(max(3, s), L - 1))
+
+    best = {"a": max(rtg(L, 0) for L in (3, 6, 10)), "b": max(rtg(L, 0) for L in (4, 8))}
+    with SequenceSampler(tagged_lake.checkout(), scfg(), 4, progress=False, discount=g) as sampler:
+        tasks, batch = sampler.tasks, sampler.sample_host()
+    state = batch.observations.state.view(64, 4, 3)
+    for b in range(64):
+        m = batch.mask[b].bool()
+        ep, steps = int(state[b, m, 0][0]), state[b, m, 1].long()
+        scale = best[tasks[int(batch.task_ids[b])]]
+        assert float(batch.return_scale[b]) == pytest.approx(scale)
+        want = torch.tensor([rtg(lengths[ep], int(t)) / scale for t in steps], dtype=torch.float32)
+        torch.testing.assert_close(batch.returns_to_go[b, m], want)
+    with pytest.raises(SamplerError, match=r"discount must be in \(0, 1\], got 0"):
+        SequenceSampler(tagged_lake.checkout(), scfg(), 4, progress=False, discount=0.0)
 
 
 def test_sequence_sampler_resumes_exactly(tagged_lake: Lake) -> None:

@@ -31,8 +31,10 @@ and the best B kept; the next observation tokens are then sampled (top-k). The a
 action of the best beam after H steps (decoded by bin centers, clamped to [-1, 1]).
 
 Choices and deviations from the paper:
-- R̂ is the sampler's undiscounted return-to-go (``SequenceSampler``), multiplied back by the task's
-  return scale so that rewards and R̂ share units; the paper discounts R̂ with γ.
+- R̂ is the sampler's return-to-go (``SequenceSampler``), discounted with γ as in the paper
+  (``discounted_returns``; ``robot-rl pretrain`` passes γ to the sampler), multiplied back by the
+  task's return scale so that rewards and R̂ share units. Undiscounted, the beam score would add a
+  γ-discounted partial sum to an undiscounted tail.
 - Bins are fitted on the first training batch (its real steps), not on the whole dataset; values
   outside its range fall into the edge bins. A NaN value is an error.
 - The prefix token replaces the paper's unconditioned stream for goals and tasks.
@@ -85,6 +87,7 @@ class TTConfig(AlgoConfig):
     horizon: int = 5  # H steps planned
     expansion: int = 4  # E candidates per beam and step (the beam grows from 1 row: E^h rows at step h, at most B)
     top_k: int = 10  # action and observation tokens are sampled among the k most likely bins
+    discounted_returns: bool = True  # R̂_t = Σ γ^k r_{t+k} (the paper); False: undiscounted (as DT's)
 
     def __post_init__(self) -> None:
         super().__post_init__()
