@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -255,19 +256,24 @@ class QTOpt(BaseAlgorithm):
     name = "qtopt"
     config_class = QTOptConfig
     cfg: QTOptConfig
+    policy_class: ClassVar[type[CEMPolicy]] = CEMPolicy
+
+    @staticmethod
+    def ensemble_size(cfg: Any) -> int:
+        """How many critics the one batched ensemble holds (REM: its heads)."""
+        return int(cfg.num_critics)
 
     @classmethod
     def build_policy(cls, cfg: AlgoConfig, spec: ObservationSpec) -> CEMPolicy:
         """The acting networks alone: the encoder and the critic CEM maximizes (no target critic)."""
         cls.check_config(cfg)
-        assert isinstance(cfg, QTOptConfig)
         with seeded(cfg.seed):
             encoder = ObservationEncoder(spec, cfg.encoder)
-            critic = Critic(encoder.out_dim, spec.action_dim, cfg.hidden, cfg.num_critics, cfg.layer_norm)
-        return CEMPolicy(encoder, critic, cfg.cem)
+            critic = Critic(encoder.out_dim, spec.action_dim, cfg.hidden, cls.ensemble_size(cfg), cfg.layer_norm)
+        return cls.policy_class(encoder, critic, cfg.cem)  # type: ignore[attr-defined]
 
     def build_networks(self) -> dict[str, nn.Module]:
-        return self.encoder_and_critic(self.cfg.num_critics)
+        return self.encoder_and_critic(self.ensemble_size(self.cfg))
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": make_optimizer([self.nets.encoder, self.nets.critic], self.cfg.critic_lr)}
@@ -289,4 +295,4 @@ class QTOpt(BaseAlgorithm):
 
     @property
     def policy(self) -> CEMPolicy:
-        return CEMPolicy(self.nets.encoder, self.nets.critic, self.cfg.cem)
+        return self.policy_class(self.nets.encoder, self.nets.critic, self.cfg.cem)

@@ -32,24 +32,15 @@ Choices and deviations:
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from data_lake.batch import Batch
-from robot_rl.algos.base import (
-    AlgoConfig,
-    BaseAlgorithm,
-    Encoded,
-    Nets,
-    encode,
-    make_optimizer,
-    polyak_update,
-    seeded,
-)
-from robot_rl.algos.qtopt import CEMConfig, CEMPolicy, cem
-from robot_rl.nets import Critic, ObservationEncoder, ObservationSpec
+from robot_rl.algos.base import AlgoConfig, Encoded, Nets, encode
+from robot_rl.algos.qtopt import CEMConfig, CEMPolicy, QTOpt, cem
+from robot_rl.nets import Critic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,36 +126,24 @@ class REMPolicy(CEMPolicy):
         return result.action if deterministic else result.sample(self.cfg, generator)  # (B, A)
 
 
-class REM(BaseAlgorithm):
-    """Critic-only: an encoder, K heads (one batched ensemble) and their Polyak targets; acts with CEM."""
+class REM(QTOpt):
+    """Critic-only: an encoder, K heads (one batched ensemble) and their Polyak targets; acts with CEM
+    (QT-Opt's networks and update step with REM's loss and policy)."""
 
     name = "rem"
-    config_class = REMConfig
-    cfg: REMConfig
+    config_class = REMConfig  # type: ignore[assignment]
+    cfg: REMConfig  # type: ignore[assignment]
+    policy_class = REMPolicy
 
-    @classmethod
-    def build_policy(cls, cfg: AlgoConfig, spec: ObservationSpec) -> REMPolicy:
-        """The acting networks alone: the encoder and the K heads (no target heads)."""
-        cls.check_config(cfg)
-        assert isinstance(cfg, REMConfig)
-        with seeded(cfg.seed):
-            encoder = ObservationEncoder(spec, cfg.encoder)
-            critic = Critic(encoder.out_dim, spec.action_dim, cfg.hidden, cfg.num_heads, cfg.layer_norm)
-        return REMPolicy(encoder, critic, cfg.cem)
+    @staticmethod
+    def ensemble_size(cfg: Any) -> int:
+        return int(cfg.num_heads)
 
-    def build_networks(self) -> dict[str, nn.Module]:
-        return self.encoder_and_critic(self.cfg.num_heads)
+    def loss(self, enc: Encoded) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return critic_loss(enc, self.nets, self.cfg, self.rng)
 
-    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"critic": make_optimizer([self.nets.encoder, self.nets.critic], self.cfg.critic_lr)}
-
-    def update(self, batch: Batch) -> dict[str, float]:
-        enc = encode(self.nets.encoder, batch)
-        loss, metrics = critic_loss(enc, self.nets, self.cfg, self.rng)
-        self.optimize("critic", self.with_auxiliary(loss, metrics))
-        polyak_update(self.nets.target_critic, self.nets.critic, self.cfg.tau)
-        self.step += 1
-        return self.metrics(metrics)
+    def q_scale(self, out: torch.Tensor) -> torch.Tensor:
+        return out  # linear heads
 
     @torch.no_grad()
     def q_estimate(self, batch: Batch) -> torch.Tensor:
