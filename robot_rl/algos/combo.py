@@ -34,7 +34,7 @@ import math
 import torch
 
 from robot_rl.algos.base import Encoded, Nets
-from robot_rl.algos.cql import CQL, CQLConfig
+from robot_rl.algos.cql import CQL, CQLConfig, conservative_term
 from robot_rl.algos.model_based import ModelBased, ModelConfig
 from robot_rl.algos.sac import soft_td_target
 from robot_rl.models.dynamics import DynamicsConfig
@@ -85,12 +85,7 @@ def critic_loss(
     q_sampled = nets.critic.q_values(features, torch.cat([uniform_a, pi_a, next_pi_a], 1))  # (N, B_ρ, 3M)
     gap, logsumexp = conservative_gap(q_sampled, log_density, q_data[:, :real_rows], cfg.temperature)  # (N,)
     td_loss = 0.5 * (q_data - td_target).pow(2).mean(1).sum()
-    if cfg.lagrange:
-        beta = nets.log_alpha_prime().exp().clamp(0.0, 1e6).detach()
-        conservative = beta * (gap - cfg.target_gap).sum()
-    else:
-        beta = q_data.new_tensor(cfg.cql_alpha)
-        conservative = cfg.cql_alpha * gap.sum()
+    conservative, beta = conservative_term(gap, nets, cfg)
     metrics = {
         "critic/td_loss": td_loss.detach(),
         "critic/q_data": q_data[:, :real_rows].mean().detach(),

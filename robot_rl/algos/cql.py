@@ -109,12 +109,7 @@ def critic_loss(
     logsumexp = T * torch.logsumexp((q_sampled - log_density) / T, dim=-1) - T * math.log(3 * M)  # (N, B)
     cql_gap = logsumexp.mean(1) - q_data.mean(1)  # (N,)
     td_loss = 0.5 * (q_data - td_target).pow(2).mean(1).sum()
-    if cfg.lagrange:
-        alpha_prime = nets.log_alpha_prime().exp().clamp(0.0, 1e6).detach()
-        cql_loss = alpha_prime * (cql_gap - cfg.target_gap).sum()
-    else:
-        alpha_prime = q_data.new_tensor(cfg.cql_alpha)
-        cql_loss = cfg.cql_alpha * cql_gap.sum()
+    cql_loss, alpha_prime = conservative_term(cql_gap, nets, cfg)
     metrics = {
         "critic/td_loss": td_loss.detach(),
         "critic/q_data": q_data.mean().detach(),
@@ -127,6 +122,15 @@ def critic_loss(
         **metrics,
     }
     return td_loss + cql_loss, metrics
+
+
+def conservative_term(cql_gap: torch.Tensor, nets: Nets, cfg: CQLConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The critic's conservative term of eq. 4 and the weight used: α′·Σ_i (gap_i − τ_gap) with the tuned
+    α′ (``lagrange``, held fixed here), else α·Σ_i gap_i (``cql_alpha``). ``cql_gap``: (N,) per critic."""
+    if cfg.lagrange:
+        alpha_prime = nets.log_alpha_prime().exp().clamp(0.0, 1e6).detach()
+        return alpha_prime * (cql_gap - cfg.target_gap).sum(), alpha_prime
+    return cfg.cql_alpha * cql_gap.sum(), cql_gap.new_tensor(cfg.cql_alpha)
 
 
 def lagrange_loss(cql_gap: torch.Tensor, nets: Nets, cfg: CQLConfig) -> torch.Tensor:
