@@ -16,7 +16,11 @@ Layout of one snapshot (the Zarr hierarchy inside the Icechunk repository)::
             ├── steps/achieved_goal             float32 (T, G)                   optional
             ├── steps/sim_state                 float64 (T, D)                   optional
             ├── steps/action_logp               float32 (T,)      optional, per episode (NaN rows: absent)
-            └── goals/images/<camera>, goals/state   (E, ...)                   commanded goals
+            ├── goals/images/<camera>, goals/state   (E, ...)                   commanded goals
+            ├── labels/<task>                   bool (T,)      success labels, source "sim"
+            ├── labels/<task>@<source>          bool (T,)      other sources ("user", detector ids);
+            │                                                  attrs: source, created_at, provenance
+            └── label_confidence/<task>@<source>   float32 (T,)   in [0, 1], 0: unknown
             attrs["episodes"]: episode_id, length, task, language, success, source, robot,
                                created_at, metadata, and has_goal per goal key
 
@@ -67,14 +71,18 @@ from tqdm.auto import tqdm
 from data_lake import parallel
 from data_lake.episode import PER_EPISODE_STEP_KEYS, Episode
 from data_lake.segment import (
+    SIM_SOURCE,
     SegmentData,
     UnreadableEpisodesError,
     attrs_of,
     concat_segments,
     drop_absent,
+    label_key,
+    merge_attrs,
     new_segment_name,
     read_segment,
     read_segment_episodes,
+    split_label_key,
     walk_arrays,
     write_labels,
     write_segment,
@@ -120,6 +128,53 @@ class NotALakeError(LakeError):
 
 class UnknownRefError(LakeError):
     pass
+
+
+class AnnotationError(LakeError):
+    """Human labels that do not fit the lake (unknown episodes, steps out of range); ``problems``
+    lists every one."""
+
+    def __init__(self, task: str, problems: list[str]):
+        self.problems = problems
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__(f"annotations of {task!r} rejected, nothing was committed: {'; '.join(problems[:5])}{more}")
+
+
+def _provenance(provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """A label set's provenance as plain JSON (checked: it is stored in zarr attributes)."""
+    prov = dict(provenance or {})
+    reserved = {"source", "created_at", "parts"} & set(prov)
+    if reserved:
+        raise ValueError(f"provenance may not set {sorted(reserved)} (the lake records them)")
+    try:
+        return dict(json.loads(json.dumps(prov)))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"provenance must be JSON (str, numbers, lists, dicts), got {prov!r}: {e}") from e
+
+
+def _checked_labels(
+    out: np.ndarray | tuple[np.ndarray, np.ndarray], T: int, where: str, source: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A detector's (labels bool (T,), confidence float (T,) in [0, 1] or None), checked."""
+    values, conf = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
+    values = np.asarray(values)
+    if values.shape != (T,):
+        raise LakeError(f"detector for {where} returned labels of shape {values.shape}; expected ({T},)")
+    if conf is None:
+        return values, None
+    if source == SIM_SOURCE:
+        raise LakeError(f"detector for {where} returned a confidence, but sim labels carry none; pass another source")
+    conf = np.asarray(conf, dtype=np.float64)
+    if conf.shape != (T,):
+        raise LakeError(f"detector for {where} returned confidence of shape {conf.shape}; expected ({T},)")
+    bad = ~((conf >= 0) & (conf <= 1))  # NaN included
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LakeError(
+            f"detector for {where} returned confidence outside [0, 1] at {int(bad.sum())} steps "
+            f"(step {i}: {float(conf[i])})"
+        )
+    return values, conf
 
 
 class LakeStorageError(LakeError):
@@ -372,6 +427,40 @@ class LakeView:
                 )
             )
         return concat_segments(segs, self.snapshot_id)
+
+    def label_sets(self) -> list[dict[str, Any]]:
+        """The stored label sets: task, source, key, provenance (merged over segments as
+        ``data_lake.segment.merge_attrs`` says), segments covered (of all), steps, confidence stored."""
+        found: dict[str, dict[str, Any]] = {}
+        names = self.segment_names()
+        for name in names:
+            g = self._segment(name)
+            conf = {p for p, _ in _arrays(g, "label_confidence")}
+            for key, arr in _arrays(g, "labels"):
+                task, source = split_label_key(key)
+                d = found.setdefault(
+                    key,
+                    {
+                        "task": task,
+                        "source": source,
+                        "key": key,
+                        "segments": [],
+                        "steps": 0,
+                        "confidence": False,
+                        "_p": [],
+                    },
+                )
+                d["segments"].append(name)
+                d["steps"] += int(arr.shape[0])
+                d["confidence"] |= key in conf
+                d["_p"].append({"source": source, **dict(arr.attrs.asdict())})  # type: ignore[arg-type]
+        out = []
+        for key in sorted(found):
+            d = found[key]
+            d["provenance"] = merge_attrs(d.pop("_p"))
+            d["of_segments"] = len(names)
+            out.append(d)
+        return out
 
     def info(self) -> dict[str, Any]:
         recs = self.episodes()
@@ -833,8 +922,9 @@ class Lake:
                 del root[f"segments/{name}"]
                 if keep:
                     eps, kept_ids = seg.episodes(), list(seg.table["episode_id"])
-                    labels = [seg.episode_labels(i) for i in range(len(keep))]
-                    _write_batched(root, eps, kept_ids, view.schema, 10**12, name_like=name, labels=labels)
+                    _write_batched(
+                        root, eps, kept_ids, view.schema, 10**12, name_like=name, labels=_EpisodeLabels([seg])
+                    )
             return {"removed": len(doomed)}
 
         return self._transaction(branch, "delete", message, None, author, write)
@@ -870,14 +960,14 @@ class Lake:
             for group in merges:
                 eps: list[Episode] = []
                 ids: list[str] = []
-                labels: list[dict[str, np.ndarray]] = []
+                segs: list[SegmentData] = []
                 for n in group:
                     seg = view.read_segment(n)
                     eps += seg.episodes()
                     ids += seg.table["episode_id"]
-                    labels += [seg.episode_labels(i) for i in range(len(seg.episode_ends))]
+                    segs.append(seg)
                     del root[f"segments/{n}"]
-                _write_batched(root, eps, ids, view.schema, 10**12, name_like=group[0], labels=labels)
+                _write_batched(root, eps, ids, view.schema, 10**12, name_like=group[0], labels=_EpisodeLabels(segs))
             after_view = _root_view(root)
             if after_view.episode_ids() != before:
                 raise LakeError("compaction changed the episode order; nothing was committed")
@@ -892,41 +982,124 @@ class Lake:
     def label(
         self,
         task: str,
-        detector: Callable[[SegmentData], np.ndarray],
+        detector: Callable[[SegmentData], np.ndarray | tuple[np.ndarray, np.ndarray]],
         *,
+        source: str = SIM_SOURCE,
+        provenance: dict[str, Any] | None = None,
         branch: str = "main",
         overwrite: bool = False,
         message: str | None = None,
         author: str | None = None,
         progress: bool = False,
     ) -> WriteResult:
-        """Store per-step success labels of ``task`` for every episode, in one commit.
+        """Store per-step success labels of ``task`` from ``source`` for every episode, in one commit.
 
-        ``detector(segment) -> bool (T,)`` runs the task's success detector over a segment's stored
-        steps. Labels live beside the steps (``segments/<name>/labels/<task>``) and are carried
-        through compaction and deletes, so relabeling is reproducible from the snapshot id alone.
-        Segments already labeled for ``task`` are skipped unless ``overwrite``.
+        ``detector(segment)`` returns bool (T,) labels for a segment's stored steps, or a tuple
+        (labels bool (T,), confidence float (T,) in [0, 1]). Source ``sim`` (the simulator's
+        detector over stored states) is stored at ``segments/<name>/labels/<task>`` without
+        confidence; any other source (``user``, a detector id) at ``labels/<task>@<source>``, its
+        confidence at ``label_confidence/<task>@<source>``. ``provenance`` (detector_id, threshold,
+        checkpoint, camera, ...) goes into the label arrays' attributes and the commit metadata.
+        Labels are carried through compaction and deletes, so relabeling is reproducible from the
+        snapshot id alone. Segments already labeled for (task, source) are skipped unless ``overwrite``.
         """
+        key = label_key(task, source)
+        prov = _provenance(provenance)
+        what = f"{task!r} from source {source!r}"
 
         def write(root: zarr.Group, _: set[str]) -> dict[str, Any]:
             view = _root_view(root)
-            todo = [n for n in view.segment_names() if overwrite or f"labels/{task}" not in view._segment(n)]
+            todo = [n for n in view.segment_names() if overwrite or f"labels/{key}" not in view._segment(n)]
             if not todo:
                 return {"nothing": True}
+            attrs = {"source": source, "created_at": dt.datetime.now(dt.UTC).isoformat(), **prov}
             n_steps = 0
-            for name in tqdm(todo, desc=f"label {task}", disable=not progress):
+            for name in tqdm(todo, desc=f"label {key}", disable=not progress):
                 seg = view.read_segment(name)
-                values = np.asarray(detector(seg))
                 T = int(seg.episode_ends[-1])
-                if values.shape != (T,):
-                    raise LakeError(
-                        f"detector for {task!r} returned shape {values.shape} on segment {name}; expected ({T},)"
-                    )
-                write_labels(view._segment(name), task, values)
+                values, conf = _checked_labels(detector(seg), T, f"{what} on segment {name}", source)
+                write_labels(view._segment(name), key, values, conf, attrs)
                 n_steps += T
             return {"labelled_steps": n_steps, "segments_after": len(todo)}
 
-        return self._transaction(branch, "label", message or f"label {task}", {"task": task}, author, write)
+        meta = {"task": task, "source": source, "provenance": prov}
+        return self._transaction(branch, "label", message or f"label {key}", meta, author, write)
+
+    def annotate(
+        self,
+        task: str,
+        rows: Iterable[tuple[str, int, bool]],
+        *,
+        source: str = "user",
+        branch: str = "main",
+        message: str | None = None,
+        author: str | None = None,
+    ) -> WriteResult:
+        """Merge human success labels ``rows`` = (episode_id, step, success) into the label set
+        (task, ``source``), in one commit.
+
+        Labeled steps get their value at confidence 1; the others keep earlier labels of that set,
+        or are unknown (label False, confidence 0). Unknown episode ids, steps out of range and
+        contradicting duplicates raise :class:`AnnotationError` listing them; nothing is committed.
+        """
+        key = label_key(task, source)
+        if source == SIM_SOURCE:
+            raise ValueError("annotations need a source other than 'sim' (which carries no confidence); use 'user'")
+        given: dict[tuple[str, int], bool] = {}
+        problems: list[str] = []
+        for n, row in enumerate(rows):
+            eid, step, ok = tuple(row) if len(row) == 3 else (None, None, None)
+            if (
+                not isinstance(eid, str)
+                or isinstance(step, bool)
+                or not isinstance(step, (int, np.integer))
+                or not (isinstance(ok, (bool, np.bool_)) or ok in (0, 1))
+            ):
+                problems.append(f"row {n}: expected (episode_id str, step int, success bool), got {row!r}")
+                continue
+            if given.setdefault((eid, int(step)), bool(ok)) != bool(ok):
+                problems.append(f"row {n}: episode {eid} step {step} is labeled both True and False")
+        if problems:
+            raise AnnotationError(task, problems)
+        if not given:
+            raise AnnotationError(task, ["no rows given"])
+        who = author or default_author()
+
+        def write(root: zarr.Group, _: set[str]) -> dict[str, Any]:
+            view = _root_view(root)
+            recs = {r.episode_id: r for r in view.episodes()}
+            bad = [f"unknown episode {e}" for e in sorted({e for e, _ in given if e not in recs})]
+            bad += [
+                f"episode {e} step {t} is out of range (it has {recs[e].length} steps: 0..{recs[e].length - 1})"
+                for e, t in sorted(given)
+                if e in recs and not 0 <= t < recs[e].length
+            ]
+            if bad:
+                raise AnnotationError(task, bad)
+            by_segment: dict[str, list[tuple[int, bool]]] = {}
+            for (e, t), ok in given.items():
+                by_segment.setdefault(recs[e].segment, []).append((recs[e].start + t, ok))
+            now = dt.datetime.now(dt.UTC).isoformat()
+            for name, marks in sorted(by_segment.items()):
+                group = view._segment(name)
+                T = int(attrs_of(group)["n_steps"])
+                values, conf = np.zeros(T, bool), np.zeros(T, np.float32)
+                if f"labels/{key}" in group:
+                    old = group[f"labels/{key}"]
+                    assert isinstance(old, zarr.Array)
+                    values = np.asarray(old[...]).astype(bool)
+                    c = group[f"label_confidence/{key}"] if f"label_confidence/{key}" in group else None
+                    conf = np.asarray(c[...], np.float32) if isinstance(c, zarr.Array) else np.ones(T, np.float32)
+                idx = np.array([i for i, _ in marks], np.int64)
+                values[idx] = [ok for _, ok in marks]
+                conf[idx] = 1.0
+                write_labels(group, key, values, conf, {"source": source, "created_at": now, "author": who})
+            return {"segments_after": len(by_segment)}
+
+        n_eps = len({e for e, _ in given})
+        meta = {"task": task, "source": source, "provenance": {"author": who}, "annotated_steps": len(given)}
+        msg = message or f"annotate {key}: {len(given)} steps of {n_eps} episodes"
+        return self._transaction(branch, "annotate", msg, meta, author, write)
 
     # ------------------------------------------------------------ transaction plumbing
     def _commit_meta(
@@ -1110,6 +1283,16 @@ def _episode_id(ep: Episode) -> str:
     return ep.episode_id
 
 
+class _EpisodeLabels:
+    """The label sets of each episode of some segments, in order (what a rewrite carries over)."""
+
+    def __init__(self, segs: Sequence[SegmentData]):
+        spans = [(s, i) for s in segs for i in range(len(s.episode_ends))]
+        self.values = [s.episode_labels(i) for s, i in spans]
+        self.confidence = [s.episode_label_confidence(i) for s, i in spans]
+        self.attrs = [s.label_attrs for s, _ in spans]
+
+
 def _write_batched(
     root: zarr.Group,
     episodes: Sequence[Episode],
@@ -1117,7 +1300,7 @@ def _write_batched(
     schema: Schema | None,
     segment_steps: int,
     name_like: str | None = None,
-    labels: list[dict[str, np.ndarray]] | None = None,
+    labels: _EpisodeLabels | None = None,
 ) -> list[str]:
     """Write episodes into as few segments as fit ``segment_steps`` each; returns the names.
 
@@ -1141,8 +1324,11 @@ def _write_batched(
             name = name_like.split("-")[0] + "-" + new_segment_name().split("-")[1]
         else:
             name = new_segment_name()
-        lab = labels[a:b] if labels is not None else None
-        write_segment(root, name, episodes[a:b], ids[a:b], schema, lab)
+        if labels is None:
+            write_segment(root, name, episodes[a:b], ids[a:b], schema)
+        else:
+            lab, conf, attrs = labels.values[a:b], labels.confidence[a:b], labels.attrs[a:b]
+            write_segment(root, name, episodes[a:b], ids[a:b], schema, lab, conf, attrs)
         names.append(name)
     return names
 

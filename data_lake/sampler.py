@@ -37,7 +37,9 @@ episode, ``j ~ U{t+1..T}`` (OGBench's actor goals: the value function learns fro
 and random goals, the policy only from goals its own trajectory reached); ``Batch.actor_goals``.
 
 MT-Opt task relabeling: with probability ``p_task`` a row is given another task ``k`` (one with
-stored success labels) and ``r = d = label_k[t+1]``, ``mc_return`` the labels' return-to-go.
+stored success labels of source ``label_source``: ``sim``, ``user``, a detector id) and
+``r = d = label_k[t+1]``, ``mc_return`` the labels' return-to-go (unknown labels count as 0). A
+row keeps its own task when the confidence of ``label_k[t+1]`` is below ``min_label_confidence``.
 
 Streaming mode (``streaming_segments = K > 0``) for lakes larger than RAM: a rotating buffer of
 K whole segments, visited in a seeded random order that covers every segment once per pass; every
@@ -61,7 +63,7 @@ import torch
 
 from data_lake.batch import COMMANDED, CURRENT, FINAL, FUTURE, GOAL_SOURCES, NEGATIVE, TASK, Batch, Observation
 from data_lake.lake import LakeView
-from data_lake.segment import SegmentData, concat_segments
+from data_lake.segment import SIM_SOURCE, SegmentData, concat_segments, label_key, split_label_key
 
 
 class SamplerError(ValueError):
@@ -87,6 +89,8 @@ class RelabelConfig:
     epsilon: float = 0.05
     gamma: float = 0.99
     p_task: float = 0.0  # MT-Opt task relabeling
+    label_source: str = SIM_SOURCE  # whose success labels p_task uses: "sim", "user", a detector id
+    min_label_confidence: float = 0.0  # never relabel onto a label less confident than this
     success_terminal: bool = False  # commanded/task rows: a reward > 0 ends the episode (success is absorbing)
     actor_goals: str = "same"  # "same": the rows' goals | "future_uniform": the actor's own, U{t+1..T}
 
@@ -106,6 +110,12 @@ class RelabelConfig:
             raise SamplerError(f"gamma must be in (0, 1], got {self.gamma}")
         if not 0 <= self.p_task <= 1:
             raise SamplerError(f"p_task must be in [0, 1], got {self.p_task}")
+        if not 0 <= self.min_label_confidence <= 1:
+            raise SamplerError(f"min_label_confidence must be in [0, 1], got {self.min_label_confidence}")
+        try:
+            label_key("task", self.label_source)
+        except ValueError as e:
+            raise SamplerError(str(e)) from e
         if self.actor_goals not in ACTOR_GOALS:
             raise SamplerError(f"actor_goals must be one of {ACTOR_GOALS}, got {self.actor_goals!r}")
 
@@ -169,8 +179,10 @@ class EpisodePool:
     success: np.ndarray  # (E,) int8: 1, 0, -1 unknown
     mc_task: np.ndarray  # (N,) discounted task return-to-go
     mc_success: np.ndarray  # (N,) gamma^(m - t) to the first rewarded transition m >= t (success_terminal)
-    labels: dict[int, np.ndarray]  # task id -> (N,) float32 stored success labels
+    labels: dict[int, np.ndarray]  # task id -> (N,) float32 stored success labels at t + 1
     label_mc: dict[int, np.ndarray]  # task id -> (N,) their return-to-go
+    label_conf: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # task id -> (N,) at t + 1
+    label_sources: tuple[str, ...] = ()  # every label source stored in the pooled data
 
     @property
     def n_episodes(self) -> int:
@@ -206,8 +218,10 @@ def build_pool(
     cameras: Sequence[str],
     goal_cameras: Sequence[str],
     labels: dict[str, np.ndarray] | None = None,
+    label_confidence: dict[str, np.ndarray] | None = None,
 ) -> EpisodePool:
-    """Index a loaded snapshot (or a rank's share of it) for sampling."""
+    """Index a loaded snapshot (or a rank's share of it) for sampling. ``labels`` and
+    ``label_confidence`` are keyed by task name (one source's sets: :func:`label_sets_of`)."""
     ends = data.episode_ends.astype(np.int64)
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
     n = int(ends[-1]) if len(ends) else 0
@@ -229,10 +243,20 @@ def build_pool(
     reward = data.steps["reward"].astype(np.float32)
     # task k's reward for transition t is its success label at t + 1 (terminal on success)
     lab: dict[int, np.ndarray] = {}
+    conf: dict[int, np.ndarray] = {}
     for name, v in (labels or {}).items():
+        if name not in task_index:
+            if cfg.relabel.p_task > 0:
+                raise SamplerError(
+                    f"stored labels of task {name!r}, which no sampled episode has (tasks {list(tasks)})"
+                )
+            continue
         r = np.zeros(n, np.float32)
         r[:-1] = v[1:n]
         lab[task_index[name]] = r
+        c = np.zeros(n, np.float32)
+        c[:-1] = (label_confidence or {}).get(name, np.ones(n, np.float32))[1:n]
+        conf[task_index[name]] = c
     state_parts = [data.steps["state"]] if cfg.use_state and "state" in data.steps else []
     if cfg.scene_state:
         state_parts.append(data.steps["achieved_goal"].astype(np.float32))
@@ -256,7 +280,34 @@ def build_pool(
         mc_success=_first_success_return(reward, starts, ends, gamma),
         labels=lab,
         label_mc={k: _first_success_return(v, starts, ends, gamma) for k, v in lab.items()},
+        label_conf=conf,
+        label_sources=tuple(sorted({split_label_key(k)[1] for k in data.labels})),
     )
+
+
+def label_sets_of(data: SegmentData, source: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The label sets of ``source`` in ``data``, keyed by task name: (labels, confidence)."""
+    labels: dict[str, np.ndarray] = {}
+    confidence: dict[str, np.ndarray] = {}
+    for key, v in data.labels.items():
+        task, src = split_label_key(key)
+        if src == source:
+            labels[task] = v
+            if key in data.label_confidence:
+                confidence[task] = data.label_confidence[key]
+    return labels, confidence
+
+
+def label_provenance(view: LakeView, rc: RelabelConfig) -> dict[str, Any] | None:
+    """Which success labels MT-Opt relabeling of ``rc`` reads from ``view`` (for run metadata)."""
+    if rc.p_task == 0:
+        return None
+    sets = [
+        {"task": d["task"], "provenance": d["provenance"], "segments": len(d["segments"]), "of": d["of_segments"]}
+        for d in view.label_sets()
+        if d["source"] == rc.label_source
+    ]
+    return {"source": rc.label_source, "min_label_confidence": rc.min_label_confidence, "sets": sets}
 
 
 # ---------------------------------------------------------------------------- relabeling
@@ -362,13 +413,19 @@ def sample_rows(pool: EpisodePool, cfg: SamplerConfig, rng: np.random.Generator,
     # MT-Opt task relabeling from stored success labels
     if rc.p_task > 0:
         if not pool.labels:
-            raise SamplerError("p_task > 0 needs stored success labels: run `robot-rl lake label --task NAME` first")
+            raise SamplerError(
+                f"p_task > 0 needs stored success labels of source {rc.label_source!r}; the sampled data has "
+                f"label sources {list(pool.label_sources) or 'none'}: run `robot-rl lake label --task NAME` (sim) or "
+                "`robot-rl lake annotate` first, or set relabel.label_source to one of them (sim labels count "
+                "only where every sampled segment has them: label new segments too)"
+            )
         labelled = np.array(sorted(pool.labels))
         swap = np.flatnonzero(rng.random(batch_size) < rc.p_task)
         new = labelled[rng.integers(0, len(labelled), len(swap))]
-        task_id[swap] = new
         for k_id in np.unique(new):
             rows = swap[new == k_id]
+            rows = rows[pool.label_conf[int(k_id)][t[rows]] >= rc.min_label_confidence]  # else: own task
+            task_id[rows] = k_id
             reward[rows] = pool.labels[int(k_id)][t[rows]]
             terminal[rows] = reward[rows]
             mc[rows] = pool.label_mc[int(k_id)][t[rows]]
@@ -483,6 +540,8 @@ def _subset(data: SegmentData, keep: np.ndarray) -> SegmentData:
         table={c: [v for v, k in zip(col, keep, strict=True) if k] for c, col in data.table.items()},
         has_goal={g: [v for v, k in zip(col, keep, strict=True) if k] for g, col in data.has_goal.items()},
         labels={t: v[steps_idx] for t, v in data.labels.items()},
+        label_confidence={t: v[steps_idx] for t, v in data.label_confidence.items()},
+        label_attrs=data.label_attrs,
     )
 
 
@@ -568,7 +627,8 @@ class Sampler:
                 f"rank {cfg.rank} of {cfg.world_size} owns no episodes{which} of snapshot {self.view.snapshot_id}"
             )
         data = concat_segments(shares, self.view.snapshot_id)
-        return build_pool(data, cfg, self.tasks, self.cameras, self.goal_cameras, data.labels)
+        labels, confidence = label_sets_of(data, cfg.relabel.label_source)
+        return build_pool(data, cfg, self.tasks, self.cameras, self.goal_cameras, labels, confidence)
 
     def _read_next(self) -> SegmentData:
         names = self.view.segment_names()

@@ -13,6 +13,11 @@
 ``task``, ``language``, ``success``, ``source``, ``robot``, ``created_at``, ``metadata`` and
 ``has_goal`` (``{goal key: [bool per episode]}``).
 
+A label set is (task, source); its key is ``<task>`` for source ``sim`` (the layout older lakes
+have) and ``<task>@<source>`` otherwise. When segments are merged (compaction, deletes, loading)
+a sim set is kept only if every part has it; any other set is kept, the parts without it filled
+as unknown (label False, confidence 0), parts without a confidence array at confidence 1.
+
 Names are ``<UTC yyyymmddTHHMMSS.ffffff>-<8 hex>``, so listing order is creation order; a segment
 is written once and never resized (a delete or compaction writes a new one and removes the old),
 so concurrent writers never touch the same array.
@@ -37,6 +42,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -58,12 +65,29 @@ READ_THREADS = 8
 # writes: enough calls in flight to overlap encoding with storage, no more (more threads only
 # contend for the GIL: 8 writers were ≈ 5 % slower than 2 on 2 cores, benchmarks/ingest.py)
 WRITE_THREADS = max(2, parallel.available_cores())
+SIM_SOURCE = "sim"  # labels from the simulator's detector over stored states: ``labels/<task>``
+_SOURCE_RE = re.compile(r"[A-Za-z0-9_.-]+")
 TABLE_COLUMNS = ("episode_id", "length", "task", "language", "success", "source", "robot", "created_at", "metadata")
 
 
 def attrs_of(group: zarr.Group) -> dict[str, Any]:
     """A group's attributes as a plain dict (zarr types them as generic JSON)."""
     return dict(group.attrs.asdict())  # type: ignore[arg-type]
+
+
+def label_key(task: str, source: str = SIM_SOURCE) -> str:
+    """The key of label set (task, source) under ``labels/`` and ``label_confidence/``."""
+    if not task or "@" in task or task.startswith("/") or task.endswith("/"):
+        raise ValueError(f"label task must be a non-empty name without '@' or a leading/trailing '/', got {task!r}")
+    if not _SOURCE_RE.fullmatch(source):
+        raise ValueError(f"label source must match [A-Za-z0-9_.-]+ (e.g. 'user', 'det-1a2b3c4d5e6f'), got {source!r}")
+    return task if source == SIM_SOURCE else f"{task}@{source}"
+
+
+def split_label_key(key: str) -> tuple[str, str]:
+    """(task, source) of a label key."""
+    task, _, source = key.partition("@")
+    return task, source or SIM_SOURCE
 
 
 def new_segment_name(when: dt.datetime | None = None) -> str:
@@ -120,11 +144,17 @@ class SegmentData:
     episode_ends: np.ndarray
     table: dict[str, list[Any]]
     has_goal: dict[str, list[bool]]
-    labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # task -> (T,) bool
+    labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # label key -> (T,) bool
+    label_confidence: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # key -> (T,) float32
+    label_attrs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # key -> provenance
 
     def episode_labels(self, i: int) -> dict[str, np.ndarray]:
         start = int(self.episode_ends[i - 1]) if i else 0
         return {t: v[start : int(self.episode_ends[i])] for t, v in self.labels.items()}
+
+    def episode_label_confidence(self, i: int) -> dict[str, np.ndarray]:
+        start = int(self.episode_ends[i - 1]) if i else 0
+        return {t: v[start : int(self.episode_ends[i])] for t, v in self.label_confidence.items()}
 
     def episode(self, i: int) -> Episode:
         start = int(self.episode_ends[i - 1]) if i else 0
@@ -149,11 +179,14 @@ def write_segment(
     episode_ids: Sequence[str],
     schema: dict[str, dict[str, dict[str, Any]]],
     labels: Sequence[dict[str, np.ndarray]] | None = None,
+    label_confidence: Sequence[dict[str, np.ndarray]] | None = None,
+    label_attrs: Sequence[dict[str, dict[str, Any]]] | None = None,
 ) -> int:
     """Write one segment under ``segments/<name>``; returns the number of steps written.
 
-    ``labels`` (one dict per episode, task -> (T,) bool success labels) are kept for the tasks
-    every episode of the segment has.
+    ``labels`` (one dict per episode, label key -> (T,) bool success labels) and
+    ``label_confidence`` (the same, float32) are merged as :func:`merge_label_sets` says;
+    ``label_attrs`` (one dict per episode, label key -> provenance) as :func:`merge_attrs` says.
     """
     lengths = np.array([len(e) for e in episodes], dtype=np.int64)
     arrays: list[tuple[str, str, np.ndarray, str]] = []  # (path, field key, data, dtype)
@@ -197,9 +230,14 @@ def write_segment(
     # each sync zarr call waits on zarr's event loop: several in flight overlap their encoding and I/O
     list(parallel.pool("segment-write", WRITE_THREADS).map(lambda w: w[0].__setitem__(w[2], w[1][w[2]]), writes))
     if labels:
-        common = set.intersection(*(set(d) for d in labels))
-        for task in sorted(common):
-            write_labels(group, task, np.concatenate([d[task] for d in labels]))
+        confs = label_confidence or [{} for _ in labels]
+        provs = label_attrs or [{} for _ in labels]
+        parts: list[LabelPart] = [
+            (int(n), lab, conf, prov) for n, lab, conf, prov in zip(lengths, labels, confs, provs, strict=True)
+        ]
+        values, confidence, attrs = merge_label_sets(parts)
+        for key in values:
+            write_labels(group, key, values[key], confidence.get(key), attrs.get(key))
     records = [e.record() for e in episodes]
     table: dict[str, list[Any]] = {"episode_id": list(episode_ids), "length": lengths.tolist()}
     for c in TABLE_COLUMNS[2:]:
@@ -246,17 +284,93 @@ def _chunk_slices(arr: zarr.Array) -> list[slice]:
     return [slice(i, min(i + step, arr.shape[0])) for i in range(0, arr.shape[0], step)] or [slice(0, 0)]
 
 
-def write_labels(group: zarr.Group, task: str, values: np.ndarray) -> None:
-    """Store per-step success labels of ``task`` in a segment (``labels/<task>``, bool (T,))."""
+def write_labels(
+    group: zarr.Group,
+    key: str,
+    values: np.ndarray,
+    confidence: np.ndarray | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> None:
+    """Store the label set ``key`` (:func:`label_key`) in a segment: ``labels/<key>`` bool (T,)
+    with ``attrs`` (default: source and created_at), and ``label_confidence/<key>`` float32 (T,)
+    if ``confidence`` is given (a stale one is removed otherwise)."""
+    chunks = (max(1, min(LOWDIM_CHUNK_STEPS, len(values))),)
     arr = group.create_array(
-        f"labels/{task}",
-        shape=values.shape,
-        dtype="bool",
-        fill_value=False,
-        chunks=(max(1, min(LOWDIM_CHUNK_STEPS, len(values))),),
-        overwrite=True,
+        f"labels/{key}", shape=values.shape, dtype="bool", fill_value=False, chunks=chunks, overwrite=True
     )
     arr[...] = values.astype(bool)
+    if attrs is None:
+        attrs = {"source": split_label_key(key)[1], "created_at": dt.datetime.now(dt.UTC).isoformat()}
+    arr.attrs.update(attrs)
+    if confidence is not None:
+        conf = group.create_array(
+            f"label_confidence/{key}",
+            shape=values.shape,
+            dtype="float32",
+            fill_value=0.0,
+            chunks=chunks,
+            overwrite=True,
+        )
+        conf[...] = confidence.astype(np.float32)
+    elif f"label_confidence/{key}" in group:
+        del group[f"label_confidence/{key}"]
+
+
+def merge_attrs(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One provenance for label parts merged into one array: the parts' own if they agree, else
+    what they agree on plus ``parts`` (each distinct provenance once)."""
+    flat: list[dict[str, Any]] = []
+    for a in parts:
+        flat += a["parts"] if "parts" in a else [a]
+    distinct = list({json.dumps(a, sort_keys=True, default=str): a for a in flat}.values())
+    if len(distinct) <= 1:
+        return dict(distinct[0]) if distinct else {}
+    common = {k: v for k, v in distinct[0].items() if all(d.get(k) == v for d in distinct[1:])}
+    return {**common, "parts": distinct}
+
+
+LabelPart = tuple[int, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, Any]]]
+
+
+def merge_label_sets(
+    parts: Sequence[LabelPart],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Label sets of consecutive parts ``(n_steps, labels, confidence, attrs)`` as one part.
+
+    A sim set (no confidence) is kept only where every part has it; any other set is kept, parts
+    without it filled as unknown (label False, confidence 0) and parts without a confidence array
+    at confidence 1. Returns (labels, confidence, attrs), keyed by label key.
+    """
+    values: dict[str, np.ndarray] = {}
+    confidence: dict[str, np.ndarray] = {}
+    attrs: dict[str, dict[str, Any]] = {}
+    for key in sorted({k for _, lab, _, _ in parts for k in lab}):
+        have = [key in lab for _, lab, _, _ in parts]
+        if not all(have) and split_label_key(key)[1] == SIM_SOURCE:
+            continue
+        values[key] = np.concatenate([lab[key] if key in lab else np.zeros(n, bool) for n, lab, _, _ in parts])
+        if not all(have) or any(key in conf for _, _, conf, _ in parts):
+            confidence[key] = np.concatenate(
+                [
+                    (conf[key] if key in conf else np.ones(n, np.float32)) if key in lab else np.zeros(n, np.float32)
+                    for n, lab, conf, _ in parts
+                ]
+            ).astype(np.float32)
+        attrs[key] = merge_attrs([a[key] for _, lab, _, a in parts if key in lab and key in a])
+    return values, confidence, attrs
+
+
+def _label_attrs(arrays: Sequence[tuple[str, zarr.Array]]) -> dict[str, dict[str, Any]]:
+    """Provenance of each label set ``(key, labels array)`` (``source`` from the key where none is stored)."""
+    return {path: {"source": split_label_key(path)[1], **dict(arr.attrs.asdict())} for path, arr in arrays}  # type: ignore[arg-type]
+
+
+def _arrays_under(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Array]]:
+    if prefix not in group:
+        return []
+    sub = group[prefix]
+    assert isinstance(sub, zarr.Group)
+    return walk_arrays(sub)
 
 
 def read_segment(group: zarr.Group, fields: Sequence[str] | None = None) -> SegmentData:
@@ -270,12 +384,10 @@ def read_segment(group: zarr.Group, fields: Sequence[str] | None = None) -> Segm
     steps: dict[str, np.ndarray] = {}
     goals: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
-    for prefix, out in (("steps", steps), ("goals", goals), ("labels", labels)):
-        if prefix not in group:
-            continue
-        sub = group[prefix]
-        assert isinstance(sub, zarr.Group)
-        for path, arr in walk_arrays(sub):
+    confidence: dict[str, np.ndarray] = {}
+    outs = (("steps", steps), ("goals", goals), ("labels", labels), ("label_confidence", confidence))
+    for prefix, out in outs:
+        for path, arr in _arrays_under(group, prefix):
             if prefix == "steps" and fields is not None and path not in fields:
                 continue
             jobs.append((out, path, arr))
@@ -292,6 +404,8 @@ def read_segment(group: zarr.Group, fields: Sequence[str] | None = None) -> Segm
         table=attrs["episodes"],
         has_goal=attrs.get("has_goal", {}),
         labels=labels,
+        label_confidence=confidence,
+        label_attrs=_label_attrs([(path, arr) for out, path, arr in jobs if out is labels]),
     )
 
 
@@ -327,7 +441,7 @@ class UnreadableEpisodesError(Exception):
 
 def read_segment_episodes(group: zarr.Group, indices: Sequence[int]) -> SegmentData:
     """Some episodes of a segment (positions ``indices``) as a segment of their own: their step
-    ranges of ``steps/*`` and ``labels/*``, their rows of ``goals/*`` and their table rows, in
+    ranges of ``steps/*``, ``labels/*`` and ``label_confidence/*``, their rows of ``goals/*`` and their table rows, in
     segment order. Chunks that hold none of them are never read, so a damaged chunk of another
     episode does not matter (``Lake.delete`` keeps a segment's other episodes this way).
 
@@ -348,11 +462,8 @@ def read_segment_episodes(group: zarr.Group, indices: Sequence[int]) -> SegmentD
         else:
             runs.append([i])
     arrays: list[tuple[str, str, zarr.Array]] = []  # (prefix, path, array)
-    for prefix in ("steps", "goals", "labels"):
-        if prefix in group:
-            sub = group[prefix]
-            assert isinstance(sub, zarr.Group)
-            arrays += [(prefix, path, arr) for path, arr in walk_arrays(sub)]
+    for prefix in ("steps", "goals", "labels", "label_confidence"):
+        arrays += [(prefix, path, arr) for path, arr in _arrays_under(group, prefix)]
 
     def rows(prefix: str, first: int, last: int) -> slice:
         """Rows of episodes ``first..last`` (inclusive): episode rows for goals, steps otherwise."""
@@ -392,7 +503,8 @@ def read_segment_episodes(group: zarr.Group, indices: Sequence[int]) -> SegmentD
     steps: dict[str, np.ndarray] = {}
     goals: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
-    outs = {"steps": steps, "goals": goals, "labels": labels}
+    confidence: dict[str, np.ndarray] = {}
+    outs = {"steps": steps, "goals": goals, "labels": labels, "label_confidence": confidence}
     for a, (prefix, path, arr) in enumerate(arrays):
         parts = [per_run[k][a] for k in range(len(runs))]
         assert all(isinstance(p, np.ndarray) for p in parts)
@@ -406,6 +518,8 @@ def read_segment_episodes(group: zarr.Group, indices: Sequence[int]) -> SegmentD
         table={c: [v[i] for i in idx] for c, v in table.items()},
         has_goal={k: [f[i] for i in idx] for k, f in attrs.get("has_goal", {}).items()},
         labels=labels,
+        label_confidence=confidence,
+        label_attrs=_label_attrs([(path, arr) for prefix, path, arr in arrays if prefix == "labels"]),
     )
 
 
@@ -418,7 +532,7 @@ def _steps_or_absent(seg: SegmentData, key: str, segs: list[SegmentData]) -> np.
 
 
 def concat_segments(segs: list[SegmentData], name: str) -> SegmentData:
-    """Segments concatenated in order into one (labels kept for the tasks every segment has)."""
+    """Segments concatenated in order into one (label sets merged as :func:`merge_label_sets` says)."""
     if len(segs) == 1:
         return segs[0]
     keys = sorted({k for s in segs for k in s.steps})
@@ -435,10 +549,16 @@ def concat_segments(segs: list[SegmentData], name: str) -> SegmentData:
             [s.goals.get(k, np.zeros((len(s.episode_ends), *src.shape[1:]), src.dtype)) for s in segs]
         )
         has_goal[k] = [f for s in segs for f in s.has_goal.get(k, [False] * len(s.episode_ends))]
-    common = set.intersection(*(set(s.labels) for s in segs)) if segs else set()
+    parts: list[LabelPart] = [
+        (int(s.episode_ends[-1]) if len(s.episode_ends) else 0, s.labels, s.label_confidence, s.label_attrs)
+        for s in segs
+    ]
+    labels, confidence, label_attrs = merge_label_sets(parts)
     return SegmentData(
         name=name,
-        labels={t: np.concatenate([s.labels[t] for s in segs]) for t in sorted(common)},
+        labels=labels,
+        label_confidence=confidence,
+        label_attrs=label_attrs,
         steps={k: np.concatenate([_steps_or_absent(s, k, segs) for s in segs]) for k in keys},
         goals=goals,
         episode_ends=np.concatenate([s.episode_ends + o for s, o in zip(segs, offsets, strict=True)])

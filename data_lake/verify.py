@@ -297,7 +297,7 @@ def _table(attrs: dict[str, Any]) -> tuple[dict[str, list[Any]], dict[str, list[
 def _episodes_of(path: str, rows: tuple[int, int], starts: np.ndarray, ends: np.ndarray, n: int) -> list[int]:
     """Positions of the episodes a chunk covering ``rows`` (along axis 0) of array ``path`` holds."""
     a, b = rows
-    if path.startswith(("steps/", "labels/")):
+    if path.startswith(("steps/", "labels/", "label_confidence/")):
         return [int(i) for i in np.flatnonzero((starts < b) & (ends > a))]
     if path.startswith("goals/") or path == "episode_ends":
         return list(range(max(0, a), min(b, n)))

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name -> (module, function that adds 
     "demo": ("robot_rl.demo", "add_demo_parser"),
     "ogbench": ("robot_rl.ogbench_cmd", "add_ogbench_parser"),
     "ope": ("robot_rl.commands.ope", "add_ope_parser"),
+    "detector": ("robot_rl.commands.detector", "add_detector_parser"),
 }
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from data_lake.lake import LakeView
-from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
+from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig, label_provenance
 from data_lake.sequences import SequenceSampler
 from robot_rl.config import LakeConfig, ObsConfig, from_dict
 from robot_rl.runs import Logger, Throughput, autocast, git_commit, prepare_run_dir, resolve_device
@@ -53,6 +53,9 @@ class TaskConfig:
     relabel: RelabelConfig = dataclasses.field(default_factory=RelabelConfig)
     task_balanced: bool = False
     eval_tasks: tuple[str, ...] = ()  # registry names; () disables evaluation
+    # a goal-reached classifier (robot-rl detector train-goal): the rewards of relabeled goals (future, final,
+    # negative) become reached(o', g) on its camera; None: the sampler's reward rule
+    reward_classifier: str | None = None
 
     def __post_init__(self) -> None:
         if self.conditioning not in CONDITIONING:
@@ -330,6 +333,7 @@ class PretrainRun:
     best: float = -1.0  # the best evaluation success so far
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     ope: Any = None  # robot_rl.ope.run.PretrainOPE when ope_every > 0 (rank 0)
+    reward: Any = None  # Batch -> Batch: task.reward_classifier's rewards of relabeled goals
 
 
 def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Path:
@@ -341,6 +345,8 @@ def pretrain(cfg: PretrainConfig, resolved: dict[str, Any] | None = None) -> Pat
         while run.algo.step < cfg.steps:
             with meter.phase("time/sample_s"):
                 batch = next(run.sampler)
+                if run.reward is not None:
+                    batch = run.reward(batch)
             with meter.phase("time/update_s"), autocast(cfg, run.device):
                 metrics = run.algo.update(batch)
             meter.tick()
@@ -399,11 +405,13 @@ def start_run(cfg: PretrainConfig, resolved: dict[str, Any]) -> PretrainRun:
         "lake": {"uri": cfg.lake.uri, "ref": cfg.lake.ref, "snapshot_id": view.snapshot_id},
         "tasks": list(sampler.tasks),
         "conditioning": cfg.task.conditioning,
+        "labels": label_provenance(view, cfg.task.relabel),  # MT-Opt's label source (None without p_task)
     }
     calib = Calibration(view, cfg, held_out, device) if held_out and dist.main else None
     log = Logger(run_dir, dist.main)
     run = PretrainRun(cfg, dist, device, run_dir, view, sampler, algo, sampler.tasks, meta, log, held_out, calib)
     run.ope = start_ope(run)
+    run.reward = reward_classifier(cfg, device, meta)
     if cfg.resume:
         resume(run)
     if dist.world_size > 1:
@@ -411,6 +419,24 @@ def start_run(cfg: PretrainConfig, resolved: dict[str, Any]) -> PretrainRun:
     if dist.main:
         write_run_json(run)
     return run
+
+
+def reward_classifier(cfg: PretrainConfig, device: torch.device, meta: dict[str, Any]) -> Any:
+    """``task.reward_classifier``'s batch relabeling (Batch -> Batch), recorded in ``meta``; None without one."""
+    path = cfg.task.reward_classifier
+    if path is None:
+        return None
+    from robot_rl.detectors.goal_reached import GoalReachedClassifier, classifier_rewards
+
+    if cfg.task.conditioning != "goal":
+        raise ValueError("task.reward_classifier judges relabeled goals: it needs task.conditioning=goal")
+    clf = GoalReachedClassifier.load(path, device=str(device))
+    if clf.camera not in cfg.obs.cameras:
+        raise ValueError(
+            f"task.reward_classifier={path} judges camera {clf.camera!r}, not among obs.cameras {cfg.obs.cameras}"
+        )
+    meta["reward_classifier"] = {"path": str(path), "classifier_id": clf.classifier_id, "threshold": clf.threshold}
+    return lambda batch: classifier_rewards(batch, clf)
 
 
 def build_algorithm(

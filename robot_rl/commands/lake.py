@@ -285,16 +285,151 @@ def cmd_delete(a: argparse.Namespace) -> None:
 
 
 def cmd_label(a: argparse.Namespace) -> None:
-    from tasks.label import detector_over_states
+    lake = Lake.open(a.lake)
+    if a.detector is not None:  # a learned success detector (robot-rl detector train) over the stored images
+        from robot_rl.detectors import SuccessDetector
+        from robot_rl.detectors.label import label_with_detector
 
-    detect = detector_over_states(a.task)
-    res = Lake.open(a.lake).label(a.task, detect, branch=a.branch, overwrite=a.overwrite, progress=not a.json)
+        det = SuccessDetector.load(a.detector)
+        if a.task != det.task:
+            raise ValueError(f"--task {a.task}, but detector {det.detector_id} ({a.detector}) calls {det.task!r}")
+        source = a.source or det.detector_id
+        res = label_with_detector(
+            lake, det, a.detector, source=source, branch=a.branch, overwrite=a.overwrite, progress=not a.json
+        )
+        what = f"{a.task} (source {source}: detector {det.detector_id}, threshold {det.threshold:.3f})"
+    else:
+        from tasks.label import detector_over_states
+
+        if a.source not in (None, "sim"):
+            raise ValueError(
+                f"--source {a.source}: without --detector this command stores the simulator's labels (source sim); "
+                "human labels come from `robot-rl lake annotate`"
+            )
+        detect = detector_over_states(a.task)
+        res = lake.label(a.task, detect, branch=a.branch, overwrite=a.overwrite, progress=not a.json)
+        what = a.task
     text = (
-        f"labelled {a.task} on {res.segments_after} segments of {a.branch} (snapshot {res.snapshot_id})"
+        f"labelled {what} on {res.segments_after} segments of {a.branch} (snapshot {res.snapshot_id})"
         if res.snapshot_id
-        else f"every segment of {a.branch} already has {a.task} labels (--overwrite to redo)"
+        else f"every segment of {a.branch} already has {what} labels (--overwrite to redo)"
     )
     _emit(a, res.to_json(), text)
+
+
+ANNOTATION_FIELDS = ("episode", "step", "success")
+_TRUE, _FALSE = {"1", "true", "yes", "y", "t"}, {"0", "false", "no", "n", "f"}
+
+
+def read_annotations(path: str) -> list[tuple[str, int, bool]]:
+    """Rows (episode_id, step, success) of a CSV file (header ``episode,step,success``) or a JSON
+    list of ``{"episode", "step", "success"}``; a malformed row raises ValueError naming the file,
+    the row (CSV: its line), the field and what was expected."""
+    import csv
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json") or text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); expected a list of {{episode, step, success}}") from e
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of {{episode, step, success}} objects")
+        rows: list[tuple[int, Any]] = list(enumerate(data))
+        what = "item"
+    else:
+        reader = csv.DictReader(text.splitlines())
+        header = [h.strip() for h in reader.fieldnames or []]
+        if not set(ANNOTATION_FIELDS) <= set(header):
+            raise ValueError(
+                f"{path}: header must hold {','.join(ANNOTATION_FIELDS)}, got {','.join(header) or '(empty)'}"
+            )
+        rows = [(reader.line_num, {k.strip(): v for k, v in r.items() if k is not None}) for r in reader]
+        rows = [(n, r) for n, r in rows if (r.get("success") or "").strip()]  # left blank: not labeled (--suggest)
+        what = "line"
+    out: list[tuple[str, int, bool]] = []
+    for n, r in rows:
+        where = f"{path}: {what} {n}"
+        if not isinstance(r, dict) or any(f not in r or r[f] is None for f in ANNOTATION_FIELDS):
+            raise ValueError(f"{where}: expected fields {', '.join(ANNOTATION_FIELDS)}, got {r!r}")
+        eid, step, ok = r["episode"], r["step"], r["success"]
+        if not isinstance(eid, str) or not eid.strip():
+            raise ValueError(f"{where}: field episode: expected an episode id, got {eid!r}")
+        if isinstance(step, str) and step.strip().isdigit():
+            step = int(step)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{where}: field step: expected an integer >= 0, got {r['step']!r}")
+        if isinstance(ok, str) and ok.strip().lower() in _TRUE | _FALSE:
+            ok = ok.strip().lower() in _TRUE
+        if not isinstance(ok, bool):
+            raise ValueError(f"{where}: field success: expected true/false (or 1/0), got {r['success']!r}")
+        out.append((eid.strip(), step, ok))
+    return out
+
+
+def cmd_annotate(a: argparse.Namespace) -> None:
+    if a.suggest is not None:
+        return suggest_annotations(a)
+    if a.file is None:
+        raise ValueError("lake annotate needs a FILE of labels (or --suggest N --detector CKPT to choose frames)")
+    rows = read_annotations(a.file)
+    res = Lake.open(a.lake).annotate(a.task, rows, source=a.source, branch=a.branch, message=a.message, author=a.author)
+    n_eps = len({e for e, _, _ in rows})
+    n_true = sum(ok for _, _, ok in rows)
+    d = {**res.to_json(), "task": a.task, "source": a.source, "steps": len(rows), "episodes": n_eps, "success": n_true}
+    text = (
+        f"annotated {a.task} (source {a.source}): {len(rows)} steps ({n_true} success) of {n_eps} episodes "
+        f"in {res.segments_after} segments of {a.branch} (snapshot {res.snapshot_id})"
+    )
+    _emit(a, d, text)
+
+
+def suggest_annotations(a: argparse.Namespace) -> None:
+    """The frames a detector is least sure of (margin |p − threshold|, lowest first), as a CSV to fill in."""
+    import csv
+    import io
+
+    from robot_rl.detectors import SuccessDetector
+    from robot_rl.detectors.label import uncertain_frames
+
+    if a.detector is None:
+        raise ValueError("--suggest ranks frames by a detector's margin: give --detector CKPT")
+    det = SuccessDetector.load(a.detector)
+    if a.task != det.task:
+        raise ValueError(f"--task {a.task}, but detector {det.detector_id} ({a.detector}) calls {det.task!r}")
+    rows = uncertain_frames(Lake.open(a.lake), a.ref, det, a.suggest)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*ANNOTATION_FIELDS, "p", "margin"], lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({"episode": r["episode"], "step": r["step"], "success": "", "p": f"{r['p']:.4f}",
+                    "margin": f"{r['margin']:.4f}"})  # fmt: skip
+    if a.out:
+        from pathlib import Path
+
+        Path(a.out).write_text(buf.getvalue())
+    text = (
+        f"{len(rows)} frames of {a.ref} where detector {det.detector_id} is least sure ({a.task}); fill in the "
+        f"success column and run `robot-rl lake annotate --task {a.task} {a.out or 'FILE'}`"
+        + ("" if a.out else "\n" + buf.getvalue().rstrip())
+    )
+    _emit(a, rows, text)
+
+
+def cmd_labels(a: argparse.Namespace) -> None:
+    sets = Lake.open(a.lake).checkout(a.ref).label_sets()
+    lines = []
+    for d in sets:
+        prov = {k: v for k, v in d["provenance"].items() if k not in ("source", "parts")}
+        if "parts" in d["provenance"]:
+            prov["parts"] = len(d["provenance"]["parts"])
+        conf = "confidence" if d["confidence"] else "no confidence"
+        lines.append(
+            f"{d['task']:28s} {d['source']:20s} {len(d['segments'])}/{d['of_segments']} segments, {d['steps']} steps, "
+            f"{conf}  {json.dumps(prov, sort_keys=True)}"
+        )
+    _emit(a, sets, "\n".join(lines) or f"no label sets in {a.ref}")
 
 
 GC_MAX_LISTED = 50  # files printed by `lake gc` (all of them with --json)
@@ -410,6 +545,34 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--task", required=True, help="task name (robot-rl collect --list-tasks)")
     p.add_argument("--branch", default="main")
     p.add_argument("--overwrite", action="store_true", help="relabel segments that already have labels")
+    p.add_argument("--detector", default=None, help="a success detector (robot-rl detector train) to label with")
+    p.add_argument(
+        "--source",
+        default=None,
+        help="label source: sim (default, the simulator); with --detector its id (default) or a name shared by "
+        "several tasks' detectors",
+    )
+    p = add(
+        "annotate",
+        cmd_annotate,
+        "merge human success labels (CSV episode,step,success or a JSON list) into a task's label set, one commit",
+    )
+    p.add_argument(
+        "file", nargs="?", help="CSV with header episode,step,success, or JSON [{episode, step, success}, ...]"
+    )
+    p.add_argument("--task", required=True, help="task the labels are for")
+    p.add_argument(
+        "--suggest", type=int, default=None, metavar="N", help="list the N frames --detector is least sure of"
+    )
+    p.add_argument("--detector", default=None, help="with --suggest: the success detector (robot-rl detector train)")
+    p.add_argument("--ref", default="main", help="with --suggest: the snapshot to rank")
+    p.add_argument("--out", default=None, help="with --suggest: write the CSV to fill in here")
+    p.add_argument("--source", default="user", help="label source (default: user)")
+    p.add_argument("--branch", default="main")
+    p.add_argument("-m", "--message", default=None)
+    p.add_argument("--author", default=None)
+    p = add("labels", cmd_labels, "list the stored label sets: task, source, provenance, segments covered")
+    p.add_argument("--ref", default="main")
     p = add("delete", cmd_delete, "delete episodes by id or task as a new commit")
     p.add_argument("--episode", action="append", default=[], help="episode id (repeatable)")
     p.add_argument("--task", default=None)

@@ -1,0 +1,225 @@
+"""Learned success detectors against the simulator's truth, and MT-Opt trained on their labels.
+
+    .venv/bin/python -m benchmarks.detectors [--quick] [--json PATH] [--out DIR]
+
+Data (one fresh local lake, 32x32 front camera): per task, noisy scripted episodes that succeed about
+half of the time (``reach_red`` at action noise 1.0, ``push_red_to_pad`` at 0.3; episodes end at
+success), split by collection seed into a labeling pool and held-out test episodes. The truth is the
+simulator's own detector, run over every stored state of every episode (``robot-rl lake label
+--task``, source ``sim``): per frame, is the task solved.
+
+Detectors (``robot_rl.detectors``, defaults but ``steps``): trained with N labeled episodes per
+task, N in (5, 20, 100): N episodes of the task and N of the other task (their recorded outcomes
+are the labels: final frames of successes are positives; early frames, failures' final frames and
+the other task's successes are negatives). Scored on EVERY frame of the held-out episodes of both
+tasks at the detector's own threshold: precision, recall and F1 against the simulator's labels of
+that task. Target: F1 >= 0.9 with 20 labeled episodes on reach and push.
+
+MT-Opt (from states: proprioception + scene vector; task-conditioned; MT-Opt's data sharing
+``p_task`` = 0.5 reads the success labels of the other task on every episode), trained twice on the
+same snapshot with the same budget and seed: with the simulator's labels (``label_source=sim``) and
+with the labels of the N = 20 detectors (``robot-rl lake label --detector``: label source = the
+detector id, confidences stored; ``min_label_confidence`` 0). Success over both tasks' held-out
+evaluation seeds, Wilson 95%. Target: within 0.1 of the true labels' success.
+
+JSON: ``<task>_n<N>_{precision,recall,f1}``, ``<task>_n<N>_threshold``, ``mtopt_{sim,detector}_success``
+(with ``_ci_low``/``_ci_high``), ``mtopt_gap`` (sim − detector), ``budget_*``, ``seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.report import report, with_ci
+
+TASKS = ("tabletop/reach_red", "tabletop/push_red_to_pad")
+NOISE = {"tabletop/reach_red": 1.0, "tabletop/push_red_to_pad": 0.3}
+GAMMA = 0.97
+LEARNED = "learned"  # the label source both tasks' detectors write
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    pool: int  # labeling-pool episodes per task
+    test: int  # held-out episodes per task
+    labeled: tuple[int, ...]
+    image_size: int
+    detector_steps: int
+    mtopt_updates: int
+    batch: int
+    eval_episodes: int
+
+
+QUICK = Budget(pool=8, test=4, labeled=(4,), image_size=16, detector_steps=20, mtopt_updates=20, batch=32,
+               eval_episodes=2)  # fmt: skip
+FULL = Budget(pool=100, test=40, labeled=(5, 20, 100), image_size=32, detector_steps=500, mtopt_updates=2500,
+              batch=128, eval_episodes=50)  # fmt: skip
+
+
+def build_lake(uri: str, b: Budget) -> dict[str, dict[str, list[str]]]:
+    """Collect the pool (seeds 0, 1) and test (seeds 10, 11) episodes; label every frame for both tasks
+    with the simulator's detector -> task -> {"pool": ids, "test": ids}."""
+    from data_lake import Lake
+    from tasks.collect import CollectConfig, collect
+    from tasks.label import detector_over_states
+
+    seeds = {}
+    for k, task in enumerate(TASKS):
+        for part, n, seed in (("pool", b.pool, k), ("test", b.test, 10 + k)):
+            collect(
+                CollectConfig(
+                    task=task, episodes=n, lake=uri, policy="noisy", noise=NOISE[task], seed=seed,
+                    image_size=b.image_size, cameras=("front",), workers=2, progress=False,
+                )
+            )  # fmt: skip
+            seeds[seed] = (task, part)
+    split: dict[str, dict[str, list[str]]] = {t: {"pool": [], "test": []} for t in TASKS}
+    for r in Lake.open(uri).checkout().episodes():  # lake order: the collection order
+        task, part = seeds[int(r.metadata["collect_seed"])]
+        split[task][part].append(r.episode_id)
+    lake = Lake.open(uri)
+    for task in TASKS:
+        lake.label(task, detector_over_states(task))
+    lake.tag("v1")
+    return split
+
+
+def frames_and_truth(uri: str, ids: list[str], task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame (N, H, W, 3) of the episodes ``ids`` and the simulator's label of ``task`` on each."""
+    from data_lake import Lake
+
+    view = Lake.open(uri).checkout("tag:v1")
+    wanted = set(ids)
+    images, truth = [], []
+    for name in view.segment_names():
+        seg = view.read_segment(name)
+        start = 0
+        for i, end in enumerate(seg.episode_ends):
+            if seg.table["episode_id"][i] in wanted:
+                images.append(seg.steps["images/front"][start:end])
+                truth.append(seg.labels[task][start:end])
+            start = int(end)
+    return np.concatenate(images), np.concatenate(truth).astype(bool)
+
+
+def score(probs: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
+    pred = probs >= threshold
+    tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "positives": float(truth.sum()),
+        "frames": float(len(truth)),
+    }
+
+
+def mtopt(uri: str, out: Path, b: Budget, label_source: str, seed: int = 0):  # type: ignore[no-untyped-def]
+    """Pretrain MT-Opt from states with the labels of ``label_source``; evaluate on held-out seeds."""
+    from data_lake.sampler import RelabelConfig
+    from robot_rl.checkpoint import load_policy
+    from robot_rl.evaluate import EvalConfig, evaluate, policy_act
+    from robot_rl.hydra_utils import algo_settings
+    from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
+
+    relabel = RelabelConfig(
+        future=0, final=0, negative=0, commanded=0, task=1.0, gamma=GAMMA, p_task=0.5, label_source=label_source
+    )
+    run = pretrain(
+        PretrainConfig(
+            algo="mt_opt",
+            algo_cfg=algo_settings("mt_opt", gamma=GAMMA, hidden=[256, 256]),
+            lake=LakeConfig(uri, "tag:labeled"),
+            obs=ObsConfig(cameras=(), use_state=True, scene_state=True, augment_pad=0),
+            task=TaskConfig(conditioning="task", relabel=relabel, task_balanced=True),
+            steps=b.mtopt_updates,
+            batch_size=b.batch,
+            seed=seed,
+            run_dir=str(out / f"mtopt_{label_source}"),
+            save_every=b.mtopt_updates,
+            progress=False,
+        )
+    )
+    trained, meta = load_policy(run / "checkpoints" / "latest")
+    ecfg = EvalConfig(tasks=TASKS, episodes=b.eval_episodes, seed=900_000, num_envs=4, video_episodes=0, progress=False)
+    return evaluate(policy_act(trained), trained.spec, ecfg, task_vocab=meta["tasks"])
+
+
+def main() -> None:
+    from data_lake import Lake
+    from robot_rl.detectors import DetectorConfig, SuccessDetector, train_detector
+    from robot_rl.detectors.label import label_with_detector
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json")
+    p.add_argument("--out", help="keep the detectors, their reports and the MT-Opt runs here")
+    a = p.parse_args()
+    b = QUICK if a.quick else FULL
+    t0 = time.perf_counter()
+    figs: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        out = Path(a.out) if a.out else root / "runs"
+        out.mkdir(parents=True, exist_ok=True)
+        uri = str(root / "lake")
+        split = build_lake(uri, b)
+        figs["collect_label_s"] = time.perf_counter() - t0
+        test_ids = [i for t in TASKS for i in split[t]["test"]]
+        chosen: dict[str, SuccessDetector] = {}
+        n_chosen = 20 if 20 in b.labeled else b.labeled[-1]
+        for task in TASKS:
+            images, truth = frames_and_truth(uri, test_ids, task)
+            other = next(t for t in TASKS if t != task)
+            for n in b.labeled:
+                t1 = time.perf_counter()
+                episodes = split[task]["pool"][:n] + split[other]["pool"][:n]
+                cfg = DetectorConfig(camera="front", steps=b.detector_steps, progress=False)
+                det = train_detector(uri, "tag:v1", task, cfg, episodes=episodes)
+                s = score(det.predict_proba(images), truth, det.threshold)
+                key = f"{task.split('/')[1]}_n{n}"
+                figs |= {f"{key}_{m}": v for m, v in s.items() if m in ("precision", "recall", "f1")}
+                figs[f"{key}_threshold"] = det.threshold
+                figs[f"{key}_s"] = time.perf_counter() - t1
+                det.save(out / f"detector_{key}")
+                if n == n_chosen:
+                    chosen[task] = det
+            figs[f"{task.split('/')[1]}_test_frames"] = float(len(truth))
+            figs[f"{task.split('/')[1]}_test_positives"] = float(truth.sum())
+        lake = Lake.open(uri)
+        for task, det in chosen.items():  # one source for both tasks' detectors: what MT-Opt reads
+            label_with_detector(lake, det, out / f"detector_{task.split('/')[1]}_n{n_chosen}", source=LEARNED)
+        lake.tag("labeled")
+        for name, source in (("sim", "sim"), ("detector", LEARNED)):
+            t1 = time.perf_counter()
+            res = mtopt(uri, out, b, source)
+            with_ci(figs, f"mtopt_{name}_success", res.summary)
+            figs[f"mtopt_{name}_s"] = time.perf_counter() - t1
+            (out / f"mtopt_{name}_eval.json").write_text(json.dumps(res.to_json(), indent=1))
+        figs["mtopt_gap"] = figs["mtopt_sim_success"] - figs["mtopt_detector_success"]
+    figs |= {
+        "budget_pool_episodes_per_task": float(b.pool),
+        "budget_test_episodes_per_task": float(b.test),
+        "budget_detector_steps": float(b.detector_steps),
+        "budget_mtopt_updates": float(b.mtopt_updates),
+        "budget_eval_episodes_per_task": float(b.eval_episodes),
+        "image_size": float(b.image_size),
+        "seconds": time.perf_counter() - t0,
+    }
+    n = 20 if 20 in b.labeled else b.labeled[-1]
+    targets = {f"{t.split('/')[1]}_n{n}_f1": ">= 0.9" for t in TASKS} | {"mtopt_gap": "<= 0.1"}
+    report(figs, targets, a.json, skip=tuple(k for k in figs if k.endswith(("_ci_low", "_ci_high"))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Success detectors trained from lake images: a separable synthetic lake is learned (held-out F1, separated
+probabilities), the split is by episode, save/load round-trips, the errors name what to do, the command
+writes a checkpoint and a report, and a real tabletop lake trains."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_lake import Episode, Lake
+from robot_rl.cli import main
+from robot_rl.detectors import DetectorConfig, DetectorError, SuccessDetector, train_detector
+from robot_rl.detectors.report import plot_report
+from tasks.collect import CollectConfig, collect
+
+torch.set_num_threads(1)
+
+TASK, OTHER, NEVER = "synthetic/stack", "synthetic/other", "synthetic/never"
+T = 10
+FAST = DetectorConfig(steps=120, batch_size=32, lr=2e-3, augment_pad=2, progress=False)
+
+
+def _frames(rng: np.random.Generator, n: int, square: tuple[int, int, int] | None) -> np.ndarray:
+    """(n, 16, 16, 3) dark noise, with a bright 5x5 square of colour ``square`` somewhere near the middle."""
+    img = rng.integers(0, 90, (n, 16, 16, 3)).astype(np.uint8)
+    if square is not None:
+        for i in range(n):
+            r, c = rng.integers(3, 8, 2)
+            img[i, r : r + 5, c : c + 5] = square
+    return img
+
+
+def _episode(rng: np.random.Generator, task: str, success: bool, square: tuple[int, int, int] | None) -> Episode:
+    images = _frames(rng, T, None)
+    if square is not None:
+        images[-3:] = _frames(rng, 3, square)  # the scene looks finished in the last frames
+    return Episode.make(
+        images={"front": images},
+        state=rng.normal(size=(T, 3)).astype(np.float32),
+        action=rng.uniform(-1, 1, (T, 2)).astype(np.float32),
+        reward=np.r_[np.zeros(T - 1), float(success)].astype(np.float32),
+        task=task,
+        success=success,
+    )
+
+
+WHITE, BLUE = (255, 255, 255), (40, 60, 250)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """TASK: 10 successes (a white square at the end), 6 failures; OTHER: 4 successes (a blue square);
+    NEVER: 3 failures only."""
+    rng = np.random.default_rng(0)
+    eps = [_episode(rng, TASK, True, WHITE) for _ in range(10)]
+    eps += [_episode(rng, TASK, False, None) for _ in range(6)]
+    eps += [_episode(rng, OTHER, True, BLUE) for _ in range(4)]
+    eps += [_episode(rng, NEVER, False, None) for _ in range(3)]
+    uri = str(tmp_path_factory.mktemp("detector") / "lake")
+    Lake.create(uri).append(eps)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def trained(lake: str) -> SuccessDetector:
+    return train_detector(lake, "main", TASK, FAST)
+
+
+def test_separable_lake_is_learned(trained: SuccessDetector) -> None:
+    det = trained
+    assert det.task == TASK and det.camera == "front" and det.image_size == (16, 16)
+    assert det.metrics["f1"] >= 0.95, det.metrics
+    assert det.metrics["precision"] >= 0.9 and det.metrics["recall"] >= 0.9
+    assert 0.0 < det.threshold < 1.0
+    rng = np.random.default_rng(123)  # fresh frames, never seen
+    p_yes = det.predict_proba(_frames(rng, 20, WHITE))
+    p_no = det.predict_proba(_frames(rng, 20, None))
+    p_blue = det.predict_proba(_frames(rng, 20, BLUE))  # another task's success is not this one's
+    assert p_yes.dtype == np.float64 and p_yes.shape == (20,)
+    assert p_yes.min() > det.threshold > max(p_no.max(), p_blue.max()), (p_yes.min(), p_no.max(), p_blue.max())
+    cal = det.calibration
+    assert (
+        len(cal["bin_edges"]) == 11
+        and sum(cal["counts"]) == det.metrics["tp"] + det.metrics["fp"] + det.metrics["tn"] + det.metrics["fn"]
+    )
+
+
+def test_split_is_by_episode(lake: str, trained: SuccessDetector) -> None:
+    split, counts = trained.split, trained.info["counts"]
+    train, held = set(split["train"]), set(split["heldout"])
+    assert train and held and not train & held
+    view = Lake.open(lake).checkout()
+    labeled = {r.episode_id for r in view.episodes() if r.task == TASK or (r.task == OTHER and r.success)}
+    assert train | held == labeled  # every episode of the task, and other tasks' successes as negatives
+    assert trained.heldout is not None and set(trained.heldout.episode_ids) <= held
+    assert counts["train_episodes"] == len(train) and counts["heldout_episodes"] == len(held)
+    assert counts["heldout_frames"] == len(trained.heldout.labels) and trained.heldout.labels.any()
+    # 10 successes: 2 held out (20%), and 20% of the 10 episodes without success frames
+    assert len(held & {r.episode_id for r in view.episodes(TASK) if r.success}) == 2
+    assert trained.info["lake"]["snapshot_id"] == view.snapshot_id
+    # the same seed gives the same split; another seed another one
+    other = train_detector(lake, "main", TASK, dataclasses.replace(FAST, steps=1, seed=5))
+    again = train_detector(lake, "main", TASK, dataclasses.replace(FAST, steps=1))
+    assert again.split == trained.split and other.split != trained.split
+
+
+def test_save_load_round_trip(trained: SuccessDetector, tmp_path: Path) -> None:
+    out = trained.save(tmp_path / "det")
+    meta = json.loads((out / "detector.json").read_text())
+    assert meta["detector_id"] == trained.detector_id and trained.detector_id.startswith("det-")
+    assert len(trained.detector_id) == 16 and meta["split"] == trained.split and meta["threshold"] == trained.threshold
+    loaded = SuccessDetector.load(out)
+    images = _frames(np.random.default_rng(7), 12, WHITE)
+    np.testing.assert_array_equal(loaded.predict_proba(images), trained.predict_proba(images))
+    assert loaded.detector_id == trained.detector_id and loaded.metrics == meta["metrics"]
+    assert loaded.heldout is None
+    with pytest.raises(DetectorError, match="needs detector.json and tensors.safetensors"):
+        SuccessDetector.load(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "detector.json").write_text("{not json")
+    (tmp_path / "bad" / "tensors.safetensors").write_bytes(b"junk")
+    with pytest.raises(DetectorError, match="corrupt"):
+        SuccessDetector.load(tmp_path / "bad")
+    meta["config"]["lr"] = 0.5  # the same shapes, another config: not the detector the id names
+    (out / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(DetectorError, match="files were changed"):
+        SuccessDetector.load(out)
+    meta["config"]["hidden"] = [64, 64]  # a config that does not describe these tensors
+    (out / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(DetectorError, match="does not fit"):
+        SuccessDetector.load(out)
+
+
+def test_errors_name_what_to_do(lake: str, trained: SuccessDetector, tmp_path: Path) -> None:
+    one = dataclasses.replace(FAST, steps=1)
+    with pytest.raises(DetectorError, match=r"lake .* at main: no successful episode of task 'synthetic/never'.*user"):
+        train_detector(lake, "main", NEVER, one)
+    with pytest.raises(DetectorError, match=r"holds no episodes of task 'synthetic/nope'; its tasks are"):
+        train_detector(lake, "main", "synthetic/nope", one)
+    with pytest.raises(DetectorError, match=r"cannot read lake .*nowhere at main"):
+        train_detector(str(tmp_path / "nowhere"), "main", TASK, one)
+    with pytest.raises(DetectorError, match=r"no camera 'wrist'; its cameras are \['front'\]"):
+        train_detector(lake, "main", TASK, dataclasses.replace(one, camera="wrist"))
+    with pytest.raises(DetectorError, match="trained on 16x16 images of camera 'front', got 8x8"):
+        trained.predict_proba(np.zeros((2, 8, 8, 3), np.uint8))
+    view = Lake.open(lake).checkout()
+    wins = [r.episode_id for r in view.episodes(TASK) if r.success]
+    fails = [r.episode_id for r in view.episodes(TASK) if not r.success]
+    with pytest.raises(DetectorError, match="held-out split would be empty: 1 episode with success frames, at least 2"):
+        train_detector(lake, "main", TASK, one, episodes=[wins[0], *fails])
+    with pytest.raises(DetectorError, match="holdout_fraction must be in"):
+        DetectorConfig(holdout_fraction=0.0)
+    # hand labels make a task without recorded successes trainable (here: the last frame of each NEVER episode)
+    never = view.episodes(NEVER)
+    det = train_detector(lake, "main", NEVER, one, user_labels=[(r.episode_id, r.length - 1, True) for r in never])
+    assert det.info["counts"]["user_labels"] == 3
+    assert det.info["counts"]["train_positives"] + det.info["counts"]["heldout_positives"] == 3
+    with pytest.raises(DetectorError, match="not in this snapshot"):
+        train_detector(lake, "main", TASK, one, user_labels=[("f" * 64, 0, True)])
+
+
+def test_report_png(trained: SuccessDetector, tmp_path: Path) -> None:
+    h = trained.heldout
+    assert h is not None
+    png = plot_report(trained, h.images, h.labels, h.probs, tmp_path / "r" / "report.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    with pytest.raises(DetectorError, match="one label and probability per image"):
+        plot_report(trained, h.images, h.labels[:-1], h.probs, tmp_path / "x.png")
+
+
+def test_cli_trains_and_errors(lake: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "det"
+    args = ["detector", "train", f"task={TASK}", f"lake.uri={lake}", "steps=30", "batch_size=16", "progress=false"]
+    assert main([*args, f"out={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "precision" in printed and "F1" in printed and "threshold" in printed and str(out) in printed
+    for name in ("detector.json", "tensors.safetensors", "report.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert SuccessDetector.load(out).task == TASK
+    assert main([*args[:2], "task=synthetic/nope", f"lake.uri={lake}", "progress=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "synthetic/nope" in err[0]
+    assert main(["detector", "train", f"lake.uri={lake}"]) == 2
+    assert "missing required setting 'task'" in capsys.readouterr().err
+
+
+def test_real_tabletop_lake_trains(tmp_path: Path) -> None:
+    uri = str(tmp_path / "lake")
+    small = {"image_size": 16, "cameras": ("front",), "progress": False, "max_steps": 12}
+    collect(CollectConfig(task="tabletop/reach_red", episodes=3, lake=uri, policy="expert", **small))
+    collect(CollectConfig(task="tabletop/reach_red", episodes=2, lake=uri, policy="random", seed=1, **small))
+    det = train_detector(uri, "main", "tabletop/reach_red", dataclasses.replace(FAST, steps=20))
+    out = det.save(tmp_path / "det")
+    assert (out / "tensors.safetensors").exists() and json.loads((out / "detector.json").read_text())[
+        "camera"
+    ] == "front"
+    assert det.info["counts"]["train_frames"] > 0 and np.isfinite(det.metrics["final_loss"])
+
+
+def test_labels_from_a_detector_carry_provenance_and_guide_annotation(
+    lake: str, trained: SuccessDetector, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lake label --detector`: versioned labels (source = the detector id) with confidences and provenance,
+    beside the other sources; `lake annotate --suggest`: the least certain frames first, as a CSV to fill in."""
+    import csv
+    import shutil
+
+    uri = str(tmp_path / "lake")
+    shutil.copytree(lake, uri)
+    ckpt = trained.save(tmp_path / "det")
+    assert main(["lake", "label", "--lake", uri, "--task", TASK, "--detector", str(ckpt)]) == 0
+    assert trained.detector_id in capsys.readouterr().out
+    view = Lake.open(uri).checkout()
+    (entry,) = [d for d in view.label_sets() if d["source"] == trained.detector_id]
+    assert entry["task"] == TASK and entry["confidence"]
+    prov = entry["provenance"]
+    assert prov["detector_id"] == trained.detector_id and prov["threshold"] == trained.threshold
+    assert prov["checkpoint"] == str(ckpt) and prov["camera"] == "front"
+    key = f"{TASK}@{trained.detector_id}"
+    for name in view.segment_names():
+        seg = view.read_segment(name)
+        p = trained.predict_proba(seg.steps["images/front"])
+        np.testing.assert_array_equal(seg.labels[key], p >= trained.threshold)
+        np.testing.assert_allclose(seg.label_confidence[key], np.maximum(p, 1 - p), rtol=1e-6)
+    # the frames to label by hand: lowest margin first, written as a CSV with a blank success column
+    out = tmp_path / "suggest.csv"
+    args = ["lake", "annotate", "--lake", uri, "--task", TASK, "--suggest", "5", "--detector", str(ckpt)]
+    assert main([*args, "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    margins = [float(r["margin"]) for r in rows]
+    assert len(rows) == 5 and margins == sorted(margins) and all(r["success"] == "" for r in rows)
+    every = np.concatenate(
+        [np.abs(trained.predict_proba(view.read_segment(n).steps["images/front"]) - trained.threshold)
+         for n in view.segment_names()]
+    )  # fmt: skip
+    assert margins[-1] <= np.sort(every)[4] + 1e-4  # none of the frames left out is less certain
+    rows[0]["success"], rows[1]["success"] = "true", "false"  # a human fills in two of them
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["lake", "annotate", "--lake", uri, "--task", TASK, str(out)]) == 0
+    assert "2 steps (1 success)" in capsys.readouterr().out
+    # a detector of another image size, or of another task, is refused in one line
+    small = Lake.create(tmp_path / "other")
+    rng = np.random.default_rng(5)
+    ep = _episode(rng, TASK, True, WHITE)
+    small.append([dataclasses.replace(ep, steps={**ep.steps, "images/front": ep.steps["images/front"][:, :8, :8]})])
+    assert main(["lake", "label", "--lake", str(tmp_path / "other"), "--task", TASK, "--detector", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "trained on 16x16 'front' images" in err and "8x8" in err and err.count("\n") == 1
+    assert main(["lake", "label", "--lake", uri, "--task", OTHER, "--detector", str(ckpt)]) == 2
+    assert "calls 'synthetic/stack'" in capsys.readouterr().err
