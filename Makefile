@@ -43,6 +43,9 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.ingest --quick
 	$(VENV)/bin/python -m benchmarks.goal_reaching --quick
 	$(VENV)/bin/python -m benchmarks.finetune --quick
+	$(VENV)/bin/python -m benchmarks.ope --quick
+	$(VENV)/bin/python -m benchmarks.planning --quick
+	$(VENV)/bin/python -m benchmarks.detectors --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

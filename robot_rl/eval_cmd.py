@@ -19,7 +19,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. ckpt=runs/pretrain/x task=tabletop/reach_red")
-    p.set_defaults(func=lambda a: run_eval(a.overrides))
+    p.add_argument("--rrd", default=None, metavar="PATH", help="also save rollouts to a Rerun file (same as rrd=PATH)")
+    p.set_defaults(func=lambda a: run_eval([*a.overrides, *([f"rrd={a.rrd}"] if a.rrd else [])]))
 
 
 def run_eval(overrides: list[str]) -> int:
@@ -27,7 +28,7 @@ def run_eval(overrides: list[str]) -> int:
     from robot_rl.evaluate import EvalConfig, evaluate, policy_act
 
     c: dict[str, Any] = compose("eval", overrides)
-    cmd = {k: c.pop(k) for k in ("ckpt", "device", "out", "task")}  # the command's own settings
+    cmd = {k: c.pop(k) for k in ("ckpt", "device", "out", "task", "rrd", "rrd_episodes")}  # the command's own settings
     ckpt = resolve_checkpoint(cmd["ckpt"])
     algo, meta = load_policy(ckpt, cmd["device"])
     tasks = (cmd["task"],) if isinstance(cmd["task"], str) else tuple(cmd["task"])
@@ -46,4 +47,12 @@ def run_eval(overrides: list[str]) -> int:
         )
     print(f"  overall success {res.success_rate:.2f} (95% CI {lo:.2f}-{hi:.2f})")
     print(f"summary: {out / f'eval_{algo.step:07d}.json'}" + (f"  video: {res.video}" if res.video else ""))
+    if cmd["rrd"]:  # the first rrd_episodes episodes of each task again, every frame, to a Rerun file
+        from robot_rl.viz import log_eval_rollouts
+
+        act = policy_act(algo, ecfg.deterministic, ecfg.seed)  # a fresh RNG: the evaluated episodes again
+        rrd = log_eval_rollouts(
+            cmd["rrd"], act, algo.spec, ecfg, meta.get("tasks", ()), algo.device, cmd["rrd_episodes"]
+        )
+        print(f"rollouts: {rrd} (open it with `rerun {rrd}`)")
     return 0

@@ -603,3 +603,9 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "tag or branch points at them, so checkpoints pinned to them (lake.ref=<snapshot id>) can no longer "
         "reload their data; tag those snapshots first. Branches and tags are never deleted. Default: no expiry",
     )
+    from robot_rl.commands.view import add_view_parser
+
+    add_view_parser(cmds, _lake_arg)
+    from robot_rl.commands.serve import add_serve_parser
+
+    add_serve_parser(cmds, _lake_arg)
