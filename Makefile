@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q -m "not slow" --timeout=600
+	$(VENV)/bin/python -m pytest -q -m "not slow" --timeout=600 -n 2 --dist loadfile --durations=20
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow --timeout=1800

@@ -110,18 +110,10 @@ def frames_and_truth(uri: str, ids: list[str], task: str) -> tuple[np.ndarray, n
 
 
 def score(probs: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
-    pred = probs >= threshold
-    tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "positives": float(truth.sum()),
-        "frames": float(len(truth)),
-    }
+    """Precision, recall and F1 of ``probs >= threshold`` against the simulator's labels."""
+    from robot_rl.detectors.success import classification_metrics
+
+    return {k: float(v) for k, v in classification_metrics(probs, truth, threshold).items()}
 
 
 def mtopt(uri: str, out: Path, b: Budget, label_source: str, seed: int = 0):  # type: ignore[no-untyped-def]

@@ -50,7 +50,6 @@ from robot_rl.detectors.success import (
     TENSORS,
     DetectorError,
     DetectorNet,
-    _atomic_write,
     _camera,
     _config_json,
     _detector_id,
@@ -60,6 +59,7 @@ from robot_rl.detectors.success import (
     best_threshold,
     classification_metrics,
     reliability,
+    save_checkpoint,
 )
 from robot_rl.nets.encoders import EncoderConfig
 
@@ -195,11 +195,8 @@ class GoalReachedClassifier:
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / TENSORS, self._tensor_bytes)
-        _atomic_write(out / META, json.dumps(self.to_json(), indent=1).encode())
-        return out
+        """Write ``tensors.safetensors`` and ``goal_reached.json`` (each atomically) to directory ``path``."""
+        return save_checkpoint(path, self._tensor_bytes, META, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "cpu") -> GoalReachedClassifier:

@@ -232,11 +232,7 @@ class SuccessDetector:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``tensors.safetensors`` and ``detector.json`` (each atomically) to directory ``path``."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / TENSORS, self._tensor_bytes)
-        _atomic_write(out / META, json.dumps(self.to_json(), indent=1).encode())
-        return out
+        return save_checkpoint(path, self._tensor_bytes, META, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "cpu") -> SuccessDetector:
@@ -299,6 +295,15 @@ def _detector_id(tensor_bytes: bytes, cfg: Any) -> str:
     h = hashlib.sha256(tensor_bytes)
     h.update(json.dumps(_config_json(cfg), sort_keys=True).encode())
     return "det-" + h.hexdigest()[:12]
+
+
+def save_checkpoint(path: str | os.PathLike[str], tensor_bytes: bytes, meta_name: str, meta: dict[str, Any]) -> Path:
+    """Directory ``path`` with ``tensors.safetensors`` and the JSON file ``meta_name``, each written atomically."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / TENSORS, tensor_bytes)
+    _atomic_write(out / meta_name, json.dumps(meta, indent=1).encode())
+    return out
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
