@@ -54,9 +54,11 @@ import getpass
 import itertools
 import json
 import os
+import random
 import re
 import shutil
 import socket
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -99,6 +101,7 @@ from data_lake.storage import (
     make_storage,
     new_files,
     parse_uri,
+    s3_endpoint,
 )
 from data_lake.validate import (
     EpisodeValidationError,
@@ -116,6 +119,15 @@ FORMAT = 1
 DEFAULT_URI = "./lake"
 DEFAULT_SEGMENT_STEPS = 20_000
 MAX_WRITE_ATTEMPTS = 8
+# Object stores have no commit lock: a commit that lost the race rebases and retries after a random
+# pause of up to BACKOFF_BASE_S * 2**attempt, capped at BACKOFF_MAX_S ("full jitter")
+BACKOFF_BASE_S = 0.05
+BACKOFF_MAX_S = 2.0
+
+
+def backoff_s(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based) of a commit that conflicted."""
+    return random.uniform(0.0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))
 
 
 class LakeError(RuntimeError):
@@ -181,8 +193,35 @@ class LakeStorageError(LakeError):
     """The storage under a lake failed (read-only, full, missing or damaged files)."""
 
 
+def _s3_hint(low: str, loc: Location) -> str | None:
+    """What to do about an S3 error (credentials, bucket, endpoint), or None when it is none of those.
+    Specific codes first: the text also holds random request ids."""
+    b = loc.bucket
+    if "nosuchbucket" in low:
+        return f"bucket {b!r} does not exist: create it first (e.g. aws s3 mb s3://{b})"
+    if "no providers in chain" in low or "credential provider" in low or ("credentials" in low and "missing" in low):
+        return (
+            f"no AWS credentials found for bucket {b!r}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE with ~/.aws/credentials)"
+        )
+    if any(w in low for w in ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "forbidden")):
+        return (
+            f"the credentials were rejected for bucket {b!r}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE) and the bucket's policy"
+        )
+    if any(w in low for w in ("dispatch failure", "connection refused", "connect error", "dns error", "timed out")):
+        where = s3_endpoint(loc) or "the AWS endpoint"
+        return (
+            f"could not reach {where} for bucket {b!r}: check the endpoint (?endpoint_url=... in the URI, or "
+            "AWS_ENDPOINT_URL) and the network"
+        )
+    return None
+
+
 def _storage_hint(text: str, loc: Location) -> str:
     low = text.lower()
+    if loc.scheme == "s3" and (hint := _s3_hint(low, loc)):
+        return hint
     if "read-only file system" in low or "erofs" in low or "os error 30" in low:
         return f"the file system holding {loc.path} is mounted read-only: remount it read-write, or copy the lake"
     if "no space left" in low or "enospc" in low or "os error 28" in low or "quota" in low:
@@ -209,6 +248,9 @@ def storage_errors(what: str, loc: Location, unchanged: bool = True) -> Iterator
         text = str(e).strip()
         lines = text.splitlines() or [type(e).__name__]
         reason = next((ln for ln in lines if "os error" in ln.lower()), lines[0])
+        if loc.scheme == "s3":  # the root cause is the innermost "-> ..." line of Icechunk's chain
+            reason = next((ln for ln in reversed(lines) if "->" in ln), reason).split("->", 1)[-1]
+            reason = re.sub(r'Error \{ code: "(\w+)", message: "([^"]*?)\.?".*\}', r"\1: \2", reason)
         reason = re.sub(r"^[\s|│×x]*\s(?=\S)", "", reason).removeprefix("object store error ").strip()
         state = "; the lake is unchanged (nothing was committed)" if unchanged else ""
         hint = _storage_hint(text, loc)
@@ -567,7 +609,9 @@ class Lake:
         if loc.scheme == "file":
             return cls._create_local(loc)
         storage = make_storage(loc, create=loc.scheme == "memory")
-        if loc.scheme != "memory" and ic.Repository.exists(storage):
+        with storage_errors("create the lake", loc):
+            exists = loc.scheme != "memory" and ic.Repository.exists(storage)
+        if exists:
             repo = ic.Repository.open(storage)
             if _half_created(repo):
                 return cls._first_commit(loc, repo)
@@ -633,7 +677,9 @@ class Lake:
             storage = make_storage(loc, create=False)
         except FileNotFoundError as e:
             raise NotALakeError(str(e)) from e
-        if not ic.Repository.exists(storage):
+        with storage_errors("open the lake", loc, unchanged=False):
+            exists = ic.Repository.exists(storage)
+        if not exists:
             raise NotALakeError(
                 f"{loc.uri} is not a lake (no Icechunk repository there); "
                 f"create one with `robot-rl lake init {loc.uri}`"
@@ -1169,28 +1215,36 @@ class Lake:
                         before["chunks"] = listed["chunks"]
                         chunk_sync = parallel.pool("lake-fsync", 1).submit(fsync_files, root_dir, paths, ["chunks"])
                     with commit_lock(self.location):
-                        tip = self.repo.lookup_branch(stored)
-                        if staged:
-                            self.remove_stale_staging()
-                            self.repo.reset_branch(staging, tip)
-                        session.rebase(ic.ConflictDetector())
-                        root = zarr.open_group(session.store, mode="r+")
-                        view = _root_view(root)
-                        if dedup:
-                            stats, view = self._drop_raced_duplicates(root, view, stats, write)
-                            if not stats.get("added"):  # a concurrent writer added them all: a no-op
-                                session.discard_changes()
-                                return WriteResult(None, branch, **_only(stats, WriteResult))
-                        total = len(view.episode_ids())
-                        meta = self._commit_meta(
-                            op, stats.get("added", 0), stats.get("removed", 0), total, author, metadata
-                        )
-                        if dedup:
-                            meta["skipped_duplicates"] = stats.get("skipped_duplicates", 0)
-                        msg = message or _default_message(op, stats)
-                        # no rebase_with: on object stores (no lock) a tip that moved since the rebase above
-                        # raises ConflictError and the write is redone, so the duplicate check stays exact
-                        snap = session.commit(msg, metadata=meta)
+                        for commit_try in itertools.count():
+                            tip = self.repo.lookup_branch(stored)
+                            if staged:
+                                self.remove_stale_staging()
+                                self.repo.reset_branch(staging, tip)
+                            session.rebase(ic.ConflictDetector())
+                            root = zarr.open_group(session.store, mode="r+")
+                            view = _root_view(root)
+                            if dedup:
+                                stats, view = self._drop_raced_duplicates(root, view, stats, write)
+                                if not stats.get("added"):  # a concurrent writer added them all: a no-op
+                                    session.discard_changes()
+                                    return WriteResult(None, branch, **_only(stats, WriteResult))
+                            total = len(view.episode_ids())
+                            meta = self._commit_meta(
+                                op, stats.get("added", 0), stats.get("removed", 0), total, author, metadata
+                            )
+                            if dedup:
+                                meta["skipped_duplicates"] = stats.get("skipped_duplicates", 0)
+                            msg = message or _default_message(op, stats)
+                            # no rebase_with: a tip that moved since the rebase above raises ConflictError; on
+                            # object stores (no lock) we wait, rebase and redo the duplicate check, so it stays exact
+                            try:
+                                snap = session.commit(msg, metadata=meta)
+                            except ic.ConflictError:
+                                if self.location.scheme != "s3" or commit_try + 1 >= MAX_WRITE_ATTEMPTS:
+                                    raise
+                                time.sleep(backoff_s(commit_try))
+                                continue
+                            break
                         if staged:
                             assert chunk_sync is not None
                             chunk_sync.result()
@@ -1198,9 +1252,11 @@ class Lake:
                             self.repo.reset_branch(stored, snap, from_snapshot_id=tip)
                             fsync_ref(root_dir, stored)
             except (ic.RebaseFailedError, ic.ConflictError):
+                self._pause_before_retry(_attempt)
                 continue
             except LakeStorageError as e:
                 if isinstance(e.__cause__, (ic.RebaseFailedError, ic.ConflictError)):
+                    self._pause_before_retry(_attempt)
                     continue
                 raise
             finally:
@@ -1210,6 +1266,12 @@ class Lake:
         raise LakeError(
             f"{op} on branch {branch!r} kept conflicting with concurrent writers ({MAX_WRITE_ATTEMPTS} attempts)"
         )
+
+    def _pause_before_retry(self, attempt: int) -> None:
+        """Writers on an object store (no commit lock) that conflicted back off, so they do not
+        collide again at once; local writers retry at once (the lock already orders them)."""
+        if self.location.scheme == "s3":
+            time.sleep(backoff_s(attempt))
 
     def _drop_staging(self, staging: str) -> None:
         """Delete a staging branch (if it was created) and its empty ref directory."""

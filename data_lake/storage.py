@@ -6,10 +6,18 @@ Supported URIs:
     memory://name                         in-process memory (tests); a name is reusable in the process
     s3://bucket/prefix                    S3 or compatible; credentials from the environment
                                           (AWS_ACCESS_KEY_ID, ...; AWS_ENDPOINT_URL for MinIO etc.)
+    s3://bucket/prefix?endpoint_url=http://127.0.0.1:9000&allow_http=1&region=us-east-1
+                                          an S3-compatible server named in the URI itself (no env
+                                          vars needed for it; the query overrides AWS_ENDPOINT_URL*)
+
+Credentials come only from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+AWS_SESSION_TOKEN, AWS_PROFILE and ~/.aws, instance roles), never from the URI or arguments.
 
 Icechunk's local-filesystem storage can silently lose one of two concurrent commits, so every
 commit to a local lake holds an exclusive ``fcntl`` lock on ``<lake>/.robot-rl-commit.lock``;
-the kernel releases it if the holder dies. Object stores rely on Icechunk's conflict detection.
+the kernel releases it if the holder dies. Object stores rely on Icechunk's conflict detection
+(conditional PUTs, docs/scaling.md): a commit that lost a race raises ``ConflictError`` and the
+writer rebases and retries with backoff (``data_lake.lake``).
 """
 
 from __future__ import annotations
@@ -22,13 +30,17 @@ import gc
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import icechunk as ic
 from filelock import FileLock
 
 SCHEMES = ("file://", "memory://", "s3://")
+S3_OPTIONS = ("endpoint_url", "allow_http", "region")  # the query keys an s3:// URI may carry
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 LOCK_NAME = ".robot-rl-commit.lock"
 
 # Icechunk warns on every local open that its local storage is unsafe for concurrent commits;
@@ -58,6 +70,13 @@ class Location:
     uri: str
     scheme: str  # "file" | "memory" | "s3"
     path: str  # local path, memory name, or "bucket/prefix"
+    endpoint_url: str | None = None  # s3 only: from the URI query, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
+    allow_http: bool | None = None  # s3 only: None = allowed iff the endpoint is http://
+    region: str | None = None  # s3 only: None = AWS_REGION / AWS_DEFAULT_REGION
+
+    @property
+    def bucket(self) -> str:
+        return self.path.partition("/")[0] if self.scheme == "s3" else ""
 
     def __str__(self) -> str:
         return self.uri
@@ -77,13 +96,48 @@ def parse_uri(uri: str | os.PathLike[str]) -> Location:
     if scheme == "memory":
         return Location(text, "memory", rest or "default")
     if scheme == "s3":
+        rest, _, query = rest.partition("?")
         bucket = rest.split("/", 1)[0]
         if not bucket:
             raise UnsupportedURIError(f"{text!r}: an S3 URI needs a bucket: s3://bucket/prefix")
-        return Location(text, "s3", rest.rstrip("/"))
+        return Location(text, "s3", rest.rstrip("/"), **_s3_options(text, query))
     raise UnsupportedURIError(
         f"unknown URI scheme {scheme + '://'!r} in {text!r}; supported: a local path, " + ", ".join(SCHEMES)
     )
+
+
+def _s3_options(text: str, query: str) -> dict[str, Any]:
+    """The options of an ``s3://...?key=value&...`` URI (see the module docstring), checked."""
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as e:
+        raise UnsupportedURIError(f"{text!r}: malformed query {query!r} ({e})") from e
+    opts: dict[str, Any] = {}
+    for key, value in pairs:
+        if key not in S3_OPTIONS:
+            extra = (
+                "; credentials are never read from the URI: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE)"
+                if any(w in key.lower() for w in ("key", "secret", "token", "password", "cred"))
+                else ""
+            )
+            raise UnsupportedURIError(f"unknown S3 URI option {key!r}; supported: {', '.join(S3_OPTIONS)}{extra}")
+        if key in opts:
+            raise UnsupportedURIError(f"S3 URI option {key!r} is given twice in {text!r}")
+        if key == "allow_http":
+            if value.lower() not in _TRUE + _FALSE:
+                raise UnsupportedURIError(f"allow_http must be 1 or 0 (true/false), got {value!r}")
+            opts[key] = value.lower() in _TRUE
+        elif key == "endpoint_url" and not value.startswith(("http://", "https://")):
+            raise UnsupportedURIError(f"endpoint_url must start with http:// or https://, got {value!r}")
+        else:
+            opts[key] = value
+    return opts
+
+
+def s3_endpoint(loc: Location) -> str | None:
+    """The endpoint of an S3 lake: the URI's ``endpoint_url``, else the AWS environment's."""
+    return loc.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def make_storage(loc: Location, *, create: bool) -> ic.Storage:
@@ -97,15 +151,21 @@ def make_storage(loc: Location, *, create: bool) -> ic.Storage:
             raise FileNotFoundError(f"no in-memory lake named {loc.uri!r} in this process")
         return _MEMORY[loc.path]
     bucket, _, prefix = loc.path.partition("/")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint(loc)
+    is_http = bool(endpoint and endpoint.startswith("http://"))
+    allow_http = is_http if loc.allow_http is None else loc.allow_http
+    if is_http and not allow_http:
+        raise UnsupportedURIError(
+            f"{loc.uri}: endpoint {endpoint} is plain http but allow_http=0; use https or allow_http=1"
+        )
     return ic.s3_storage(
         bucket=bucket,
         prefix=prefix or None,
-        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        region=loc.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
         endpoint_url=endpoint,
-        allow_http=bool(endpoint and endpoint.startswith("http://")),
-        force_path_style=bool(endpoint),
-        from_env=True,
+        allow_http=allow_http,
+        force_path_style=bool(endpoint),  # S3-compatible servers (MinIO, moto) want path-style addressing
+        from_env=True,  # credentials: the AWS chain only (env, profile, ~/.aws, instance role)
     )
 
 

@@ -182,6 +182,14 @@ def cmd_checkout(a: argparse.Namespace) -> None:
     )
 
 
+def cmd_copy(a: argparse.Namespace) -> None:
+    from data_lake.copy import copy_lake
+
+    r = copy_lake(a.src, a.dst)
+    refs = ", ".join(f"{k}={v}" for k, v in sorted(r.refs.items()))
+    _emit(a, r.to_json(), f"copied {r.src} -> {r.dst}: {r.objects} objects, {_human_bytes(r.bytes)}; refs {refs}")
+
+
 def cmd_diff(a: argparse.Namespace) -> None:
     d = Lake.open(a.lake).diff(a.a, a.b)
     lines = [f"{a.a} ({d['from']}) -> {a.b} ({d['to']}): +{len(d['added'])} -{len(d['removed'])} episodes"]
@@ -527,6 +535,13 @@ def add_lake_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--ref", default="main")
     p = add("checkout", cmd_checkout, "resolve a tag, branch or snapshot id to a pinned read-only view")
     p.add_argument("ref")
+    help = "copy a lake with all branches, tags and history between local paths and s3:// (to a new, empty DST)"
+    p = cmds.add_parser("copy", help=help, description=help + "; same snapshot ids in the copy (docs/scaling.md)")
+    p.add_argument("src", help="the lake to copy: a path or s3://bucket/prefix")
+    p.add_argument("dst", help="where: a path or s3://bucket/prefix that does not exist yet or is empty")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("-v", "--verbose", action="store_true", help="on errors, the traceback")
+    p.set_defaults(func=cmd_copy)
     p = add("diff", cmd_diff, "episodes added and removed between two refs")
     p.add_argument("a")
     p.add_argument("b")
