@@ -55,7 +55,7 @@ import concurrent.futures as cf
 import dataclasses
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -751,19 +751,27 @@ class Sampler:
         self._torch_gen.set_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.batches_produced = self.batches_consumed = int(state["batches"])
 
+    def shifter(self) -> Callable[[str, torch.Tensor], torch.Tensor] | None:
+        """``(camera, uint8 images) -> shifted images``: the DrQ shift with each camera's pad (``augment_cameras``
+        overrides ``augment_pad``), drawn from the sampler's torch generator; None when every pad is 0."""
+        pads = {c: (self.cfg.augment_cameras or {}).get(c, self.cfg.augment_pad) for c in self.cameras}
+        if not any(pads.values()):
+            return None
+
+        def shift(cam: str, x: torch.Tensor) -> torch.Tensor:
+            return random_shift(x, pads.get(cam, self.cfg.augment_pad), self._torch_gen)
+
+        return shift
+
     def augment(self, batch: Batch) -> Batch:
         """DrQ random shift per camera (``augment_cameras`` overrides the pad), on the device.
 
         Works on a batch whose images are still uint8 (B, H, W, 3); observations, next
         observations and goals get independent shifts.
         """
-        pads = {c: (self.cfg.augment_cameras or {}).get(c, self.cfg.augment_pad) for c in self.cameras}
-        if not any(pads.values()):
+        shift = self.shifter()
+        if shift is None:
             return batch
-
-        def shift(cam: str, x: torch.Tensor) -> torch.Tensor:
-            return random_shift(x, pads.get(cam, self.cfg.augment_pad), self._torch_gen)
-
         return dataclasses.replace(
             batch,
             observations=batch.observations.map_images(shift),

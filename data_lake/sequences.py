@@ -45,7 +45,6 @@ from data_lake.sampler import (
     SamplerError,
     _draw_steps,
     _return_to_go,
-    random_shift,
 )
 
 
@@ -259,13 +258,9 @@ class SequenceSampler(Sampler):
         """DrQ random shift of every frame and goal image (uint8, on the device)."""
         if not isinstance(batch, SequenceBatch):
             return super().augment(batch)
-        pads = {c: (self.cfg.augment_cameras or {}).get(c, self.cfg.augment_pad) for c in self.cameras}
-        if not any(pads.values()):
+        shift = self.shifter()
+        if shift is None:
             return batch
-
-        def shift(cam: str, x: torch.Tensor) -> torch.Tensor:
-            return random_shift(x, pads.get(cam, self.cfg.augment_pad), self._torch_gen)
-
         return dataclasses.replace(
             batch,
             observations=batch.observations.map_images(shift),

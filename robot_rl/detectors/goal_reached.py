@@ -51,13 +51,13 @@ from robot_rl.detectors.success import (
     DetectorError,
     DetectorNet,
     _camera,
-    _config_json,
     _detector_id,
     _lake_view,
     _small_encoder,
     _tensor_bytes,
     best_threshold,
     classification_metrics,
+    classifier_record,
     reliability,
     save_checkpoint,
 )
@@ -185,13 +185,7 @@ class GoalReachedClassifier:
         return {
             "format": FORMAT,
             "classifier_id": self.classifier_id,
-            "camera": self.camera,
-            "image_size": list(self.image_size),
-            "threshold": self.threshold,
-            "metrics": self.metrics,
-            "calibration": self.calibration,
-            **self.info,
-            "config": _config_json(self.cfg),
+            **classifier_record(self),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -221,13 +221,7 @@ class SuccessDetector:
             "format": FORMAT,
             "detector_id": self.detector_id,
             "task": self.task,
-            "camera": self.camera,
-            "image_size": list(self.image_size),
-            "threshold": self.threshold,
-            "metrics": self.metrics,
-            "calibration": self.calibration,
-            **self.info,
-            "config": _config_json(self.cfg),
+            **classifier_record(self),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -295,6 +289,20 @@ def _detector_id(tensor_bytes: bytes, cfg: Any) -> str:
     h = hashlib.sha256(tensor_bytes)
     h.update(json.dumps(_config_json(cfg), sort_keys=True).encode())
     return "det-" + h.hexdigest()[:12]
+
+
+def classifier_record(clf: Any) -> dict[str, Any]:
+    """What every saved image classifier records: camera, image size, threshold, held-out metrics and
+    calibration, its ``info`` (lake, counts, split) and config."""
+    return {
+        "camera": clf.camera,
+        "image_size": list(clf.image_size),
+        "threshold": clf.threshold,
+        "metrics": clf.metrics,
+        "calibration": clf.calibration,
+        **clf.info,
+        "config": _config_json(clf.cfg),
+    }
 
 
 def save_checkpoint(path: str | os.PathLike[str], tensor_bytes: bytes, meta_name: str, meta: dict[str, Any]) -> Path:
