@@ -97,6 +97,7 @@ class Episode:
     robot: str = ""
     created_at: str = dataclasses.field(default_factory=_utc_now)
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    _content_id: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -161,7 +162,24 @@ class Episode:
     @property
     def episode_id(self) -> str:
         """sha256 of the canonical content (see the module docstring)."""
+        if self._content_id is not None:
+            return self._content_id
         return content_hash(self.arrays(), self.task, self.language, self.success, self.robot)
+
+    def with_hash(self, prefix: ContentHasher) -> Episode:
+        """This episode, its id computed from ``prefix``: a :class:`ContentHasher` that was fed
+        this episode's first arrays in key order (while they were being built) and not finished.
+        The remaining arrays are hashed here. The id is then kept, so the arrays must not change
+        afterwards; ``replace`` returns an episode that hashes itself again."""
+        arrays = self.arrays()
+        keys = sorted(arrays)
+        if keys[: len(prefix.keys)] != prefix.keys:
+            raise ValueError(f"the prefix hashed {prefix.keys}, but the episode's first keys are {keys}")
+        for key in keys[len(prefix.keys) :]:
+            prefix.add(key, arrays[key])
+        out = dataclasses.replace(self)
+        object.__setattr__(out, "_content_id", prefix.finish(self.task, self.language, self.success, self.robot))
+        return out
 
     def replace(self, **changes: Any) -> Episode:
         return dataclasses.replace(self, **changes)
@@ -277,12 +295,41 @@ def content_hash(
     arrays: Mapping[str, np.ndarray], task: str, language: str | None, success: bool | None, robot: str
 ) -> str:
     """sha256 over sorted (key, dtype, shape, bytes) and the identifying record fields."""
-    h = hashlib.sha256(HASH_VERSION)
+    h = ContentHasher()
     for key in sorted(arrays):
-        a = np.asarray(arrays[key])
+        h.add(key, arrays[key])
+    return h.finish(task, language, success, robot)
+
+
+class ContentHasher:
+    """:func:`content_hash` fed one array at a time in sorted key order, and an array's rows block
+    by block if they arrive that way: an episode can be hashed while it is still being built (log
+    ingest hashes each camera's frames as they are decoded). Feeding keys out of order raises."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(HASH_VERSION)
+        self.keys: list[str] = []
+
+    def begin(self, key: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+        """Start array ``key``; its bytes follow through :meth:`rows`, in row order."""
+        if self.keys and key <= self.keys[-1]:
+            raise ValueError(f"key {key!r} after {self.keys[-1]!r}: keys must come in sorted order")
+        self.keys.append(key)
+        le = np.dtype(dtype).newbyteorder("<")
+        self._h.update(f"{key}\0{le.str}\0{tuple(int(n) for n in shape)}\0".encode())
+
+    def rows(self, a: np.ndarray) -> None:
+        """The next rows of the current array."""
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-        h.update(f"{key}\0{a.dtype.str}\0{a.shape}\0".encode())
-        h.update(np.ascontiguousarray(a).data)
-    ident = {"task": task, "language": language, "success": success, "robot": robot}
-    h.update(json.dumps(ident, sort_keys=True).encode())
-    return h.hexdigest()
+        self._h.update(np.ascontiguousarray(a).data)
+
+    def add(self, key: str, a: np.ndarray) -> None:
+        """A whole array."""
+        a = np.asarray(a)
+        self.begin(key, a.dtype, a.shape)
+        self.rows(a)
+
+    def finish(self, task: str, language: str | None, success: bool | None, robot: str) -> str:
+        ident = {"task": task, "language": language, "success": success, "robot": robot}
+        self._h.update(json.dumps(ident, sort_keys=True).encode())
+        return self._h.hexdigest()

@@ -40,6 +40,7 @@ use Blosc zstd level 3 with byte shuffle, one chunk per 64k steps.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -214,21 +215,32 @@ def write_segment(
     # the segment group, its subgroups and every array in one call: creating arrays one by one
     # checks and rewrites every parent group for each (≈ 3x slower for a 10-array segment)
     nodes: dict[str, GroupMetadata | ArrayV2Metadata | ArrayV3Metadata] = {name: GroupMetadata()}
+    raw: set[str] = set()  # arrays stored without a compressor
     for path, key, data, dtype in arrays:
         sample = data if path.startswith("steps/") else None  # goal images: one frame per episode, lz4hc
         chunks = _chunks(key, data.shape, data.dtype.itemsize)
-        nodes[f"{name}/{path}"] = array_metadata(data.shape, dtype, chunks, _codec(key, sample))
+        codecs = _codec(key, sample)
+        nodes[f"{name}/{path}"] = array_metadata(data.shape, dtype, chunks, codecs)
+        if not codecs:
+            raw.add(path)
     made = dict(root.require_group("segments").create_hierarchy(nodes))
     group = made[name]
     assert isinstance(group, zarr.Group)
     writes = []
+    raw_arrays = []
     for path, key, data, _ in arrays:
         arr = made[f"{name}/{path}"]
         assert isinstance(arr, zarr.Array)
+        if path in raw:
+            raw_arrays.append((arr, data))
+            continue
         arr = arr.with_config(_array_config(key))
         writes += [(arr, data, sl) for sl in _chunk_slices(arr)]
+    pool = parallel.pool("segment-write", WRITE_THREADS)
+    raw_written = pool.submit(put_raw_chunks, raw_arrays)
     # each sync zarr call waits on zarr's event loop: several in flight overlap their encoding and I/O
-    list(parallel.pool("segment-write", WRITE_THREADS).map(lambda w: w[0].__setitem__(w[2], w[1][w[2]]), writes))
+    list(pool.map(lambda w: w[0].__setitem__(w[2], w[1][w[2]]), writes))
+    raw_written.result()
     if labels:
         confs = label_confidence or [{} for _ in labels]
         provs = label_attrs or [{} for _ in labels]
@@ -253,6 +265,51 @@ def write_segment(
         }
     )
     return int(lengths.sum())
+
+
+RAW_BYTES_IN_FLIGHT = 256 << 20  # chunk bytes handed to the store at once by put_raw_chunks
+
+
+def put_raw_chunks(arrays: Sequence[tuple[zarr.Array, np.ndarray]]) -> None:
+    """Write every chunk of freshly created arrays that have no compressor (``bytes`` codec only:
+    a chunk is its C-order little-endian bytes, an edge chunk padded to the full chunk shape with
+    the fill value) straight to the store, all at once: the store gets a view of each chunk's
+    rows, not a copy, and zarr's per-call path (its event-loop round trip, the chunk copied into
+    a new buffer, a fill-value scan) is skipped. On 2 cores this writes 37 MB of 64x64 camera
+    frames in ≈ 12-20 ms instead of ≈ 45-70 ms through ``zarr.Array.__setitem__`` (the store's own
+    speed: benchmarks/ingest.py). Readers see exactly what ``__setitem__`` would have stored
+    (tests/test_lake.py compares the two byte for byte)."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    items = []
+    for arr, data in arrays:
+        meta = arr.metadata
+        assert isinstance(meta, ArrayV3Metadata) and [c.to_dict()["name"] for c in meta.codecs] == ["bytes"], meta
+        assert data.shape == arr.shape and all(c == n for c, n in zip(arr.chunks[1:], arr.shape[1:], strict=True))
+        le = data.dtype.newbyteorder("<")
+        step = arr.chunks[0]
+        for i, start in enumerate(range(0, arr.shape[0], step)):
+            rows = np.ascontiguousarray(data[start : start + step], dtype=le)
+            if len(rows) < step:  # the edge chunk: stored whole, padded with the fill value (0)
+                rows = np.concatenate([rows, np.zeros((step - len(rows), *rows.shape[1:]), le)])
+            key = f"{arr.path}/{meta.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))}"
+            items.append((key, rows.reshape(-1).view(np.uint8)))
+    if not items:
+        return
+    store = arrays[0][0].store_path.store
+    buffer = default_buffer_prototype().buffer
+
+    async def put_all() -> None:
+        room = asyncio.Semaphore(max(1, RAW_BYTES_IN_FLIGHT // max(1, items[0][1].nbytes)))
+
+        async def put(key: str, flat: np.ndarray) -> None:
+            async with room:
+                await store.set(key, buffer.from_array_like(flat))
+
+        await asyncio.gather(*(put(k, v) for k, v in items))
+
+    sync(put_all())
 
 
 def array_metadata(

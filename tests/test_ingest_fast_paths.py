@@ -445,3 +445,95 @@ def test_front_to_back_reading_reads_what_the_library_reads(tmp_path: Path, chun
     with open(path, "rb") as f:
         brk = mcap_reader._read_stream(f, mcap_reader._Topics({"/a"}), path)
     assert brk is not None and (brk.offset, brk.size) == (data_end, data_end + 4096) and "zero bytes" in brk.what
+
+
+# ---------------------------------------------------------------------------- JPEG decoding
+def _jpegs() -> dict[str, bytes]:
+    """JPEGs as cameras and tools write them: OpenCV at three chroma subsamplings and qualities,
+    progressive, with restart markers, grey, an odd size; Pillow's CMYK; and a PNG."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    smooth = cv2.GaussianBlur(base, (7, 7), 3)
+    out: dict[str, bytes] = {}
+    for sub, flag in (("444", cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444), ("422", cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422)):
+        out[f"cv2-{sub}"] = cv2.imencode(".jpg", smooth, [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, flag])[1].tobytes()
+    for q in (30, 75, 95):
+        out[f"cv2-420-q{q}"] = cv2.imencode(".jpg", base, [cv2.IMWRITE_JPEG_QUALITY, q])[1].tobytes()
+    out["progressive"] = cv2.imencode(".jpg", smooth, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    out["restarts"] = cv2.imencode(".jpg", base, [cv2.IMWRITE_JPEG_RST_INTERVAL, 2])[1].tobytes()
+    out["grey"] = cv2.imencode(".jpg", smooth[..., 0])[1].tobytes()
+    out["odd-size"] = cv2.imencode(".jpg", base[:37, :51])[1].tobytes()
+    cmyk = io.BytesIO()
+    Image.fromarray(smooth).convert("CMYK").save(cmyk, format="JPEG")
+    out["cmyk"] = cmyk.getvalue()
+    out["png"] = cv2.imencode(".png", base)[1].tobytes()
+    return out
+
+
+def test_libjpeg_turbo_decoding_is_bit_identical_to_opencv() -> None:
+    """``images.decode_jpeg_into`` (simplejpeg, straight into a row) and ``decode_bytes`` give
+    exactly OpenCV's RGB pixels for every JPEG kind (CMYK included); a PNG, a frame of another
+    size, a cut JPEG and bytes that are no image are refused (False) and left to OpenCV."""
+    import cv2
+
+    from data_lake.ingest import images
+    from data_lake.ingest.errors import IngestError
+
+    for name, buf in _jpegs().items():
+        want = cv2.cvtColor(cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        got = images.decode_bytes(buf, depth=False, where="/cam", time_ns=0)
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        row = np.zeros_like(want)
+        taken = images.decode_jpeg_into(buf, row)
+        assert taken == (name != "png"), name
+        if taken:
+            np.testing.assert_array_equal(row, want, err_msg=name)
+        for shape in ((want.shape[0] - 1, want.shape[1], 3), (want.shape[0] + 8, want.shape[1], 3)):
+            assert not images.decode_jpeg_into(buf, np.zeros(shape, np.uint8)), (name, shape)
+    assert not images.decode_jpeg_into(b"\xff\xd8 not a jpeg", np.zeros((48, 64, 3), np.uint8))
+    cut = _jpegs()["cv2-420-q75"][:200]
+    with pytest.raises(IngestError) as e:
+        images.decode_bytes(b"\xff\xd8 not a jpeg", depth=False, where="/cam", time_ns=5)
+    assert e.value.code == "decode" and e.value.note.where == "/cam"
+    assert images.decode_jpeg_into(cut, np.zeros((48, 64, 3), np.uint8)) is False
+
+
+def test_streamed_content_hash_is_the_episode_id(tmp_path: Path) -> None:
+    """The ingest hashes each camera's frames block by block while they decode
+    (``ContentHasher``); the id it gives is ``content_hash`` of the stored episode, for several
+    blocks and two cameras, and a re-ingest into another lake gets the same id."""
+    from data_lake.episode import ContentHasher, content_hash
+
+    n = 2 * FRAME_BATCH + 9
+    rec = _camera_recording(n, {})
+    path = write_mcap_ros2(tmp_path / "cam.mcap", rec)
+    mp = Mapping.from_dict(
+        {
+            "format": "mcap",
+            "rate_hz": 10,
+            "cameras": {"front": "/cam", "back": "/cam"},
+            "state": ["/cmd"],
+            "action": ["/cmd"],
+        },
+        path="m.yaml",
+    )
+    ids = []
+    for k in range(2):
+        lake = Lake.create(f"memory://hash-{k}-{uuid.uuid4().hex}")
+        ingest([path], mp, lake)
+        (ep,) = list(lake.checkout("main").iter_episodes())
+        (eid,) = lake.checkout("main").episode_ids()
+        assert ep._content_id is None  # read back: hashed afresh
+        assert eid == ep.episode_id == content_hash(ep.arrays(), ep.task, ep.language, ep.success, ep.robot)
+        ids.append(eid)
+    assert ids[0] == ids[1]
+
+    h = ContentHasher()
+    h.add("b", np.zeros(3))
+    with pytest.raises(ValueError, match="sorted order"):
+        h.add("a", np.zeros(3))

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data_lake import parallel
-from data_lake.episode import Episode
+from data_lake.episode import ContentHasher, Episode
 from data_lake.ingest import hdf5, images, lerobot, mcap_reader, minari, ogbench, rosbag
 from data_lake.ingest.errors import IngestError, IngestRejected, Note
 from data_lake.ingest.mapping import FORMATS, Mapping, SourceSpec, ValueSpec
@@ -308,6 +308,14 @@ class _FrameJob:
             self.ctx.frames_bar.update(b1 - b0)
         return self.out, [int(self.first_shape[0]), int(self.first_shape[1])]
 
+    def hash_into(self, h: ContentHasher, key: str) -> None:
+        """Feed the frames to ``h`` under ``key``, each block as soon as it is decoded."""
+        h.begin(key, self.out.dtype, self.out.shape)
+        h.rows(self.out[:1])
+        for b0, b1, fut in self.blocks:
+            fut.result()
+            h.rows(self.out[b0:b1])
+
     def cancel(self) -> None:
         """Drop the blocks not started and wait for the running ones (they write into ``out``)."""
         for _, _, fut in self.blocks:
@@ -315,11 +323,13 @@ class _FrameJob:
         cf.wait([fut for _, _, fut in self.blocks])
 
 
-# One decode thread per core. OpenCV's decoders and resizes release the GIL, but every frame also
-# takes it back (message parsing, the copy into the episode): with small frames (64x64 JPEGs decode
-# in ≈ 35 µs) a second thread per core only adds GIL hand-offs. Measured on 2 cores, 3,000 frames,
-# 15 interleaved repeats: one per core 0.096-0.120 s to build the episode, two per core
-# 0.105-0.146 s (benchmarks/ingest.py).
+# One decode thread per core. libjpeg-turbo (simplejpeg) and OpenCV release the GIL while they
+# decode, but every frame also takes it back (message parsing, the call): with small frames
+# (64x64 JPEGs decode in ≈ 20 µs) more threads only add GIL hand-offs. Measured with OpenCV on
+# 2 cores, 3,000 frames, 15 interleaved repeats: one per core 0.096-0.120 s to build the episode,
+# two per core 0.105-0.146 s; with simplejpeg and the hash on its own thread, 1, 2 and 3 decode
+# threads in all built it in the same time (medians 114-124 ms over 10 interleaved repeats on a
+# busy machine). Large frames decode mostly outside the GIL and use every thread.
 DECODE_THREADS_PER_CORE = 1
 FRAMES_IN_FLIGHT_BYTES = 512 << 20  # source frames the decode pool holds at once, at most
 
@@ -384,6 +394,7 @@ def _episode(
             for _, job in jobs:
                 job.result()  # raises a frame error instead, if there is one
             raise
+        hashing = parallel.pool("ingest-hash", 1).submit(_hash_frames, action, jobs)
         frames = {key: job.result() for key, job in jobs}
     except BaseException:
         for _, job in jobs:
@@ -449,7 +460,19 @@ def _episode(
         robot=m.robot,
         metadata={"ingest": prov},
     )
-    return ep, own
+    return ep.with_hash(hashing.result()), own
+
+
+def _hash_frames(action: np.ndarray, jobs: list[tuple[str, _FrameJob]]) -> ContentHasher:
+    """The episode's content hash (``Episode.episode_id``) over its first keys in sorted order,
+    ``action`` and then the frames of each camera (``depth/`` before ``images/``), block by block
+    as they are decoded: sha256 runs on its own thread while the frames decode, instead of over
+    the whole episode after it is built. ``Episode.with_hash`` adds the remaining keys."""
+    h = ContentHasher()
+    h.add("action", action)
+    for key, job in sorted(jobs, key=lambda kj: kj[0]):
+        job.hash_into(h, key)
+    return h
 
 
 # ---------------------------------------------------------------------------- the whole ingest

@@ -1,7 +1,13 @@
-"""Image decoding (OpenCV) and the resize policy that brings every frame to the lake's size.
+"""Image decoding (libjpeg-turbo, OpenCV) and the resize policy that brings every frame to the lake's size.
 
 Decoding:
-    JPEG / PNG bytes        ``cv2.imdecode``; colour straight to RGB (``IMREAD_COLOR_RGB``; older
+    JPEG bytes              libjpeg-turbo through ``simplejpeg``, straight to RGB and, on the
+                            ingest fast path, straight into the episode's row (no temporary
+                            frame): about 1.6x faster than ``cv2.imdecode`` on 64x64 frames and
+                            bit-identical to it (the same library, the same accurate DCT and
+                            upsampling; tests/test_ingest_fast_paths.py). JPEGs it refuses
+                            (cut or corrupt) and PNGs go to OpenCV.
+    other JPEG, PNG bytes   ``cv2.imdecode``; colour straight to RGB (``IMREAD_COLOR_RGB``; older
                             OpenCV: BGR converted), grey replicated to 3 channels. Depth PNGs
                             keep 16 bits.
     sensor_msgs/Image       rgb8, bgr8, mono8 (cameras); 16UC1 (uint16 mm) and 32FC1 (float32 m)
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from data_lake.ingest.errors import IngestError
 
@@ -29,6 +36,28 @@ RGB_ENCODINGS = ("rgb8", "bgr8", "mono8")
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 COMPRESSED = ("jpeg", "jpg", "png")
 READ_RGB: int = getattr(cv2, "IMREAD_COLOR_RGB", -1)  # OpenCV >= 4.10 decodes to RGB itself (else -1)
+
+
+def decode_jpeg_into(data: bytes | memoryview | np.ndarray, out: np.ndarray) -> bool:
+    """Decode a JPEG of ``out``'s size into ``out`` (H, W, 3, uint8, C-contiguous) as RGB with
+    libjpeg-turbo; False for anything else (PNG, another size, bytes libjpeg-turbo refuses),
+    and ``out`` must then be rewritten: the caller decodes the frame with OpenCV, which
+    gives the same pixels or the error. Grey JPEGs come out replicated, as OpenCV's do."""
+    try:  # no header parse first: at 64x64 that costs a fifth of the decode, under the GIL
+        img = simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+    except ValueError:  # not a JPEG, a cut or corrupt one, one too big for out
+        return False
+    return bool(img.shape == out.shape)
+
+
+def _jpeg_rgb(data: np.ndarray) -> np.ndarray | None:
+    """A JPEG decoded to RGB (H, W, 3) by libjpeg-turbo, or None (see decode_jpeg_into)."""
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    out = np.empty((h, w, 3), np.uint8)
+    return out if decode_jpeg_into(data, out) else None
 
 
 def decode_bytes(
@@ -44,6 +73,10 @@ def decode_bytes(
     ``as_stored`` skips the BGR-to-RGB conversion (for bytes that ``cv2.imencode`` wrote from an
     RGB array, as ALOHA does)."""
     arr = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
+    if not depth and not as_stored:  # a JPEG: libjpeg-turbo straight to RGB
+        img = _jpeg_rgb(arr)
+        if img is not None:
+            return img
     rgb = not depth and not as_stored and READ_RGB >= 0
     img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED if depth else READ_RGB if rgb else cv2.IMREAD_COLOR)
     if img is None:

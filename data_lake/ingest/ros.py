@@ -430,8 +430,10 @@ class MessageSource(Source):
 
     def frames_into(self, spec: SourceSpec, role: str, idx: np.ndarray, out: np.ndarray) -> None:
         """Camera frames of little-endian CDR ``CompressedImage`` messages, decoded straight into
-        ``out`` by a lean loop: the payload read from the CDR bytes, one ``cv2.imdecode`` with the
-        flag ``images.decode_bytes`` uses (RGB, uint8), a shape check, the copy into the row. Any
+        ``out`` by a lean loop: the payload read from the CDR bytes, then a JPEG of the row's
+        size decoded straight into its row (``images.decode_jpeg_into``), anything else by
+        one ``cv2.imdecode`` with the flag ``images.decode_bytes`` uses (RGB, uint8), a shape
+        check and the copy into the row. Any
         frame that is not that plain case (another encoding, a format not yet accepted, a frame
         that fails to decode or has another shape) goes through the general path, which decodes
         it the same way or raises its error; so the frames and the errors are those of
@@ -449,6 +451,7 @@ class MessageSource(Source):
             return
         raws, row, good = self.raws, out.shape[1:], _GOOD_FORMATS
         imdecode, frombuffer, u8, flag = cv2.imdecode, np.frombuffer, np.uint8, images.READ_RGB
+        jpeg_into = images.decode_jpeg_into
         for k, i in enumerate(idx.tolist()):
             raw = raws[i]
             img = None
@@ -458,6 +461,8 @@ class MessageSource(Source):
                 except (struct.error, UnicodeDecodeError):
                     fmt = None
                 if fmt in good:
+                    if jpeg_into(data, out[k]):  # JPEGs: libjpeg-turbo straight into the row
+                        continue
                     img = imdecode(frombuffer(data, u8), flag)
             if img is None or img.shape != row:  # the general path: the same frame, or its error
                 stack_frames(self.frames(spec, role, idx[k : k + 1]), self, idx[k : k + 1], out=out[k : k + 1])
