@@ -13,7 +13,7 @@ measured in the same run). Target: ``ingest_vs_decode`` >= 0.5, as the median of
 (``--repeat 5``: each figure is then the median over the runs, the headline ones with their
 spread as ``<figure>_min`` / ``<figure>_max``).
 
-The command decodes frames on two threads per core and writes chunks on one per core, so the same
+The command decodes frames on one thread per core and writes chunks on as many, so the same
 decode loop on every core is reported too (``decode_all_cores_fps``, ``ingest_vs_decode_all_cores``)
 with the command's CPU time (``ingest_cpu_s``, all threads). Local lakes fsync their commits
 (durability, docs/lake.md); the command is also timed without (``ROBOT_RL_LAKE_FSYNC=0``:
