@@ -37,7 +37,9 @@ def run_eval(overrides: list[str]) -> int:
     out = Path(cmd["out"]) if cmd["out"] else (run_dir / "eval" if run_dir else Path("runs/eval"))
 
     act = policy_act(algo, ecfg.deterministic, ecfg.seed)
-    res = evaluate(act, algo.spec, ecfg, meta.get("tasks", ()), out, algo.device, name=f"eval_{algo.step:07d}")
+    res = evaluate(
+        act, algo.spec, ecfg, meta.get("tasks", ()), out, algo.device, name=f"eval_{algo.step:07d}", checkpoint=ckpt
+    )
     lo, hi = res.summary["success_ci95"]
     print(f"{ckpt} ({algo.name}, {algo.step} updates, snapshot {meta.get('lake', {}).get('snapshot_id', '?')[:12]})")
     for t, s in res.per_task.items():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +56,17 @@ class EvalConfig:
     video_episodes: int = 4  # 0: no video
     video_format: str = "mp4"  # mp4 | gif
     progress: bool = True
+    backend: str = "local"  # local: this process | ray: batches fanned out over Ray actors
+    workers: int = 1  # backend=ray: rollout actors
+    ray_address: str | None = None  # backend=ray: the cluster to join (None: start a local one)
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ValueError("evaluation needs at least one task")
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.episodes < 1 or self.num_envs < 1:
             raise ValueError(f"episodes and num_envs must be >= 1, got {self.episodes}, {self.num_envs}")
         if self.video_format not in ("mp4", "gif"):
@@ -121,42 +128,132 @@ def evaluate(
     out_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     name: str = "eval",
+    checkpoint: str | Path | None = None,
 ) -> EvalResult:
-    """Roll out ``act`` (None: uniform random actions) on every task of ``cfg``; write JSON and video to ``out_dir``."""
-    image_size, cameras = render_settings(spec)
-    random = RandomPolicy(np.random.default_rng(cfg.seed))  # one stream over every task
+    """Roll out ``act`` (None: uniform random actions) on every task of ``cfg``; write JSON and video to ``out_dir``.
+
+    ``backend=ray`` sends each batch of ``num_envs`` episodes to one of ``workers`` Ray actors, which
+    load the policy from ``checkpoint`` themselves (on the CPU); the batches, seeds and episode
+    order are those of the local loop, so a deterministic policy gives the same episodes. A random
+    policy (``act`` None) draws from one stream per batch there, not one over the whole run."""
+    _, cameras = render_settings(spec)
+    for task_name in cfg.tasks:
+        check_task(task_name, spec, cameras, task_vocab)
+    video_left = cfg.video_episodes
+    items = []  # (task, task number, episode indices, which of them are recorded for the video)
+    for k, task_name in enumerate(cfg.tasks):
+        for idx in batches(cfg.episodes, min(cfg.num_envs, cfg.episodes)):
+            video = [j < video_left for j in range(len(idx))]
+            video_left -= sum(video)
+            items.append((task_name, k, list(idx), video))
     episodes: list[dict[str, Any]] = []
     clips: list[list[np.ndarray]] = []
     bar = tqdm(total=cfg.episodes * len(cfg.tasks), desc=name, unit="ep", disable=not cfg.progress, leave=False)
-    for k, task_name in enumerate(cfg.tasks):
-        task = check_task(task_name, spec, cameras, task_vocab)
-        task_id = task_index(spec, task_vocab, task_name)
-        policy: Policy = random if act is None else LearnedPolicy(act, spec, device, task_id)
-        envs = [task.make_env(image_size, cameras or task.cameras[:1]) for _ in range(min(cfg.num_envs, cfg.episodes))]
-        for env in envs:  # a state-only agent without a video needs no rendered observation
-            env.render_images = bool(cameras) or len(clips) < cfg.video_episodes
-        try:
-            for idx in batches(cfg.episodes, len(envs)):
-                video = [len(clips) + j < cfg.video_episodes for j in range(len(idx))]
-                active = envs[: len(idx)]
-                seeds = [cfg.seed + 1000 * k + i for i in idx]
-                trajectories = rollout(active, policy, seeds, cfg.max_steps or task.max_episode_steps, record=video)
-                episodes += [
-                    episode_result(task_name, i, t, e) for i, t, e in zip(idx, trajectories, active, strict=True)
-                ]
-                clips += [
-                    video_clip(t, task_name, spec.has_goal) for t, v in zip(trajectories, video, strict=True) if v
-                ]
-                bar.update(len(idx))
-        finally:
-            for env in envs:
-                env.close()
+    runner = None if cfg.backend == "ray" else BatchRunner(act, spec, cfg, task_vocab, device)
+    if runner is None:
+        results = _ray_batches(items, spec, cfg, task_vocab, checkpoint, act is None)
+    else:
+        results = (runner.run(*item) for item in items)
+    try:
+        for rows, batch_clips in results:
+            episodes += rows
+            clips += batch_clips
+            bar.update(len(rows))
+    finally:
+        if runner is not None:
+            runner.close()
     bar.close()
     per_task = {t: _summary([e for e in episodes if e["task"] == t]) for t in cfg.tasks}
     result = EvalResult(_summary(episodes), per_task, episodes)
     if out_dir is not None:
         write_result(result, clips, Path(out_dir), name, cfg.video_format)
     return result
+
+
+class BatchRunner:
+    """Runs evaluation batches: its envs per task (built once, ``num_envs`` of them) and the policy.
+    The local loop holds one; with ``backend=ray`` each actor holds one (:class:`EvalWorker`)."""
+
+    def __init__(
+        self,
+        act: ActFn | None,
+        spec: ObservationSpec,
+        cfg: EvalConfig,
+        task_vocab: Sequence[str],
+        device: str | torch.device,
+        random_per_batch: bool = False,
+    ):
+        self.act, self.spec, self.cfg, self.task_vocab, self.device = act, spec, cfg, task_vocab, device
+        self.image_size, self.cameras = render_settings(spec)
+        self.random = RandomPolicy(np.random.default_rng(cfg.seed))  # one stream over every task
+        self.random_per_batch = random_per_batch
+        self.envs: dict[str, list[RobotEnv]] = {}
+
+    def run(self, task_name: str, k: int, idx: list[int], video: list[bool]) -> tuple[list[dict[str, Any]], list[Any]]:
+        """Episodes ``idx`` of task number ``k``: their result rows and the clips of those in ``video``."""
+        task = registry.get(task_name)
+        if task_name not in self.envs:
+            self.close()  # batches come task by task: the previous task's envs are done
+            n = min(self.cfg.num_envs, self.cfg.episodes)
+            self.envs[task_name] = [task.make_env(self.image_size, self.cameras or task.cameras[:1]) for _ in range(n)]
+        active = self.envs[task_name][: len(idx)]
+        for env, v in zip(active, video, strict=True):  # a state-only agent needs no render, except for video
+            env.render_images = bool(self.cameras) or v
+        policy: Policy
+        if self.act is None:
+            rng = np.random.default_rng([self.cfg.seed, k, idx[0]]) if self.random_per_batch else None
+            policy = RandomPolicy(rng) if rng is not None else self.random
+        else:
+            policy = LearnedPolicy(self.act, self.spec, self.device, task_index(self.spec, self.task_vocab, task_name))
+        seeds = [self.cfg.seed + 1000 * k + i for i in idx]
+        trajectories = rollout(active, policy, seeds, self.cfg.max_steps or task.max_episode_steps, record=video)
+        rows = [episode_result(task_name, i, t, e) for i, t, e in zip(idx, trajectories, active, strict=True)]
+        clips = [video_clip(t, task_name, self.spec.has_goal) for t, v in zip(trajectories, video, strict=True) if v]
+        return rows, clips
+
+    def close(self) -> None:
+        for envs in self.envs.values():
+            for env in envs:
+                env.close()
+        self.envs.clear()
+
+
+class EvalWorker:
+    """A Ray actor of an evaluation: the policy loaded from the checkpoint, and a :class:`BatchRunner`."""
+
+    def __init__(
+        self, checkpoint: str | None, spec: ObservationSpec, cfg: EvalConfig, task_vocab: Sequence[str], random: bool
+    ):
+        torch.set_num_threads(1)
+        act = None
+        if not random:
+            from robot_rl.checkpoint import load_policy
+
+            assert checkpoint is not None
+            algo, _ = load_policy(checkpoint, "cpu")
+            act = policy_act(algo, cfg.deterministic, cfg.seed)
+        self.runner = BatchRunner(act, spec, cfg, task_vocab, "cpu", random_per_batch=True)
+
+    def run(self, item: tuple[str, int, list[int], list[bool]]) -> tuple[list[dict[str, Any]], list[Any]]:
+        return self.runner.run(*item)
+
+
+def _ray_batches(
+    items: list[tuple[str, int, list[int], list[bool]]],
+    spec: ObservationSpec,
+    cfg: EvalConfig,
+    task_vocab: Sequence[str],
+    checkpoint: str | Path | None,
+    random: bool,
+) -> Iterator[tuple[list[dict[str, Any]], list[Any]]]:
+    from tasks import ray_backend
+
+    if not random and checkpoint is None:
+        raise ValueError("backend=ray evaluates a checkpoint: its workers load it (pass checkpoint=)")
+    with ray_backend.session(cfg.ray_address, cfg.workers):
+        ckpt = None if checkpoint is None else str(checkpoint)
+        workers = ray_backend.actors(EvalWorker, cfg.workers, ckpt, spec, cfg, list(task_vocab), random)
+        yield from ray_backend.ordered_map(workers, lambda w, item: w.run.remote(item), items)
 
 
 def batches(episodes: int, size: int) -> list[range]:

@@ -1,4 +1,7 @@
-"""Parallel collection: K worker processes step and render a task, episodes go to the lake in batches.
+"""Parallel collection: K workers step and render a task, episodes go to the lake in batches.
+
+Workers are spawned processes (``backend=process``) or Ray actors (``backend=ray``, on a local or
+an existing cluster, ``tasks/ray_backend.py``); both give the same episodes in the same order.
 
 Each episode ``i`` of a run is a pure function of ``(task, seed, i, policy, noise, image_size,
 cameras)``: the env reset seed and the policy's noise come from ``SeedSequence([seed, i])``, so a
@@ -29,6 +32,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import multiprocessing as mp
+import os
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -43,6 +47,8 @@ from data_lake.version import __version__
 from sim.base import RobotEnv
 from sim.rollout import Trajectory, rollout
 from tasks.core import NOISE_LEVELS, ScriptedPolicy
+
+BACKENDS = ("process", "ray")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +66,12 @@ class CollectConfig:
     batch_episodes: int = 20
     max_steps: int | None = None  # None: the task's episode length
     progress: bool = True
+    backend: str = "process"  # process: spawned worker processes | ray: Ray actors (tasks/ray_backend.py)
+    ray_address: str | None = None  # backend=ray: the cluster to join (None: start a local one)
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.episodes < 1 or self.workers < 1 or self.batch_episodes < 1:
             raise ValueError(
                 f"episodes, workers and batch_episodes must be >= 1, got {self.episodes}, "
@@ -201,7 +211,32 @@ def _already_collected(lake: Any, cfg: CollectConfig) -> set[int]:
     return done
 
 
+class CollectWorker:
+    """A Ray actor of one collection run: its env is built on the first episode and kept."""
+
+    def __init__(self, cfg: CollectConfig):
+        self.cfg = cfg
+
+    def episode(self, index: int) -> Episode:
+        return collect_episode(self.cfg, index)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def ray_worker_prefix(driver_pid: int | None = None) -> str:
+    """The name prefix of a collection's Ray actors (``<prefix><k>``), per driver process."""
+    return f"robot-rl-collect-{driver_pid or os.getpid()}-"
+
+
 def _ordered(cfg: CollectConfig, todo: Sequence[int]) -> Iterator[Episode]:
+    if cfg.backend == "ray":
+        from tasks import ray_backend
+
+        with ray_backend.session(cfg.ray_address, cfg.workers):
+            actors = ray_backend.actors(CollectWorker, cfg.workers, cfg, name_prefix=ray_worker_prefix())
+            yield from ray_backend.ordered_map(actors, lambda w, i: w.episode.remote(i), todo)
+        return
     if cfg.workers == 1:
         for i in todo:
             yield collect_episode(cfg, i)
