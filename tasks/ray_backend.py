@@ -62,10 +62,7 @@ def actors(cls: type, workers: int, *args: Any, name_prefix: str | None = None) 
     import ray
 
     remote: Any = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(cls)
-    return [
-        remote.options(name=f"{name_prefix}{k}" if name_prefix else None).remote(*args)
-        for k in range(workers)
-    ]
+    return [remote.options(name=f"{name_prefix}{k}" if name_prefix else None).remote(*args) for k in range(workers)]
 
 
 def ordered_map(
