@@ -45,6 +45,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import contextlib
 import dataclasses
@@ -69,6 +70,8 @@ import icechunk as ic
 import numpy as np
 import zarr
 from tqdm.auto import tqdm
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync as zarr_sync
 
 from data_lake import parallel
 from data_lake.episode import PER_EPISODE_STEP_KEYS, Episode
@@ -306,6 +309,7 @@ class WriteResult:
     quarantined: tuple[Quarantined, ...] = ()
     segments_before: int = 0
     segments_after: int = 0
+    conflict_retries: int = 0  # commits that lost a race with another writer and were redone
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -357,13 +361,75 @@ class VerifyReport:
         }
 
 
+# ---------------------------------------------------------------------------- segment names
+# The segment names of snapshots, by snapshot id (this process's cache). A new snapshot's names are
+# an ancestor's plus the diff between them (Icechunk's transaction logs: cost per commit, not per
+# node), so a commit does not list the whole lake: listing ``segments/`` walks every node and
+# chunk reference (78 ms at 151 one-episode segments, and growing; benchmarks/scale.py).
+_SEGMENT_NAMES: dict[str, frozenset[str]] = {}
+SEGMENT_NAMES_CACHE = 4_096  # snapshots whose names are kept (cleared whole when full)
+NAME_DIFF_STEPS = 64  # ancestors searched for one with known names before listing instead
+
+
+def _segment_paths(paths: Iterable[str]) -> set[str]:
+    """Segment names among node paths (``/segments/<name>``; deeper nodes are not segments)."""
+    out = set()
+    for p in paths:
+        parts = p.strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "segments":
+            out.add(parts[1])
+    return out
+
+
+def _list_segments(store: Any, path: str) -> list[str]:
+    prefix = f"{path}/segments" if path else "segments"
+
+    async def names() -> list[str]:
+        return [n async for n in store.list_dir(prefix) if n != "zarr.json"]
+
+    return zarr_sync(names())
+
+
+def segment_names_at(repo: ic.Repository, snapshot_id: str) -> frozenset[str]:
+    """The segment names of snapshot ``snapshot_id``: cached, or a cached ancestor's names plus the
+    snapshot diff since it, or (no ancestor known within ``NAME_DIFF_STEPS``) a listing."""
+    known = _SEGMENT_NAMES.get(snapshot_id)
+    if known is not None:
+        return known
+    names: set[str] | None = None
+    for steps, info in enumerate(repo.ancestry(snapshot_id=snapshot_id)):
+        if steps > NAME_DIFF_STEPS:
+            break
+        base = _SEGMENT_NAMES.get(info.id)
+        if base is not None:
+            diff = repo.diff(from_snapshot_id=info.id, to_snapshot_id=snapshot_id)
+            names = (set(base) | _segment_paths(diff.new_groups)) - _segment_paths(diff.deleted_groups)
+            break
+    if names is None:
+        session = repo.readonly_session(snapshot_id=snapshot_id)
+        root = zarr.open_group(session.store, mode="r")
+        names = set(_list_segments(session.store, "")) if "segments" in root else set()
+    if len(_SEGMENT_NAMES) >= SEGMENT_NAMES_CACHE:
+        _SEGMENT_NAMES.clear()
+    _SEGMENT_NAMES[snapshot_id] = frozenset(names)
+    return _SEGMENT_NAMES[snapshot_id]
+
+
 # ---------------------------------------------------------------------------- pinned view
+# Segment attributes by segment name, shared by every view in the process: reading each segment's
+# table on every commit made commits O(segments) in round trips (≈ 1.2 ms each on a local disk;
+# 0.55 s per commit at 150 segments, benchmarks/scale.py).
+_SEGMENT_ATTRS: dict[str, dict[str, Any]] = {}
+SEGMENT_ATTRS_CACHE = 200_000  # segments whose tables are kept (cleared whole when full)
+
+
 class LakeView:
     """A read-only view of one snapshot. Everything it returns is pinned to ``snapshot_id``."""
 
-    def __init__(self, session: ic.Session, snapshot_id: str, ref: str):
+    def __init__(self, session: ic.Session, snapshot_id: str, ref: str, repo: ic.Repository | None = None):
         self.snapshot_id = snapshot_id
         self.ref = ref
+        self._repo = repo
         self._root = zarr.open_group(session.store, mode="r")
         meta = attrs_of(self._root).get(MARKER)
         if not isinstance(meta, dict):
@@ -373,23 +439,56 @@ class LakeView:
 
     # ------------------------------------------------------------ table
     def segment_names(self) -> list[str]:
-        if "segments" not in self._root:
-            return []
-        segs = self._root["segments"]
-        assert isinstance(segs, zarr.Group)
-        return sorted(segs.group_keys())
+        """The segments' names in lake order. With the repository known, from the names of a
+        recent snapshot (the process's cache) plus the snapshot diffs since, plus this session's
+        own changes: the cost follows the commits since, not the lake's size. Otherwise one
+        listing of ``segments/``, whose cost grows with every node and chunk in the lake."""
+        if self._repo is not None:
+            session = self._root.store_path.store.session  # type: ignore[attr-defined]  # an IcechunkStore
+            names = set(segment_names_at(self._repo, session.snapshot_id))
+            if not session.read_only:
+                changes = session.status()
+                names |= _segment_paths(changes.new_groups)
+                names -= _segment_paths(changes.deleted_groups)
+            return sorted(names)
+        return sorted(_list_segments(self._root.store_path.store, self._root.store_path.path))
 
     def _segment(self, name: str) -> zarr.Group:
         g = self._root[f"segments/{name}"]
         assert isinstance(g, zarr.Group)
         return g
 
+    def _segment_attrs(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The attributes (episode table, goal flags) of segments ``names``: from the process's
+        cache (a segment's attributes never change once written: names are unique, segments are
+        never rewritten in place), the others read together in one round of concurrent gets."""
+        missing = [n for n in names if n not in _SEGMENT_ATTRS]
+        if missing:
+            store, path = self._root.store_path.store, self._root.store_path.path
+            prefix = f"{path}/segments" if path else "segments"
+            proto = default_buffer_prototype()
+
+            async def read() -> list[Any]:
+                return list(await asyncio.gather(*(store.get(f"{prefix}/{n}/zarr.json", proto) for n in missing)))
+
+            for n, buf in zip(missing, zarr_sync(read()), strict=True):
+                if buf is None:
+                    raise LakeError(f"segment {n} has no metadata (zarr.json) in snapshot {self.snapshot_id}")
+                attrs = json.loads(buf.to_bytes()).get("attributes", {})
+                if "episodes" in attrs:  # a segment still being written (no table yet) is not cached
+                    if len(_SEGMENT_ATTRS) >= SEGMENT_ATTRS_CACHE:
+                        _SEGMENT_ATTRS.clear()
+                    _SEGMENT_ATTRS[n] = attrs
+                else:
+                    raise LakeError(f"segment {n} has no episode table in snapshot {self.snapshot_id}")
+        return {n: _SEGMENT_ATTRS[n] for n in names}
+
     def episodes(self, task: str | None = None) -> list[EpisodeRecord]:
         """The episode table in lake order (segment creation order, then position)."""
         if self._records is None:
             out: list[EpisodeRecord] = []
-            for name in self.segment_names():
-                a = attrs_of(self._segment(name))
+            names = self.segment_names()
+            for name, a in self._segment_attrs(names).items():
                 t = a["episodes"]
                 ends = np.cumsum(t["length"])
                 for i, eid in enumerate(t["episode_id"]):
@@ -749,7 +848,7 @@ class Lake:
     def checkout(self, ref: str = "main") -> LakeView:
         """A read-only view pinned to the snapshot ``ref`` points at now."""
         snap = self.resolve(ref)
-        return LakeView(self.repo.readonly_session(snapshot_id=snap), snap, ref)
+        return LakeView(self.repo.readonly_session(snapshot_id=snap), snap, ref, self.repo)
 
     def tag(self, name: str, ref: str = "main") -> str:
         snap = self.resolve(ref)
@@ -943,7 +1042,7 @@ class Lake:
         ids = set(episode_ids or ())
 
         def write(root: zarr.Group, _: set[str]) -> dict[str, Any]:
-            view = _root_view(root)
+            view = _root_view(root, self.repo)
             recs = view.episodes()
             doomed = {r.episode_id for r in recs if r.episode_id in ids or (task is not None and r.task == task)}
             unknown = ids - {r.episode_id for r in recs}
@@ -990,9 +1089,9 @@ class Lake:
         """
 
         def write(root: zarr.Group, _: set[str]) -> dict[str, Any]:
-            view = _root_view(root)
+            view = _root_view(root, self.repo)
             names = view.segment_names()
-            sizes = {n: int(attrs_of(view._segment(n))["n_steps"]) for n in names}
+            sizes = {n: int(a["n_steps"]) for n, a in view._segment_attrs(names).items()}
             groups: list[list[str]] = [[]]
             for n in names:
                 cur = groups[-1]
@@ -1014,7 +1113,7 @@ class Lake:
                     segs.append(seg)
                     del root[f"segments/{n}"]
                 _write_batched(root, eps, ids, view.schema, 10**12, name_like=group[0], labels=_EpisodeLabels(segs))
-            after_view = _root_view(root)
+            after_view = _root_view(root, self.repo)
             if after_view.episode_ids() != before:
                 raise LakeError("compaction changed the episode order; nothing was committed")
             for seg in after_view.iter_segments(threads=1):
@@ -1054,7 +1153,7 @@ class Lake:
         what = f"{task!r} from source {source!r}"
 
         def write(root: zarr.Group, _: set[str]) -> dict[str, Any]:
-            view = _root_view(root)
+            view = _root_view(root, self.repo)
             todo = [n for n in view.segment_names() if overwrite or f"labels/{key}" not in view._segment(n)]
             if not todo:
                 return {"nothing": True}
@@ -1112,7 +1211,7 @@ class Lake:
         who = author or default_author()
 
         def write(root: zarr.Group, _: set[str]) -> dict[str, Any]:
-            view = _root_view(root)
+            view = _root_view(root, self.repo)
             recs = {r.episode_id: r for r in view.episodes()}
             bad = [f"unknown episode {e}" for e in sorted({e for e, _ in given if e not in recs})]
             bad += [
@@ -1195,6 +1294,7 @@ class Lake:
         stored = _stored_ref(branch)
         staged = self.location.scheme == "file" and self.durable
         root_dir = self.location.path
+        retries = 0
         for _attempt in range(MAX_WRITE_ATTEMPTS):
             staging = f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{socket.gethostname()}"
             chunk_sync: cf.Future[None] | None = None
@@ -1205,7 +1305,7 @@ class Lake:
                         self.repo.create_branch(staging, self.repo.lookup_branch(stored))
                     session = self.repo.writable_session(staging if staged else stored)
                     root = zarr.open_group(session.store, mode="r+")
-                    base_ids = set(_root_view(root).episode_ids()) if dedup else set()
+                    base_ids = set(_root_view(root, self.repo).episode_ids()) if dedup else set()
                     stats = write(root, base_ids)
                     if stats.pop("nothing", False) or not session.has_uncommitted_changes:
                         return WriteResult(None, branch, **_only(stats, WriteResult))
@@ -1222,7 +1322,7 @@ class Lake:
                                 self.repo.reset_branch(staging, tip)
                             session.rebase(ic.ConflictDetector())
                             root = zarr.open_group(session.store, mode="r+")
-                            view = _root_view(root)
+                            view = _root_view(root, self.repo)
                             if dedup:
                                 stats, view = self._drop_raced_duplicates(root, view, stats, write)
                                 if not stats.get("added"):  # a concurrent writer added them all: a no-op
@@ -1242,6 +1342,7 @@ class Lake:
                             except ic.ConflictError:
                                 if self.location.scheme != "s3" or commit_try + 1 >= MAX_WRITE_ATTEMPTS:
                                     raise
+                                retries += 1
                                 time.sleep(backoff_s(commit_try))
                                 continue
                             break
@@ -1252,17 +1353,19 @@ class Lake:
                             self.repo.reset_branch(stored, snap, from_snapshot_id=tip)
                             fsync_ref(root_dir, stored)
             except (ic.RebaseFailedError, ic.ConflictError):
+                retries += 1
                 self._pause_before_retry(_attempt)
                 continue
             except LakeStorageError as e:
                 if isinstance(e.__cause__, (ic.RebaseFailedError, ic.ConflictError)):
+                    retries += 1
                     self._pause_before_retry(_attempt)
                     continue
                 raise
             finally:
                 if staged:
                     self._drop_staging(staging)
-            return WriteResult(snap, branch, **_only(stats, WriteResult))
+            return WriteResult(snap, branch, **_only(stats, WriteResult), conflict_retries=retries)
         raise LakeError(
             f"{op} on branch {branch!r} kept conflicting with concurrent writers ({MAX_WRITE_ATTEMPTS} attempts)"
         )
@@ -1309,7 +1412,7 @@ class Lake:
         for name in ours:
             del root[f"segments/{name}"]
         # write() re-checks every offered episode against all the others, base ones included
-        return write(root, others), _root_view(root)
+        return write(root, others), _root_view(root, view._repo)
 
 
 _META_KEYS = {"author", "operation", "episodes_added", "episodes_removed", "episodes_total", "tool"}
@@ -1333,10 +1436,12 @@ def _default_message(op: str, stats: dict[str, Any]) -> str:
     return op
 
 
-def _root_view(root: zarr.Group) -> LakeView:
-    """A view of a writable session's current state (uncommitted changes included)."""
+def _root_view(root: zarr.Group, repo: ic.Repository | None = None) -> LakeView:
+    """A view of a writable session's current state (uncommitted changes included); ``repo``: the
+    session's repository (segment names then come from snapshot diffs, see ``segment_names``)."""
     view = LakeView.__new__(LakeView)
     view.snapshot_id, view.ref, view._root, view._records = "(uncommitted)", "", root, None
+    view._repo = repo
     view.schema = attrs_of(root)[MARKER].get("schema")
     return view
 

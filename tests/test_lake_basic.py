@@ -523,6 +523,44 @@ def test_segment_array_metadata_is_what_zarr_create_array_writes(dtype, shape, c
     assert array_metadata(shape, dtype, chunks, comp).to_dict() == want.to_dict()
 
 
+def test_segment_names_from_snapshot_diffs_equal_a_listing(tmp_path: Path) -> None:
+    """Views take segment names from a known snapshot plus the diffs since (a process cache) and
+    segment tables from a cache: after appends, a delete, a compaction and labels, every snapshot
+    of the history lists the segments and episodes a fresh listing gives, with the caches warm,
+    cold, and across two Lake objects writing in turn."""
+    from data_lake import lake as lake_module
+
+    uri = str(tmp_path / "lake")
+    lake = Lake.create(uri)
+    for k in range(5):
+        lake.append([synthetic_episode(10 * k + i, length=3, size=8) for i in range(2)])
+    other = Lake.open(uri)  # a second writer: its commits reach the first one's views through diffs
+    other.append([synthetic_episode(99, length=3, size=8)])
+    first = lake.checkout("main").episode_ids()[0]
+    lake.delete(episode_ids=[first])
+    other.compact()
+    lake.append([synthetic_episode(100, length=3, size=8)])
+
+    def listed(snapshot: str) -> tuple[list[str], list[str]]:
+        view = lake.checkout(snapshot)
+        names = sorted(lake_module._list_segments(view._root.store_path.store, ""))
+        ids = [eid for n in names for eid in lake_module.attrs_of(view._segment(n))["episodes"]["episode_id"]]
+        return names, ids
+
+    history = [info.id for info in lake.repo.ancestry(branch="main")][:-1]  # all but the empty first commit
+    for warm in (True, False):
+        if not warm:
+            lake_module._SEGMENT_NAMES.clear()
+            lake_module._SEGMENT_ATTRS.clear()
+        for snap in history:
+            view = Lake.open(uri).checkout(snap)
+            names, ids = listed(snap)
+            assert view.segment_names() == names, snap
+            assert view.episode_ids() == ids, snap
+    assert len(lake.checkout("main").episode_ids()) == 11 - 1 + 1
+    assert first not in lake.checkout("main").episode_ids()
+
+
 @pytest.mark.parametrize(
     "dtype, shape, chunks",
     [
