@@ -390,6 +390,13 @@ def _list_segments(store: Any, path: str) -> list[str]:
     return zarr_sync(names())
 
 
+def remember_segment_names(snapshot_id: str, names: Iterable[str]) -> None:
+    """Cache the segment names of a snapshot this process just committed (known from its session)."""
+    if len(_SEGMENT_NAMES) >= SEGMENT_NAMES_CACHE:
+        _SEGMENT_NAMES.clear()
+    _SEGMENT_NAMES[snapshot_id] = frozenset(names)
+
+
 def segment_names_at(repo: ic.Repository, snapshot_id: str) -> frozenset[str]:
     """The segment names of snapshot ``snapshot_id``: cached, or a cached ancestor's names plus the
     snapshot diff since it, or (no ancestor known within ``NAME_DIFF_STEPS``) a listing."""
@@ -409,9 +416,7 @@ def segment_names_at(repo: ic.Repository, snapshot_id: str) -> frozenset[str]:
         session = repo.readonly_session(snapshot_id=snapshot_id)
         root = zarr.open_group(session.store, mode="r")
         names = set(_list_segments(session.store, "")) if "segments" in root else set()
-    if len(_SEGMENT_NAMES) >= SEGMENT_NAMES_CACHE:
-        _SEGMENT_NAMES.clear()
-    _SEGMENT_NAMES[snapshot_id] = frozenset(names)
+    remember_segment_names(snapshot_id, names)
     return _SEGMENT_NAMES[snapshot_id]
 
 
@@ -446,8 +451,8 @@ class LakeView:
         if self._repo is not None:
             session = self._root.store_path.store.session  # type: ignore[attr-defined]  # an IcechunkStore
             names = set(segment_names_at(self._repo, session.snapshot_id))
-            if not session.read_only:
-                changes = session.status()
+            if not session.read_only and session.has_uncommitted_changes:
+                changes = session.status()  # costs a pass over the snapshot's nodes: only when needed
                 names |= _segment_paths(changes.new_groups)
                 names -= _segment_paths(changes.deleted_groups)
             return sorted(names)
@@ -1339,6 +1344,8 @@ class Lake:
                             # object stores (no lock) we wait, rebase and redo the duplicate check, so it stays exact
                             try:
                                 snap = session.commit(msg, metadata=meta)
+                                # the next commit's base: its segments are those of the episodes just counted
+                                remember_segment_names(snap, {r.segment for r in view.episodes()})
                             except ic.ConflictError:
                                 if self.location.scheme != "s3" or commit_try + 1 >= MAX_WRITE_ATTEMPTS:
                                     raise
