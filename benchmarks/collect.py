@@ -11,7 +11,9 @@ Targets: tabletop raw >= 500 frames/s, overhead <= 15 %, 2 workers >= 1.6x one w
 ``backend=process`` and ``backend=ray``.
 
 What two workers can gain on the machine is measured too: the raw loop run by two processes at
-once against one (``machine_two_process_speedup``, the ceiling of ``two_worker_speedup``). With
+once against one (``machine_two_process_speedup``, the ceiling of ``two_worker_speedup``), and the
+CPU the driver process itself uses per second of a 2-worker run (``driver_cores_<backend>_2w``:
+building, hashing, compressing and committing episodes, on the same 2 cores as the workers). With
 Ray, the local cluster is started once (``ray_start_s``, not counted in the collections: a user's
 cluster is up before a collection joins it); creating the actors and their envs is counted, as the
 process backend's spawning is.
@@ -52,8 +54,12 @@ def raw_fps(task_name: str, episodes: int, seed: int = 0) -> float:
     return fps
 
 
+DRIVER_CPU: dict[str, float] = {}  # the driver process's CPU seconds per wall second, by run
+
+
 def collect_fps(task_name: str, episodes: int, workers: int, workdir: Path, backend: str = "process") -> float:
     lake = workdir / f"lake-{task_name.replace('/', '_')}-{workers}-{backend}"
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     res = collect(
         CollectConfig(
             task=task_name,
@@ -65,6 +71,7 @@ def collect_fps(task_name: str, episodes: int, workers: int, workdir: Path, back
             backend=backend,
         )
     )
+    DRIVER_CPU[f"{backend}_{workers}w"] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     shutil.rmtree(lake)
     return res.frames_per_s
 
@@ -120,6 +127,8 @@ def main() -> None:
     figs["ray_collect_overhead"] = 1 - figs["tabletop_collect_fps_ray_1w"] / figs["tabletop_raw_fps"]
     figs["ray_two_worker_speedup"] = figs["tabletop_collect_fps_ray_2w"] / figs["tabletop_collect_fps_ray_1w"]
     figs["machine_two_process_speedup"] = figs["tabletop_raw_fps_2proc"] / figs["tabletop_raw_fps"]
+    for run in ("process_2w", "ray_2w"):  # cores the driver itself used (building, hashing, committing)
+        figs[f"driver_cores_{run}"] = DRIVER_CPU[run]
     figs["wall_s"] = time.perf_counter() - t0
     print(
         f"collect benchmark: tabletop/push_red_to_pad ({n} episodes) and fetch/push ({n_fetch}), "
