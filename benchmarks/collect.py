@@ -39,6 +39,8 @@ def raw_fps(task_name: str, episodes: int, seed: int = 0) -> float:
 
     task = tasks.get(task_name)
     env = task.make_env(64, task.cameras)
+    env.reset(seed=seed)  # warm-up, untimed: the first render of a process sets up its GL context
+    env.step(task.scripted_policy(0.0, np.random.default_rng(0)).act(env))
     frames = 0
     t0 = time.perf_counter()
     for i in range(episodes):
