@@ -50,23 +50,17 @@ REGION = "us-east-1"
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """A local S3 server (moto) on a free port, with dummy credentials in this process's env."""
+def moto_server(**env: str) -> Iterator[str]:
+    """A local S3 server (moto's server mode) on a free port of 127.0.0.1, ``env`` added to its
+    environment; yields its endpoint URL (the tests use it too)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
     )
     try:
         deadline = time.monotonic() + 60
@@ -74,7 +68,7 @@ def moto_server() -> Iterator[str]:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start on port {port}")
+                raise RuntimeError(f"moto server did not start on port {port} (exit code {proc.poll()})")
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -194,6 +188,14 @@ def s3_figures(quick: bool, work: Path) -> dict[str, float]:
     """Local against S3 ingest and read MB/s, and commits/s with 1, 2 and 4 writers on S3."""
     figs: dict[str, float] = {}
     eps = image_episodes(6 if quick else 40, 50)
+    os.environ.update(  # dummy credentials for the local server, in this process only
+        {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
     with moto_server() as endpoint:
         figs["ingest_mb_s_local"], figs["read_mb_s_local"] = throughput(str(work / "local"), eps)
         figs["ingest_mb_s_s3"], figs["read_mb_s_s3"] = throughput(s3_lake_uri(endpoint), eps)

@@ -480,12 +480,11 @@ class LakeView:
                 if buf is None:
                     raise LakeError(f"segment {n} has no metadata (zarr.json) in snapshot {self.snapshot_id}")
                 attrs = json.loads(buf.to_bytes()).get("attributes", {})
-                if "episodes" in attrs:  # a segment still being written (no table yet) is not cached
-                    if len(_SEGMENT_ATTRS) >= SEGMENT_ATTRS_CACHE:
-                        _SEGMENT_ATTRS.clear()
-                    _SEGMENT_ATTRS[n] = attrs
-                else:
+                if "episodes" not in attrs:
                     raise LakeError(f"segment {n} has no episode table in snapshot {self.snapshot_id}")
+                if len(_SEGMENT_ATTRS) >= SEGMENT_ATTRS_CACHE:
+                    _SEGMENT_ATTRS.clear()
+                _SEGMENT_ATTRS[n] = attrs
         return {n: _SEGMENT_ATTRS[n] for n in names}
 
     def episodes(self, task: str | None = None) -> list[EpisodeRecord]:

@@ -14,7 +14,6 @@ fresh bucket. Credentials are dummy values in the environment, set for these tes
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
 import os
 import socket
@@ -36,6 +35,7 @@ import botocore.exceptions
 import icechunk as ic
 import zarr
 
+from benchmarks.scale import moto_server
 from data_lake import Lake
 from data_lake.storage import UnsupportedURIError, parse_uri
 from data_lake.synthetic import synthetic_episode
@@ -56,29 +56,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def _moto_server(**env: str) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **env},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start on port {port} (exit code {proc.poll()})")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     empty = tmp_path_factory.mktemp("aws") / "empty"
@@ -93,7 +70,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         mp_env.setenv("AWS_EC2_METADATA_DISABLED", "true")
         mp_env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))  # never the developer's ~/.aws
         mp_env.setenv("AWS_CONFIG_FILE", str(empty))
-        with _moto_server() as url:
+        with moto_server() as url:
             yield url
 
 
@@ -191,7 +168,7 @@ def test_missing_credentials_is_one_clear_error(
 def test_wrong_credentials_is_one_clear_error(
     endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with _moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as strict:  # checks every request's access key
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as strict:  # checks every request's access key
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTAKEY000000000")
         uri = f"s3://some-bucket/lake?endpoint_url={strict}"
         assert cli(["lake", "info", "--lake", uri]) == 2
