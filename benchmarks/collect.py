@@ -17,6 +17,12 @@ building, hashing, compressing and committing episodes, on the same 2 cores as t
 Ray, the local cluster is started once (``ray_start_s``, not counted in the collections: a user's
 cluster is up before a collection joins it); creating the actors and their envs is counted, as the
 process backend's spawning is.
+
+What the overhead is made of: ``first_episode_s_<backend>_1w`` (until the first episode arrives:
+worker start-up, imports, env) and ``overhead_after_first_episode_<backend>_1w`` (the rest of the
+run against the raw loop); ``commit_cpu_ms_per_episode`` (CPU of all threads per committed
+episode) and ``commit_contention_overhead`` (the raw loop slowed by a writer in another process
+committing at one worker's rate: what the writer costs on these cores by itself).
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from benchmarks.report import report
-from tasks.collect import CollectConfig, collect
+from tasks.collect import CollectConfig, CollectResult, collect
 
 
 def raw_fps(task_name: str, episodes: int, seed: int = 0) -> float:
@@ -57,6 +64,7 @@ def raw_fps(task_name: str, episodes: int, seed: int = 0) -> float:
 
 
 DRIVER_CPU: dict[str, float] = {}  # the driver process's CPU seconds per wall second, by run
+RESULTS: dict[str, CollectResult] = {}  # each run's result, by run
 
 
 def collect_fps(task_name: str, episodes: int, workers: int, workdir: Path, backend: str = "process") -> float:
@@ -74,8 +82,60 @@ def collect_fps(task_name: str, episodes: int, workers: int, workdir: Path, back
         )
     )
     DRIVER_CPU[f"{backend}_{workers}w"] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    RESULTS[f"{task_name}_{backend}_{workers}w"] = res
     shutil.rmtree(lake)
     return res.frames_per_s
+
+
+def _committer(task_name: str, period_s: float, ready: Any, stop: Any, out: Any) -> None:
+    """A writer that commits what one worker collects, at the rate it collects it: 10 episodes of
+    ``task_name`` every ``period_s`` seconds into a scratch lake, until ``stop`` is set. Sends the CPU
+    seconds one episode's commit cost (all threads)."""
+    from data_lake import Lake
+    from tasks.collect import CollectConfig, collect_episode
+
+    cfg = CollectConfig(task=task_name, episodes=10, progress=False)
+    episodes = [collect_episode(cfg, i) for i in range(10)]
+    workdir = tempfile.mkdtemp(prefix="bench-committer-")
+    lake = Lake.create(os.path.join(workdir, "lake"))
+    ready.set()
+    cpu, n, k = 0.0, 0, 0
+    try:
+        while not stop.is_set():
+            t0, c0 = time.perf_counter(), time.process_time()
+            lake.append([e.replace(metadata={**e.metadata, "k": k}) for e in episodes], branch="main", message=f"{k}")
+            cpu += time.process_time() - c0
+            n += len(episodes)
+            k += 1
+            stop.wait(max(0.0, period_s - (time.perf_counter() - t0)))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    out.send(cpu / max(n, 1))
+
+
+def raw_fps_beside_commits(task_name: str, episodes: int, raw: float) -> tuple[float, float]:
+    """The raw loop while another process commits at one worker's collection rate (what one worker's
+    writer costs the rollout on these cores, with nothing shared but the machine), and the CPU
+    seconds the commits took per episode: (frames/s, commit CPU s per episode)."""
+    import multiprocessing as mp
+
+    import tasks
+
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    recv, send = ctx.Pipe(duplex=False)
+    period_s = 10 * (tasks.get(task_name).max_episode_steps + 1) / raw  # 10 episodes at the raw rate
+    proc = ctx.Process(target=_committer, args=(task_name, period_s, ready, stop, send))
+    proc.start()
+    try:
+        if not ready.wait(120):
+            raise RuntimeError("the committer process did not start in 120 s")
+        fps = raw_fps(task_name, episodes)
+    finally:
+        stop.set()
+    cpu_per_episode = recv.recv()
+    proc.join()
+    return fps, cpu_per_episode
 
 
 def _raw_share(args: tuple[str, int, int]) -> tuple[int, float, float]:
@@ -110,6 +170,11 @@ def main() -> None:
         figs = {
             "tabletop_raw_fps": raw_fps(task, n),
             "tabletop_raw_fps_2proc": raw_fps_two_processes(task, n),
+        }
+        beside, commit_cpu_s = raw_fps_beside_commits(task, n, figs["tabletop_raw_fps"])
+        figs["tabletop_raw_fps_beside_commits"] = beside
+        figs["commit_cpu_ms_per_episode"] = 1e3 * commit_cpu_s
+        figs |= {
             "tabletop_collect_fps_1w": collect_fps(task, n, 1, workdir),
             "tabletop_collect_fps_2w": collect_fps(task, 2 * n, 2, workdir),
             "fetchpush_raw_fps": raw_fps("fetch/push", n_fetch),
@@ -129,6 +194,13 @@ def main() -> None:
     figs["ray_collect_overhead"] = 1 - figs["tabletop_collect_fps_ray_1w"] / figs["tabletop_raw_fps"]
     figs["ray_two_worker_speedup"] = figs["tabletop_collect_fps_ray_2w"] / figs["tabletop_collect_fps_ray_1w"]
     figs["machine_two_process_speedup"] = figs["tabletop_raw_fps_2proc"] / figs["tabletop_raw_fps"]
+    # what a writer on the same 2 cores costs the rollout by itself: the floor under collect_overhead
+    figs["commit_contention_overhead"] = 1 - figs["tabletop_raw_fps_beside_commits"] / figs["tabletop_raw_fps"]
+    for run in ("process_1w", "ray_1w"):  # worker start-up, then the overhead of the rest of the run
+        res = RESULTS[f"{task}_{run}"]
+        figs[f"first_episode_s_{run}"] = res.first_episode_s
+        rest_fps = res.frames * (1 - 1 / n) / (res.seconds - res.first_episode_s)
+        figs[f"overhead_after_first_episode_{run}"] = 1 - rest_fps / figs["tabletop_raw_fps"]
     for run in ("process_2w", "ray_2w"):  # cores the driver itself used (building, hashing, committing)
         figs[f"driver_cores_{run}"] = DRIVER_CPU[run]
     figs["wall_s"] = time.perf_counter() - t0

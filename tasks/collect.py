@@ -254,6 +254,7 @@ class CollectResult:
     frames: int
     successes: int
     seconds: float
+    first_episode_s: float = 0.0  # until the first episode arrived: workers starting, envs built
 
     @property
     def frames_per_s(self) -> float:
@@ -315,8 +316,11 @@ def collect(cfg: CollectConfig) -> CollectResult:
         pending = writer.submit(lake.append, list(batch), branch=cfg.branch, message=msg, metadata=meta)
         batch.clear()
 
+    first_episode_s = 0.0
     try:
         for ep in _ordered(cfg, todo):
+            if not first_episode_s:
+                first_episode_s = time.perf_counter() - t0
             batch.append(ep)
             frames += len(ep)
             successes += bool(ep.success)
@@ -330,7 +334,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
     finally:
         writer.shutdown(wait=True)
         bar.close()
-    return CollectResult(added, skipped, commits, frames, successes, time.perf_counter() - t0)
+    return CollectResult(added, skipped, commits, frames, successes, time.perf_counter() - t0, first_episode_s)
 
 
 def collect_mix(

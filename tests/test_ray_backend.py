@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -80,6 +82,55 @@ def test_ray_collection_resumes_what_an_interrupted_run_left(tmp_path: Path, ray
     assert (res.added, res.skipped) == (4, 4)
     collect(CollectConfig(lake=str(tmp_path / "whole"), **BASE))  # type: ignore[arg-type]
     assert sorted(_ids(uri)) == sorted(_ids(str(tmp_path / "whole")))
+
+
+def test_ray_collection_resumes_after_its_driver_is_killed(tmp_path: Path, ray_cluster: None) -> None:
+    """``robot-rl collect backend=ray`` as its own process, joined to a running cluster, SIGKILLed once
+    its first commits have landed (its actors are still rolling out): the cluster drops the dead
+    driver's actors, and the same command run again adds exactly the missing episodes. The lake then
+    verifies and equals an uninterrupted run's, each episode once."""
+    import ray
+
+    uri = str(tmp_path / "lake")
+    args = [
+        "collect",
+        "task=tabletop/reach_red",
+        "episodes=12",
+        "image_size=32",
+        "cameras=[front]",
+        "max_steps=30",
+        "batch_episodes=2",
+        "workers=2",
+        "progress=false",
+        "backend=ray",
+        f"ray_address={ray.get_runtime_context().gcs_address}",
+        f"lake={uri}",
+    ]
+    code = "import sys; from robot_rl.cli import main; sys.exit(main(sys.argv[1:]))"
+    driver = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    landed = 0
+    while landed < 2:  # the first commit (2 episodes) is in; 10 are still to come
+        assert driver.poll() is None, f"the driver ended before it was killed: {driver.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "no commit landed in 180 s"
+        time.sleep(0.05)
+        try:
+            landed = len(_ids(uri))
+        except Exception:  # the lake or its branch is still being created
+            landed = 0
+    driver.kill()  # SIGKILL: no cleanup runs in the driver
+    driver.communicate(timeout=60)
+    partial = _ids(uri)
+    assert 2 <= len(partial) < 12, len(partial)
+
+    rerun = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ids = _ids(uri)
+    assert len(ids) == len(set(ids)) == 12
+    assert ids[: len(partial)] == partial  # what had landed stays, in place
+    assert Lake.open(uri).verify().ok
+    collect(CollectConfig(lake=str(tmp_path / "whole"), **{**BASE, "episodes": 12, "batch_episodes": 2}))  # type: ignore[arg-type]
+    assert sorted(ids) == sorted(_ids(str(tmp_path / "whole")))
 
 
 def test_ray_evaluation_is_the_local_evaluation(tmp_path: Path, ray_cluster: None) -> None:
