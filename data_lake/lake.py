@@ -95,6 +95,7 @@ from data_lake.segment import (
 from data_lake.storage import (
     Location,
     commit_lock,
+    early_writeback,
     fsync_files,
     fsync_new,
     fsync_path,
@@ -1310,7 +1311,10 @@ class Lake:
                     session = self.repo.writable_session(staging if staged else stored)
                     root = zarr.open_group(session.store, mode="r+")
                     base_ids = set(_root_view(root, self.repo).episode_ids()) if dedup else set()
-                    stats = write(root, base_ids)
+                    # durable local writes: the disk starts on the chunks while the rest are written
+                    head_start = early_writeback(root_dir, {"chunks": before["chunks"]}) if staged else None
+                    with head_start or contextlib.nullcontext():
+                        stats = write(root, base_ids)
                     if stats.pop("nothing", False) or not session.has_uncommitted_changes:
                         return WriteResult(None, branch, **_only(stats, WriteResult))
                     if staged:  # the chunks written so far sync while the commit below runs (joined before

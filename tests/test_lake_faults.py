@@ -211,6 +211,34 @@ def test_every_file_a_commit_references_is_fsynced_before_the_branch_moves(tmp_p
     assert lake.branches() == ["main"] and sorted(lake.repo.list_branches()) == ["main"]
 
 
+def test_chunks_are_synced_while_the_writing_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """``early_writeback``: files that appear under the block's directories are fsynced while the
+    block still runs (a head start for the disk); files that were there before are left alone."""
+    import threading
+
+    import data_lake.storage as storage
+
+    (tmp_path / "chunks").mkdir()
+    (tmp_path / "chunks" / "old").write_bytes(b"x")
+    synced: list[str] = []
+    seen = threading.Condition()
+    real_fsync = storage.fsync_path
+
+    def fsync_path(path: str) -> None:
+        real_fsync(path)
+        with seen:
+            synced.append(os.path.basename(path))
+            seen.notify_all()
+
+    monkeypatch.setattr(storage, "fsync_path", fsync_path)
+    with storage.early_writeback(str(tmp_path), storage.listing(str(tmp_path), ("chunks",))):
+        for k in range(3):
+            (tmp_path / "chunks" / f"new{k}").write_bytes(os.urandom(1 << 16))
+            with seen:
+                assert seen.wait_for(lambda k=k: f"new{k}" in synced, timeout=10), synced
+    assert sorted(synced) == ["new0", "new1", "new2"]
+
+
 KILL_BEFORE_BRANCH_MOVES = """
 import os, signal, sys
 import icechunk as ic
