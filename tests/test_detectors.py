@@ -16,6 +16,7 @@ from data_lake import Episode, Lake
 from robot_rl.cli import main
 from robot_rl.detectors import DetectorConfig, DetectorError, SuccessDetector, train_detector
 from robot_rl.detectors.report import plot_report
+from robot_rl.detectors.success import choose_threshold
 from tasks.collect import CollectConfig, collect
 
 torch.set_num_threads(1)
@@ -90,6 +91,31 @@ def test_separable_lake_is_learned(trained: SuccessDetector) -> None:
     )
 
 
+def test_threshold_rule_falls_back_to_balanced_with_few_heldout_positives(trained: SuccessDetector) -> None:
+    assert trained.threshold == 0.5 and trained.metrics["threshold_rule"] == "balanced"  # the default rule
+    probs = np.array([0.01, 0.2, 0.3, 0.9, 0.95, 0.99])
+    labels = np.array([False, False, True, True, True, True])
+    max_f1 = dataclasses.replace(FAST, threshold_rule="max_f1", min_threshold_positives=4)
+    assert choose_threshold(probs, labels, max_f1) == (0.25, "max_f1")  # halfway between 0.3 and 0.2
+    few = dataclasses.replace(max_f1, min_threshold_positives=5)  # 4 held-out positives are too few
+    assert choose_threshold(probs, labels, few) == (0.5, "balanced")
+    assert choose_threshold(probs, labels, FAST) == (0.5, "balanced")
+    with pytest.raises(DetectorError, match="threshold_rule"):
+        dataclasses.replace(FAST, threshold_rule="best")
+
+
+def test_other_steps_takes_more_frames_of_other_tasks_successes(lake: str, trained: SuccessDetector) -> None:
+    wide = train_detector(lake, "main", TASK, dataclasses.replace(FAST, steps=1, other_steps=T))
+    frames = {
+        k: d.info["counts"]["train_frames"] + d.info["counts"]["heldout_frames"]
+        for k, d in [("3", trained), ("T", wide)]
+    }
+    assert frames["T"] - frames["3"] == 4 * (T - FAST.positive_steps)  # 4 OTHER successes: every frame, not the last 3
+    assert wide.info["counts"]["train_positives"] == trained.info["counts"]["train_positives"]
+    with pytest.raises(DetectorError, match="other_steps"):
+        dataclasses.replace(FAST, other_steps=0)
+
+
 def test_split_is_by_episode(lake: str, trained: SuccessDetector) -> None:
     split, counts = trained.split, trained.info["counts"]
     train, held = set(split["train"]), set(split["heldout"])
@@ -134,6 +160,24 @@ def test_save_load_round_trip(trained: SuccessDetector, tmp_path: Path) -> None:
     (out / "detector.json").write_text(json.dumps(meta))
     with pytest.raises(DetectorError, match="does not fit"):
         SuccessDetector.load(out)
+
+
+def test_a_checkpoint_from_before_the_newer_config_fields_loads(trained: SuccessDetector, tmp_path: Path) -> None:
+    """A detector saved before ``other_steps``, ``threshold_rule`` and ``min_threshold_positives`` existed
+    (its config lacks them, its id hashes that config) loads, with its own threshold."""
+    import hashlib
+
+    out = trained.save(tmp_path / "old")
+    meta = json.loads((out / "detector.json").read_text())
+    for key in ("other_steps", "threshold_rule", "min_threshold_positives"):
+        del meta["config"][key]
+    h = hashlib.sha256((out / "tensors.safetensors").read_bytes())
+    h.update(json.dumps(meta["config"], sort_keys=True).encode())
+    meta["detector_id"], meta["threshold"] = "det-" + h.hexdigest()[:12], 0.37
+    (out / "detector.json").write_text(json.dumps(meta))
+    loaded = SuccessDetector.load(out)
+    assert loaded.detector_id == meta["detector_id"] and loaded.threshold == 0.37
+    assert loaded.cfg.threshold_rule == "balanced" and loaded.cfg.other_steps is None
 
 
 def test_errors_name_what_to_do(lake: str, trained: SuccessDetector, tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ Frames and their labels (one camera, ``DetectorConfig.camera``)::
     negatives   the first ``early_steps`` frames of every episode of the task (where they overlap the
                 last ``positive_steps`` frames of a successful episode, the last-frame label wins);
                 the last ``positive_steps`` frames of failed episodes of the task (``success is False``);
-                the last ``positive_steps`` frames of OTHER tasks' successful episodes (a scene that
-                looks finished for another task is not a success of this one);
+                the last ``other_steps`` (default ``positive_steps``) frames of OTHER tasks' successful
+                episodes (a scene that looks finished for another task is not a success of this one;
+                a large ``other_steps`` also shows how another task gets there);
                 every user-labeled frame with success=False
     unlabeled   everything else (middle frames, episodes with ``success is None``): not used
 
@@ -30,11 +31,13 @@ sees every one of them often. Each batch gets the DrQ random shift (``data_lake.
 ``make_trunk``: conv layers -> Linear -> LayerNorm -> tanh) and an MLP head to one logit, trained
 with binary cross-entropy and Adam.
 
-Threshold and calibration, on the held-out frames only: the threshold maximizes F1 (it is placed
-halfway between the lowest held-out probability called positive and the next lower one); precision,
-recall, accuracy and the confusion counts are reported at it. Calibration is a 10-bin reliability
-curve (equal-width bins of the predicted probability: mean prediction, observed positive frequency,
-count) and its expected calibration error.
+Threshold and calibration, on the held-out frames only: the threshold is 0.5 (``threshold_rule``
+``balanced``, the boundary balanced minibatches train towards) or, with ``max_f1``, the value that
+maximizes F1 on the held-out frames (halfway between the lowest held-out probability called positive
+and the next lower one) when they hold at least ``min_threshold_positives`` positive frames; precision,
+recall, accuracy and the confusion counts are reported at it (``metrics["threshold_rule"]``: the rule
+used). Calibration is a 10-bin reliability curve (equal-width bins of the predicted probability: mean
+prediction, observed positive frequency, count) and its expected calibration error.
 
 After training, ``detector.heldout`` (a :class:`HeldOut`: held-out images, labels, probabilities,
 episode ids and steps) is what ``robot_rl.detectors.report.plot_report`` draws; it is not saved
@@ -76,6 +79,7 @@ from robot_rl.nets.encoders import EncoderConfig, make_trunk
 FORMAT = "robot-rl/detector/v1"
 TENSORS, META = "tensors.safetensors", "detector.json"
 CALIBRATION_BINS = 10
+THRESHOLD_RULES = ("balanced", "max_f1")
 
 
 class DetectorError(ValueError):
@@ -93,7 +97,10 @@ class DetectorConfig:
     camera: str | None = None  # None: the lake's only camera (an error if it has several)
     positive_steps: int = 3  # the last k frames of each successful episode are positives
     early_steps: int = 3  # the first k frames of every episode of the task are negatives
+    other_steps: int | None = None  # the last k frames of other tasks' successes are negatives (None: positive_steps)
     holdout_fraction: float = 0.2  # episodes held out (split by episode, seeded) for threshold and metrics
+    threshold_rule: str = "balanced"  # balanced: 0.5 | max_f1: max F1 on the held-out frames (see choose_threshold)
+    min_threshold_positives: int = 20  # max_f1 needs this many held-out positive frames; with fewer it uses 0.5
     steps: int = 500  # gradient steps
     batch_size: int = 64  # frames per step, half positives and half negatives
     lr: float = 1e-3  # Adam
@@ -105,10 +112,16 @@ class DetectorConfig:
     progress: bool = True  # a tqdm bar while training
 
     def __post_init__(self) -> None:
+        if self.other_steps is not None and self.other_steps < 1:
+            raise DetectorError(f"other_steps must be >= 1 or None, got {self.other_steps}")
         if self.positive_steps < 1 or self.early_steps < 0:
             raise DetectorError(
                 f"positive_steps must be >= 1 and early_steps >= 0, got {self.positive_steps} and {self.early_steps}"
             )
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise DetectorError(f"threshold_rule must be one of {THRESHOLD_RULES}, got {self.threshold_rule!r}")
+        if self.min_threshold_positives < 1:
+            raise DetectorError(f"min_threshold_positives must be >= 1, got {self.min_threshold_positives}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise DetectorError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.steps < 1 or self.batch_size < 2:
@@ -252,9 +265,12 @@ class SuccessDetector:
             net.load_state_dict(tensors)
         except (KeyError, ValueError, RuntimeError) as e:
             raise DetectorError(f"{d} does not fit this version's detector: {e}") from None
-        if _detector_id(raw, cfg) != meta.get("detector_id"):
+        # the id hashes the config as saved: a checkpoint written before a config field existed still loads
+        # (the field takes its default, which reproduces the old behaviour)
+        stored_id = _detector_id(raw, meta["config"])
+        if stored_id != meta.get("detector_id"):
             raise DetectorError(
-                f"{d}: the tensors and config hash to {_detector_id(raw, cfg)}, but detector.json says "
+                f"{d}: the tensors and config hash to {stored_id}, but detector.json says "
                 f"{meta.get('detector_id')}: the files were changed or come from two detectors"
             )
         info_keys = ("lake", "counts", "split")
@@ -286,8 +302,9 @@ def _tensor_bytes(net: nn.Module) -> bytes:
 
 
 def _detector_id(tensor_bytes: bytes, cfg: Any) -> str:
+    """``det-`` + sha256 of the tensors and the config (a config dataclass, or its saved JSON dict)."""
     h = hashlib.sha256(tensor_bytes)
-    h.update(json.dumps(_config_json(cfg), sort_keys=True).encode())
+    h.update(json.dumps(cfg if isinstance(cfg, dict) else _config_json(cfg), sort_keys=True).encode())
     return "det-" + h.hexdigest()[:12]
 
 
@@ -384,9 +401,11 @@ def _labels(
         lab.update({s: False for s in range(min(cfg.early_steps, r.length))})
         if r.success is not None:  # success: last k positive (they win over early frames); failure: negative
             lab.update({s: bool(r.success) for s in range(max(0, r.length - k), r.length)})
+    k_other = k if cfg.other_steps is None else cfg.other_steps
     for r in others:
         if r.success is True:
-            labels.setdefault(r.episode_id, {}).update({s: False for s in range(max(0, r.length - k), r.length)})
+            lab = labels.setdefault(r.episode_id, {})
+            lab.update({s: False for s in range(max(0, r.length - k_other), r.length)})
     for eid, step, success in user_labels:
         rec = records.get(eid)
         if rec is None:
@@ -456,6 +475,21 @@ def best_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
             best_f1, best_i = f1, i
     t = float(values[best_i])
     return (t + float(values[best_i + 1])) / 2 if best_i + 1 < len(values) else t
+
+
+def choose_threshold(probs: np.ndarray, labels: np.ndarray, cfg: DetectorConfig) -> tuple[float, str]:
+    """``(threshold, rule used)`` for held-out ``probs`` and ``labels``.
+
+    ``balanced`` (the default): 0.5, the decision boundary that balanced minibatches (half positives, half
+    negatives) train towards. ``max_f1``: the threshold of maximal F1 on the held-out frames, if they hold at
+    least ``min_threshold_positives`` positive frames and some negatives; otherwise 0.5 (rule ``balanced``).
+    The held-out frames are labeled frames only (first and last frames), which a detector separates far more
+    easily than the middle of an episode, so their max-F1 threshold can land anywhere in the gap between the
+    two classes (0.00 or 1.00 with 3 held-out positives, 0.998 with 30; docs/detectors.md)."""
+    enough = int(labels.sum()) >= cfg.min_threshold_positives and not labels.all()
+    if cfg.threshold_rule == "max_f1" and enough:
+        return best_threshold(probs, labels), "max_f1"
+    return 0.5, "balanced"
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -572,7 +606,7 @@ def train_detector(
         net, cfg, task=task, camera=camera, image_size=size, threshold=0.5, metrics={}, calibration={}, info={}
     )
     probs = detector.predict_proba(held.images)
-    threshold = best_threshold(probs, held.labels)
+    threshold, threshold_rule = choose_threshold(probs, held.labels, cfg)
     counts = {
         "train_episodes": len(train_ids),
         "heldout_episodes": len(held_ids),
@@ -585,6 +619,7 @@ def train_detector(
     detector.threshold = threshold
     detector.metrics = {
         **classification_metrics(probs, held.labels, threshold),
+        "threshold_rule": threshold_rule,
         "episodes": len(held_ids),
         "final_loss": float(np.mean(losses[-20:])),
     }
