@@ -63,8 +63,8 @@ def raw_fps(task_name: str, episodes: int, seed: int = 0) -> float:
     return fps
 
 
-DRIVER_CPU: dict[str, float] = {}  # the driver process's CPU seconds per wall second, by run
-RESULTS: dict[str, CollectResult] = {}  # each run's result, by run
+# each run's result and the driver process's CPU seconds per wall second, by "<task>_<backend>_<k>w"
+RUNS: dict[str, tuple[CollectResult, float]] = {}
 
 
 def collect_fps(task_name: str, episodes: int, workers: int, workdir: Path, backend: str = "process") -> float:
@@ -81,8 +81,7 @@ def collect_fps(task_name: str, episodes: int, workers: int, workdir: Path, back
             backend=backend,
         )
     )
-    DRIVER_CPU[f"{backend}_{workers}w"] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-    RESULTS[f"{task_name}_{backend}_{workers}w"] = res
+    RUNS[f"{task_name}_{backend}_{workers}w"] = (res, (time.process_time() - cpu0) / (time.perf_counter() - wall0))
     shutil.rmtree(lake)
     return res.frames_per_s
 
@@ -197,12 +196,12 @@ def main() -> None:
     # what a writer on the same 2 cores costs the rollout by itself: the floor under collect_overhead
     figs["commit_contention_overhead"] = 1 - figs["tabletop_raw_fps_beside_commits"] / figs["tabletop_raw_fps"]
     for run in ("process_1w", "ray_1w"):  # worker start-up, then the overhead of the rest of the run
-        res = RESULTS[f"{task}_{run}"]
+        res = RUNS[f"{task}_{run}"][0]
         figs[f"first_episode_s_{run}"] = res.first_episode_s
         rest_fps = res.frames * (1 - 1 / n) / (res.seconds - res.first_episode_s)
         figs[f"overhead_after_first_episode_{run}"] = 1 - rest_fps / figs["tabletop_raw_fps"]
     for run in ("process_2w", "ray_2w"):  # cores the driver itself used (building, hashing, committing)
-        figs[f"driver_cores_{run}"] = DRIVER_CPU[run]
+        figs[f"driver_cores_{run}"] = RUNS[f"{task}_{run}"][1]
     figs["wall_s"] = time.perf_counter() - t0
     print(
         f"collect benchmark: tabletop/push_red_to_pad ({n} episodes) and fetch/push ({n_fetch}), "

@@ -51,6 +51,7 @@ from robot_rl.detectors.success import (
     DetectorError,
     DetectorNet,
     _camera,
+    _config_json,
     _detector_id,
     _lake_view,
     _small_encoder,
@@ -153,7 +154,7 @@ class GoalReachedClassifier:
         self.camera, self.image_size = camera, (int(image_size[0]), int(image_size[1]))
         self.threshold, self.metrics, self.calibration, self.info = float(threshold), metrics, calibration, info
         self._tensor_bytes = _tensor_bytes(net)
-        self.classifier_id = "gr-" + _detector_id(self._tensor_bytes, cfg)[4:]
+        self.classifier_id = "gr-" + _detector_id(self._tensor_bytes, _config_json(cfg))[4:]
 
     def predict_proba(self, observations: np.ndarray, goals: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 (N, H, W, 3) observation and goal images -> p(reached) float64 (N,)."""

@@ -193,7 +193,7 @@ class SuccessDetector:
         self.info = info  # lake (uri, ref, snapshot_id), counts, split
         self.heldout: HeldOut | None = None
         self._tensor_bytes = _tensor_bytes(net)
-        self.detector_id = _detector_id(self._tensor_bytes, cfg)
+        self.detector_id = _detector_id(self._tensor_bytes, _config_json(cfg))
 
     @property
     def split(self) -> dict[str, list[str]]:
@@ -301,10 +301,10 @@ def _tensor_bytes(net: nn.Module) -> bytes:
     return save_bytes(tensors, metadata={"format": FORMAT})
 
 
-def _detector_id(tensor_bytes: bytes, cfg: Any) -> str:
-    """``det-`` + sha256 of the tensors and the config (a config dataclass, or its saved JSON dict)."""
+def _detector_id(tensor_bytes: bytes, config: dict[str, Any]) -> str:
+    """``det-`` + sha256 of the tensors and the config as saved (``_config_json``)."""
     h = hashlib.sha256(tensor_bytes)
-    h.update(json.dumps(cfg if isinstance(cfg, dict) else _config_json(cfg), sort_keys=True).encode())
+    h.update(json.dumps(config, sort_keys=True).encode())
     return "det-" + h.hexdigest()[:12]
 
 
