@@ -65,6 +65,9 @@ LEARNERS = {  # key -> (algorithm, algorithm config overrides, relabel probabili
 # configs/algo file), γ, goal features φ(g) − φ(s), and GC-IQL's goals and rewards (0/1 on reaching).
 OTHERS = ("cql", "bcq", "bear", "brac", "uwac", "rem", "sac_n", "edac", "rebrac", "mopo", "morel", "combo", "dt", "tt")
 LEARNERS.update({k: (k, {"gamma": GAMMA, "encoder": {"goal_delta": True}}, (0.3, 0.4, 0.3)) for k in OTHERS})
+# Learners whose settings come from a named config file (configs/algo/<file>.yaml) instead of the
+# algorithm's own: the Trajectory Transformer plans at a few ms per action with tt_cpu, at seconds with tt.
+CONFIG_FILE = {"tt": "tt_cpu"}
 DEFAULT_LEARNERS = ("am", "gciql", "gcbc")
 DISTANCE_EDGES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
 
@@ -183,7 +186,7 @@ def main() -> None:
         for key in a.learners.split(","):
             algo, overrides, (future, final, negative) = LEARNERS[key]
             t1 = time.perf_counter()
-            algo_cfg = algo_settings(algo, **overrides)
+            algo_cfg = algo_settings(CONFIG_FILE.get(key, algo), **overrides)
             run = pretrain(
                 PretrainConfig(
                     algo=algo,

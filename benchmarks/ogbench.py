@@ -57,6 +57,9 @@ ALPHA = {"pointmaze-medium-navigate": 0.003, "cube-single-play": 1.0, "cube-sing
 # GC-IQL) and each algorithm's own defaults, the budget's MLPs and LayerNorm critics; 0/1 rewards.
 OTHERS = ("cql", "bcq", "bear", "brac", "uwac", "rem", "sac_n", "edac", "rebrac", "mopo", "morel", "combo", "dt", "tt")
 LEARNERS = ("gcbc", "gciql", "am", *OTHERS)
+# Learners whose settings come from a named config file (configs/algo/<file>.yaml) instead of the
+# algorithm's own: the Trajectory Transformer plans at a few ms per action with tt_cpu, at seconds with tt.
+CONFIG_FILE = {"tt": "tt_cpu"}
 DEFAULT_LEARNERS = ("gcbc", "gciql", "am")
 GAMMA = 0.99
 
@@ -105,7 +108,8 @@ def learner(key: str, dataset: str, b: Budget) -> tuple[str, dict[str, Any], Any
         return "actionable_models", cfg, relabel
     if key in OTHERS:
         task = compose("pretrain", ["task=ogbench"])["task"]["relabel"]
-        return key, algo_settings(key, gamma=GAMMA, hidden=hidden, layer_norm=True), RelabelConfig(**task)
+        cfg = algo_settings(CONFIG_FILE.get(key, key), gamma=GAMMA, hidden=hidden, layer_norm=True)
+        return key, cfg, RelabelConfig(**task)
     raise KeyError(f"unknown learner {key!r}; known: {LEARNERS}")
 
 

@@ -47,6 +47,26 @@ VARIANTS = {  # config-group file -> (algorithm, overrides of its defaults, note
         "pointmaze-medium-navigate), LayerNorm critics, 512x3 MLPs; pair it with task=ogbench (value goals "
         "0.2 current / 0.5 geometric future / 0.3 random, actor goals uniform future)",
     ),
+    "tt_cpu": (
+        "tt",
+        {
+            "sequence_length": 1,
+            "bins": 32,
+            "embed_dim": 64,
+            "layers": 2,
+            "heads": 2,
+            "actor_lr": 0.001,
+            "beam_width": 4,
+            "horizon": 1,
+            "expansion": 4,
+            "top_k": 8,
+        },
+        "a Trajectory Transformer small enough to plan on a CPU core (a few ms per action): context K = 1, "
+        "a 64-wide 2-layer model, and a one-step beam (H = 1) that samples E = 4 first actions among the 8 "
+        "likeliest bins and keeps the one with the highest predicted r + gamma R. On the point-mass test "
+        "(tests/test_tt.py) this plans to 0.60-0.70 success, against 0.53 for the likeliest tokens and 0.31 "
+        "with H = 2: at this size sampled next-observation tokens add more noise than depth adds",
+    ),
 }
 
 
@@ -70,7 +90,7 @@ def main(names: list[str]) -> None:
         cls = ALGOS[name]
         d = {k: v for k, v in dataclass_defaults(cls.config_class).items() if k != "seed"} | overrides
         head = (
-            f"# @package algo\n# {variant}: {name} with published settings. Every field of "
+            f"# @package algo\n# {variant}: {name} with named settings. Every field of "
             f"{cls.config_class.__name__}; seed: top level\n# {note}.\n"
         )
         body = yaml.safe_dump({"name": name, **d}, sort_keys=False)

@@ -27,6 +27,7 @@ import torch
 from data_lake import Episode, Lake
 from data_lake.batch import Observation
 from data_lake.sampler import RelabelConfig, Sampler, SamplerConfig
+from data_lake.sequences import SequenceSampler
 from robot_rl.algos import (
     ALGOS,
     ActionableModelsConfig,
@@ -180,6 +181,19 @@ def train(
     elapsed = time.perf_counter() - start
     success = evaluate(lambda obs: algo.act(*policy_inputs(obs, images, goals)).numpy(), images=images)
     return success, elapsed, metrics
+
+
+def train_on_windows(lake: Lake, name: str, cfg: AlgoConfig, updates: int, batch_size: int = 64):
+    """A sequence model (DT, TT) trained on K-step windows of ``lake`` (K = ``cfg.sequence_length``),
+    task-conditioned; returns (algorithm, last metrics, seconds)."""
+    relabel = RelabelConfig(future=0, final=0, negative=0, task=1.0, gamma=cfg.gamma)
+    scfg = SamplerConfig(batch_size=batch_size, cameras=(), relabel=relabel, augment_pad=0, seed=0)
+    start = time.perf_counter()
+    with SequenceSampler(lake.checkout(), scfg, cfg.sequence_length, progress=False) as sampler:
+        algo = ALGOS[name](cfg, ObservationSpec.from_batch(sampler.example_batch()))
+        for _ in range(updates):
+            metrics = algo.update(next(sampler))
+    return algo, metrics, time.perf_counter() - start
 
 
 SAC_N_STATES = {

@@ -9,7 +9,6 @@ data's best normalized return); it must beat random actions by the same margin a
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 
 import numpy as np
@@ -24,7 +23,7 @@ from robot_rl import checkpoint
 from robot_rl.algos import DT, DTConfig
 from robot_rl.nets import EncoderConfig, ObservationSpec
 from robot_rl.nets.transformer import CausalTransformer
-from tests.test_algos_learning import MARGIN, episode, evaluate, random_success
+from tests.test_algos_learning import MARGIN, episode, evaluate, random_success, train_on_windows
 
 torch.set_num_threads(1)
 TASK_ONLY = RelabelConfig(future=0, final=0, negative=0, task=1.0)
@@ -246,15 +245,7 @@ def test_dt_learns_to_reach_from_states() -> None:
     cfg = DTConfig(
         hidden=(64,), sequence_length=5, embed_dim=32, layers=1, heads=2, max_timestep=32, actor_lr=1e-3, gamma=0.9
     )
-    sampler_cfg = SamplerConfig(
-        batch_size=64, cameras=(), relabel=dataclasses.replace(TASK_ONLY, gamma=0.9), augment_pad=0, seed=0
-    )
-    start = time.perf_counter()
-    with SequenceSampler(lake.checkout(), sampler_cfg, cfg.sequence_length, progress=False) as sampler:
-        algo = DT(cfg, ObservationSpec.from_batch(sampler.example_batch()))
-        for _ in range(700):
-            metrics = algo.update(next(sampler))
-    elapsed = time.perf_counter() - start
+    algo, metrics, elapsed = train_on_windows(lake, "dt", cfg, 700)
     policy = algo.policy
     policy.reset_context(200)  # evaluate's 200 envs: episodes end at success, so R̂ stays at the target
     success = evaluate(lambda obs: policy(obs, None, None).numpy())
