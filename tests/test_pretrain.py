@@ -325,3 +325,21 @@ def test_every_algorithm_has_a_complete_config_group_file() -> None:
         assert d.pop("name") == name
         assert set(d) == set(dataclass_defaults(cls.config_class)) - {"seed"}, name
         config_from_dict(compose("pretrain", [f"algo={name}"])).algo_config()  # builds
+
+
+def test_every_named_variant_builds_its_algorithm_with_its_settings() -> None:
+    """``algo=gciql_ogbench``, ``algo=tt_cpu``: the file names its algorithm, lists every field, and the
+    built config carries the variant's overrides."""
+    from robot_rl.algo_configs import VARIANTS
+    from robot_rl.algos import ALGOS
+    from robot_rl.hydra_utils import dataclass_defaults
+
+    for variant, (name, overrides, _) in VARIANTS.items():
+        d = compose("pretrain", [f"algo={variant}"])["algo"]
+        assert d.pop("name") == name, variant
+        assert set(d) == set(dataclass_defaults(ALGOS[name].config_class)) - {"seed"}, variant
+        built = config_from_dict(compose("pretrain", [f"algo={variant}"])).algo_config()
+        assert isinstance(built, ALGOS[name].config_class)
+        for k, v in overrides.items():
+            got = getattr(built, k)
+            assert (list(got) if isinstance(got, tuple) else got) == v, (variant, k, got, v)
