@@ -1,6 +1,7 @@
 """Learned success detectors against the simulator's truth, and MT-Opt trained on their labels.
 
     .venv/bin/python -m benchmarks.detectors [--quick] [--no-mtopt] [--json PATH] [--out DIR]
+        [--image-size N] [--detector-steps N] [--labeled 5,20,100]
 
 Data (one fresh local lake, 32x32 front and wrist cameras): per task, noisy scripted episodes that
 reach the goal and stay there in most episodes (``reach_red`` at action noise 0.3, ``push_red_to_pad``
@@ -190,8 +191,14 @@ def main() -> None:
     p.add_argument("--json")
     p.add_argument("--out", help="keep the detectors, their reports and the MT-Opt runs here")
     p.add_argument("--no-mtopt", action="store_true", help="only the detectors (skip the two MT-Opt runs)")
+    p.add_argument("--image-size", type=int, help="override the budget's camera size (collected and seen)")
+    p.add_argument("--detector-steps", type=int, help="override the budget's detector training steps")
+    p.add_argument("--labeled", help="override the budget's labeled-episode counts, e.g. 20 or 5,20")
     a = p.parse_args()
     b = QUICK if a.quick else FULL
+    labeled = tuple(int(n) for n in a.labeled.split(",")) if a.labeled else None
+    overrides = {"image_size": a.image_size, "detector_steps": a.detector_steps, "labeled": labeled}
+    b = dataclasses.replace(b, **{k: v for k, v in overrides.items() if v is not None})
     t0 = time.perf_counter()
     figs: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
