@@ -20,7 +20,8 @@ precision, recall and F1 against the simulator's labels of that task. Target: F1
 labeled episodes on reach and push. ``--no-mtopt`` stops after the detectors.
 
 MT-Opt (from states: proprioception + scene vector; task-conditioned; MT-Opt's data sharing
-``p_task`` = 0.5 reads the success labels of the other task on every episode), trained twice on the
+``p_task`` = 0.5 reads the success labels of the other task on every episode; success ends an episode,
+as in MT-Opt, since the scripted episodes run on after it), trained twice on the
 same snapshot with the same budget and seed: with the simulator's labels (``label_source=sim``) and
 with the labels of the N = 20 detectors (``robot-rl lake label --detector``: label source = the
 detector id, confidences stored; ``min_label_confidence`` 0). Success over both tasks' held-out
@@ -141,7 +142,15 @@ def mtopt(uri: str, out: Path, b: Budget, label_source: str, seed: int = 0):  # 
     from robot_rl.pretrain import LakeConfig, ObsConfig, PretrainConfig, TaskConfig, pretrain
 
     relabel = RelabelConfig(
-        future=0, final=0, negative=0, commanded=0, task=1.0, gamma=GAMMA, p_task=0.5, label_source=label_source
+        future=0,
+        final=0,
+        negative=0,
+        commanded=0,
+        task=1.0,
+        gamma=GAMMA,
+        p_task=0.5,
+        label_source=label_source,
+        success_terminal=True,  # MT-Opt's episodes end at success: the stored reward stays 1 after it
     )
     run = pretrain(
         PretrainConfig(

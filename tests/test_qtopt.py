@@ -277,3 +277,21 @@ def test_saved_cem_policy_acts_like_the_algorithm(tmp_path) -> None:
         assert want.shape == (B, A)
         assert torch.equal(loaded.policy(obs, goal, None, deterministic, gen(9)), want)
     assert set(algo.policy.state_dict()) == {k for k in algo.nets.state_dict() if not k.startswith("target_")}
+
+
+def test_sigmoid_q_loss_clips_targets_above_one() -> None:
+    """A reward of 1 on a row that does not end the episode gives y = 1 + γ·Q' > 1; the cross-entropy
+    against it would fall without bound as the logit grows (the MT-Opt run of benchmarks/detectors.py
+    reached a TD loss of −2·10⁶ that way). Clipped, the loss is a cross-entropy against 1."""
+    from robot_rl.algos.qtopt import q_loss
+
+    cfg = QTOptConfig()
+    logits = torch.tensor([[0.0, 5.0, 20.0]])  # (N=1, B=3)
+    above = q_loss(logits, torch.tensor([1.7, 1.7, 1.7]), cfg)
+    at_one = q_loss(logits, torch.ones(3), cfg)
+    assert torch.allclose(above, at_one)
+    assert (above >= 0).all() and above[0, 2] < above[0, 1] < above[0, 0]  # minimized as sigmoid(f) -> 1
+    below = q_loss(logits, torch.full((3,), -0.5), cfg)
+    assert torch.allclose(below, q_loss(logits, torch.zeros(3), cfg))
+    linear = dataclasses.replace(cfg, q_output="linear")
+    assert torch.allclose(q_loss(logits, torch.full((3,), 1.7), linear), 0.5 * (logits - 1.7) ** 2)  # unbounded Q: no clip

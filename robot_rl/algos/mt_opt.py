@@ -66,6 +66,7 @@ def multi_task_loss(
         "critic/td_loss": loss.detach(),
         "critic/q_data": q_from_output(out, cfg).mean().detach(),
         "critic/td_target": y.mean(),
+        "critic/target_above_1": (y > 1.0).float().mean(),
         "mt_opt/tasks_in_batch": num_tasks,
         "mt_opt/reward_rate": b.rewards.mean(),
     }

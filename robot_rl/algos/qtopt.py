@@ -188,10 +188,16 @@ def q_from_output(out: torch.Tensor, cfg: QTOptConfig) -> torch.Tensor:
 
 
 def q_loss(out: torch.Tensor, target: torch.Tensor, cfg: QTOptConfig) -> torch.Tensor:
-    """Elementwise H(y, sigmoid(f)) (binary cross-entropy on the logit) or ½·(f − y)²; target broadcasts."""
+    """Elementwise H(y, sigmoid(f)) (binary cross-entropy on the logit) or ½·(f − y)²; target broadcasts.
+
+    With the sigmoid, Q is a probability of success and y is clipped to [0, 1]: a reward of 1 on a row
+    that does not end the episode (stored rewards that stay 1 while the task stays solved) would give
+    y = 1 + γ·Q' > 1, and the cross-entropy with a target above 1 has no minimum (it falls without
+    bound as sigmoid(f) → 1). Clipped, such a row is worth 1, as if success ended the episode; the
+    losses report the share of clipped rows as ``critic/target_above_1``."""
     target = target.expand_as(out)
     if cfg.q_output == "sigmoid":
-        return F.binary_cross_entropy_with_logits(out, target, reduction="none")
+        return F.binary_cross_entropy_with_logits(out, target.clamp(0.0, 1.0), reduction="none")
     return 0.5 * (out - target).pow(2)
 
 
@@ -228,6 +234,7 @@ def critic_loss(
         "critic/td_loss": loss.detach(),
         "critic/q_data": q_from_output(out, cfg).mean().detach(),
         "critic/td_target": y.mean(),
+        "critic/target_above_1": (y > 1.0).float().mean(),
     }
 
 
