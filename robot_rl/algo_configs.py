@@ -11,6 +11,7 @@ config field:
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import yaml
 
@@ -30,7 +31,7 @@ NOTES = {
     "eta 1 or 0.1 drives the critics' action gradients apart at the cost of the TD fit (point-mass learning test: "
     "success 0.06 / 0.15 vs 0.97 at 0.001, random 0.03)",
 }
-VARIANTS = {  # config-group file -> (algorithm, overrides of its defaults, note): published settings by name
+VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {  # config-group file -> (algorithm, overrides of its defaults, note): named settings
     "gciql_ogbench": (
         "iql",
         {
