@@ -31,7 +31,8 @@ NOTES = {
     "eta 1 or 0.1 drives the critics' action gradients apart at the cost of the TD fit (point-mass learning test: "
     "success 0.06 / 0.15 vs 0.97 at 0.001, random 0.03)",
 }
-VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {  # config-group file -> (algorithm, overrides of its defaults, note): named settings
+# config-group file -> (algorithm, overrides of its defaults, note): an algorithm with named settings
+VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "gciql_ogbench": (
         "iql",
         {
