@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 from tqdm.auto import tqdm
+from zarr.codecs import BloscCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -96,6 +97,9 @@ def verify_view(
     return run.report()
 
 
+BLOSC_HEADER_BYTES = 16  # Blosc v1: version, versionlz, flags, typesize, nbytes, blocksize, cbytes
+
+
 @dataclasses.dataclass(frozen=True)
 class _Chunk:
     """One chunk of one array: its grid coordinates and the region it covers."""
@@ -117,6 +121,29 @@ def _chunks_of(path: str, arr: zarr.Array) -> list[_Chunk]:
         region = tuple(slice(c * k, min((c + 1) * k, s)) for c, k, s in zip(coords, arr.chunks, arr.shape, strict=True))
         out.append(_Chunk(path, arr, tuple(int(c) for c in coords), region))
     return out
+
+
+def _blosc_framing_error(chunk: _Chunk) -> str | None:
+    """A Blosc-compressed chunk whose stored size differs from the size its header records, or None.
+
+    Checked on the raw bytes before decoding: Blosc (v1) decompresses by the header's compressed
+    size, not the buffer's, so a truncated chunk reads past its end and may decode to anything,
+    even to the original frames from memory freed earlier in the process; such a chunk must be
+    reported, never decoded. A chunk that was never written (no bytes) is not checked."""
+    arr = chunk.array
+    if not chunk.coords or not any(isinstance(c, BloscCodec) for c in getattr(arr.metadata, "codecs", ())):
+        return None
+    key = f"{arr.path}/{arr.metadata.encode_chunk_key(chunk.coords)}"
+    buf = sync(arr.store.get(key, prototype=default_buffer_prototype()))
+    if buf is None:
+        return None
+    raw = buf.to_bytes()
+    if len(raw) < BLOSC_HEADER_BYTES:
+        return f"truncated Blosc chunk: {len(raw)} bytes, shorter than the {BLOSC_HEADER_BYTES}-byte header"
+    recorded = int.from_bytes(raw[12:16], "little")  # the header's compressed size (cbytes)
+    if recorded != len(raw):
+        return f"damaged Blosc chunk: its header records {recorded} bytes, the chunk has {len(raw)}"
+    return None
 
 
 def _chunk_label(coords: tuple[int, ...]) -> str:
@@ -270,6 +297,9 @@ class _Verification:
 
         def read(chunk: _Chunk) -> str | None:
             try:
+                framing = _blosc_framing_error(chunk)
+                if framing is not None:
+                    return framing
                 data[chunk.path][chunk.region] = chunk.array[chunk.region]
             except Exception as e:  # IcechunkError, decompression errors, ValueError, OSError, ...
                 return error_summary(e)

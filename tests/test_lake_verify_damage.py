@@ -88,6 +88,8 @@ def test_verify_lists_every_damaged_chunk_and_delete_repairs_the_branch(
     t = chunks.pop((segs[0], IMAGES, (1, 0, 0, 0)))
     m = chunks.pop((segs[1], IMAGES, (2, 0, 0, 0)))
     assert t["file"] == f"chunks/{truncated.name}" and t["episodes"] == [ids[0][1]] and t["rows"] == [6, 12]
+    # checked on the raw bytes, never decoded: Blosc would read past the end of a truncated chunk
+    assert "header records" in t["error"] and "the chunk has 200" in t["error"], t["error"]
     assert m["file"] == f"chunks/{missing.name}" and m["episodes"] == [ids[1][2]] and "not found" in m["error"]
     # the flipped bit still decodes (a changed frame: caught by the content hash) or does not
     assert all(c["episodes"] == [ids[2][0]] for c in chunks.values()) and len(chunks) <= 1
