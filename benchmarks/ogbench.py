@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.goal_reaching import CONFIG_FILE, OTHERS
 from benchmarks.report import report, with_ci
 
 # OGBench (Park et al., 2024), Table 2: success (%) at 1M updates, 8 seeds, state-based.
@@ -53,13 +54,10 @@ ENV_OF = {
     "cube-single-noisy": "cube-single",
 }
 ALPHA = {"pointmaze-medium-navigate": 0.003, "cube-single-play": 1.0, "cube-single-noisy": 0.03}  # hyperparameters.sh
-# The rest of the offline family, goal-conditioned with OGBench's goal sampling (task=ogbench, as
-# GC-IQL) and each algorithm's own defaults, the budget's MLPs and LayerNorm critics; 0/1 rewards.
-OTHERS = ("cql", "bcq", "bear", "brac", "uwac", "rem", "sac_n", "edac", "rebrac", "mopo", "morel", "combo", "dt", "tt")
+# The rest of the offline family (OTHERS, with the named config files of CONFIG_FILE, as in
+# benchmarks/goal_reaching.py), goal-conditioned with OGBench's goal sampling (task=ogbench, as
+# GC-IQL) and each algorithm's own config, the budget's MLPs and LayerNorm critics; 0/1 rewards.
 LEARNERS = ("gcbc", "gciql", "am", *OTHERS)
-# Learners whose settings come from a named config file (configs/algo/<file>.yaml) instead of the
-# algorithm's own: the Trajectory Transformer plans at a few ms per action with tt_cpu, at seconds with tt.
-CONFIG_FILE = {"tt": "tt_cpu"}
 DEFAULT_LEARNERS = ("gcbc", "gciql", "am")
 GAMMA = 0.99
 

@@ -123,6 +123,14 @@ def _chunks_of(path: str, arr: zarr.Array) -> list[_Chunk]:
     return out
 
 
+def _raw_bytes(chunk: _Chunk) -> bytes | None:
+    """The chunk's stored bytes, undecoded (None: never written)."""
+    arr = chunk.array
+    key = f"{arr.path}/{arr.metadata.encode_chunk_key(chunk.coords)}"
+    buf = sync(arr.store.get(key, prototype=default_buffer_prototype()))
+    return None if buf is None else buf.to_bytes()
+
+
 def _blosc_framing_error(chunk: _Chunk) -> str | None:
     """A Blosc-compressed chunk whose stored size differs from the size its header records, or None.
 
@@ -133,11 +141,9 @@ def _blosc_framing_error(chunk: _Chunk) -> str | None:
     arr = chunk.array
     if not chunk.coords or not any(isinstance(c, BloscCodec) for c in getattr(arr.metadata, "codecs", ())):
         return None
-    key = f"{arr.path}/{arr.metadata.encode_chunk_key(chunk.coords)}"
-    buf = sync(arr.store.get(key, prototype=default_buffer_prototype()))
-    if buf is None:
+    raw = _raw_bytes(chunk)
+    if raw is None:
         return None
-    raw = buf.to_bytes()
     if len(raw) < BLOSC_HEADER_BYTES:
         return f"truncated Blosc chunk: {len(raw)} bytes, shorter than the {BLOSC_HEADER_BYTES}-byte header"
     recorded = int.from_bytes(raw[12:16], "little")  # the header's compressed size (cbytes)
@@ -351,12 +357,9 @@ class _ChunkFiles:
         if self.dir is None or not chunk.coords:
             return None
         try:
-            arr = chunk.array
-            key = f"{arr.path}/{arr.metadata.encode_chunk_key(chunk.coords)}"
-            buf = sync(arr.store.get(key, prototype=default_buffer_prototype()))
-            if buf is None:
+            raw = _raw_bytes(chunk)
+            if raw is None:
                 return None
-            raw = buf.to_bytes()
             if self._by_size is None:
                 index: dict[int, list[str]] = {}
                 with os.scandir(self.dir) as it:

@@ -13,6 +13,7 @@ import torch
 from data_lake import Lake
 from data_lake.batch import Observation
 from data_lake.sequences import SequenceBatch
+from robot_rl.algo_configs import VARIANTS
 from robot_rl.algos.tt import TT, Discretizer, TTConfig, TTModel, TTPolicy, beam_plan
 from robot_rl.nets import EncoderConfig, ObservationSpec
 from tests.test_algos_learning import MARGIN, episode, evaluate, random_success, train_on_windows
@@ -193,7 +194,7 @@ def test_tt_learns_to_reach_from_states() -> None:
     """The point mass of ``test_algos_learning`` (half expert, half random episodes; reward 1 on reaching).
 
     Success 0.70 / 0.60 / 0.70 vs random 0.03 (seeds 0, 1, 2) after 1,500 updates, about 20 s on one
-    loaded core. The settings are ``configs/algo/tt_cpu.yaml``'s planner (K = 1, H = 1, E = 4 of the
+    loaded core. The settings are ``algo=tt_cpu``'s (with 20 bins and γ = 0.9) (K = 1, H = 1, E = 4 of the
     top 8 first-action bins): the planner picks, among 4 sampled actions, the one whose predicted
     r̂ + γ·R̂ is highest. Taking the model's likeliest tokens instead (B = E = k = 1) reaches 0.53, and
     H = 2 (B = 8) 0.31 (seed 0): at this size the sampled next-observation tokens add more noise than
@@ -201,20 +202,8 @@ def test_tt_learns_to_reach_from_states() -> None:
     """
     lake = Lake.create(f"memory://{uuid.uuid4().hex}")
     lake.append([episode(s, "expert" if s % 2 else "random", images=False) for s in range(800)])
-    cfg = TTConfig(
-        sequence_length=1,
-        bins=20,
-        embed_dim=64,
-        layers=2,
-        heads=2,
-        actor_lr=1e-3,
-        gamma=0.9,
-        beam_width=4,
-        horizon=1,
-        expansion=4,
-        top_k=8,
-        seed=0,
-    )
+    _, tt_cpu, _ = VARIANTS["tt_cpu"]
+    cfg = TTConfig(**{**tt_cpu, "bins": 20, "gamma": 0.9, "seed": 0})  # the point mass's γ; 20 bins
     algo, metrics, elapsed = train_on_windows(lake, "tt", cfg, 1500)
     policy = algo.policy
     policy.reset_context(200)
