@@ -81,7 +81,9 @@ def test_each_task_resets_to_its_evaluation_goal(env_name: str, monkeypatch: pyt
         np.testing.assert_array_equal(obs["state"], ob.astype(np.float32))
         np.testing.assert_array_equal(obs["desired_goal"], env.scene_goal().astype(np.float32))
         if cube:  # the arm part of OGBench's goal depends on its unseeded settling actions
-            np.testing.assert_array_equal(env.scene_goal()[CUBE_GOAL_CUBE], info["goal"][CUBE_GOAL_CUBE])
+            # the settled cube pose can differ in the last bit between two MuJoCo runs (seen in CI)
+            cube_goal = info["goal"][CUBE_GOAL_CUBE]
+            np.testing.assert_allclose(env.scene_goal()[CUBE_GOAL_CUBE], cube_goal, rtol=0, atol=1e-12)
         else:
             np.testing.assert_array_equal(env.scene_goal(), info["goal"])
     # the task's own env (built with its task_id) resets to that task without options
@@ -94,7 +96,7 @@ def test_each_task_resets_to_its_evaluation_goal(env_name: str, monkeypatch: pyt
         monkeypatch.setattr(gym.spaces.Box, "sample", lambda self, mask=None: np.full(self.shape, 0.3, self.dtype))
         env.reset(seed=3, options={"task_id": 2})
         _, info = raw.reset(seed=3, options={"task_id": 2})
-        np.testing.assert_array_equal(env.scene_goal(), info["goal"])
+        np.testing.assert_allclose(env.scene_goal(), info["goal"], rtol=0, atol=1e-12)
     env.close()
 
 
