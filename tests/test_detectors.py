@@ -300,3 +300,113 @@ def test_labels_from_a_detector_carry_provenance_and_guide_annotation(
     assert "trained on 16x16 'front' images" in err and "8x8" in err and err.count("\n") == 1
     assert main(["lake", "label", "--lake", uri, "--task", OTHER, "--detector", str(ckpt)]) == 2
     assert "calls 'synthetic/stack'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ ensembles, self-training, smoothing
+def test_an_ensemble_averages_its_members_and_round_trips(lake: str, tmp_path: Path) -> None:
+    from robot_rl.detectors.success import DetectorEnsemble
+
+    det = train_detector(lake, "main", TASK, dataclasses.replace(FAST, steps=40, ensemble=3))
+    assert isinstance(det.net, DetectorEnsemble) and len(det.net.members) == 3
+    images = _frames(np.random.default_rng(3), 8, WHITE)
+    x = torch.as_tensor(images)
+    with torch.no_grad():
+        members = torch.stack([torch.sigmoid(m(x)) for m in det.net.members]).double().numpy()  # (3, 8)
+    assert not np.allclose(members[0], members[1])  # different seeds: different members
+    np.testing.assert_allclose(det.predict_proba(images), members.mean(0), rtol=1e-5, atol=1e-6)
+    loaded = SuccessDetector.load(det.save(tmp_path / "ens"))
+    np.testing.assert_array_equal(loaded.predict_proba(images), det.predict_proba(images))
+    assert loaded.detector_id == det.detector_id
+    with pytest.raises(DetectorError, match="ensemble"):
+        dataclasses.replace(FAST, ensemble=0)
+
+
+def test_self_training_pseudo_labels_only_unlabeled_frames(lake: str) -> None:
+    """Half of the task's successes are given as unlabeled: their outcomes are not read, their frames join the
+    pool with the unlabeled middle frames of the training episodes; the square frames become pseudo-positives."""
+    view = Lake.open(lake).checkout()
+    wins = [r.episode_id for r in view.episodes(TASK) if r.success]
+    fails = [r.episode_id for r in view.episodes(TASK) if not r.success]
+    others = [r.episode_id for r in view.episodes(OTHER)]
+    cfg = dataclasses.replace(FAST, self_training_rounds=2, pseudo_positive=0.8, pseudo_negative=0.2)
+    det = train_detector(lake, "main", TASK, cfg, episodes=wins[:5] + fails + others, unlabeled=wins[5:])
+    counts, train = det.info["counts"], set(det.split["train"])
+    assert not set(wins[5:]) & (train | set(det.split["heldout"]))  # unlabeled: neither trained as labeled nor held out
+    # pool: every frame of the 5 unlabeled episodes; T - 6 middle frames of each of the task's training episodes
+    # (3 early, 3 last labeled), T - 3 of each other-task success (its last 3 frames are negatives)
+    expected = 5 * T + sum(T - 6 if e in wins or e in fails else T - 3 for e in train)
+    assert [r["pool"] for r in counts["self_training"]] == [expected, expected]
+    for r in counts["self_training"]:
+        # the square shows in the last 3 frames of each unlabeled success, nowhere else in the pool
+        assert 12 <= r["positives"] <= 15 and r["negatives"] >= 0.9 * (expected - 15), r
+    rng = np.random.default_rng(9)
+    assert det.predict_proba(_frames(rng, 10, WHITE)).min() > 0.5 > det.predict_proba(_frames(rng, 10, BLUE)).max()
+    with pytest.raises(DetectorError, match="either labeled or unlabeled"):
+        train_detector(lake, "main", TASK, cfg, episodes=wins + fails, unlabeled=wins[:1])
+    with pytest.raises(DetectorError, match="unlabeled=.*not in this snapshot"):
+        train_detector(lake, "main", TASK, cfg, unlabeled=["f" * 64])
+    # with no episode list, the pool also takes every episode without a labeled frame (NEVER's failures)
+    one = dataclasses.replace(cfg, steps=1, self_training_rounds=1)
+    det = train_detector(lake, "main", TASK, one)
+    outcome = {r.episode_id: (r.task, r.success) for r in view.episodes()}
+    pool = 3 * T + sum(T - 6 if outcome[e][0] == TASK else T - 3 for e in det.split["train"])
+    assert det.info["counts"]["self_training"][0]["pool"] == pool
+    with pytest.raises(DetectorError, match="pseudo-label thresholds"):
+        dataclasses.replace(FAST, pseudo_positive=0.4)
+
+
+def test_median_window_smooths_within_each_episode(trained: SuccessDetector) -> None:
+    from robot_rl.detectors.success import median_filter
+
+    np.testing.assert_array_equal(median_filter(np.array([0.0, 1.0, 0.0, 0.0, 1.0, 1.0]), 3), [0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(median_filter(np.array([0.2, 0.9]), 1), [0.2, 0.9])
+    rng = np.random.default_rng(4)
+    parts = [_frames(rng, 4, None), _frames(rng, 1, WHITE), _frames(rng, 1, None), _frames(rng, 2, WHITE)]
+    images = np.concatenate(parts)  # (8, 16, 16, 3): the square in frames 4, 6 and 7
+    p = trained.predict_proba(images)
+    np.testing.assert_array_equal(trained.predict_episodes(images), p)  # median_window 1: frame by frame
+    smooth = SuccessDetector(
+        trained.net, dataclasses.replace(trained.cfg, median_window=3), task=TASK, camera="front",
+        image_size=(16, 16), threshold=0.5, metrics={}, calibration={}, info={},
+    )  # fmt: skip
+    one = smooth.predict_episodes(images)  # one episode: the lone square frame 4 is outvoted by its neighbours
+    assert one[4] < 0.5 < p[4]
+    two = smooth.predict_episodes(images, [5, 8])  # two episodes: frame 4 ends the first, its window is (3, 4, 4)
+    np.testing.assert_allclose(two[:5], median_filter(p[:5], 3))
+    np.testing.assert_allclose(two[5:], median_filter(p[5:], 3))
+    assert two[4] > 0.5
+    with pytest.raises(DetectorError, match="episode_ends must end"):
+        smooth.predict_episodes(images, [5, 7])
+    with pytest.raises(DetectorError, match="median_window"):
+        dataclasses.replace(FAST, median_window=2)
+
+
+def test_labels_are_the_smoothed_calls_and_record_the_window(
+    lake: str, trained: SuccessDetector, tmp_path: Path
+) -> None:
+    import shutil
+
+    from robot_rl.detectors.label import label_with_detector
+    from robot_rl.detectors.success import median_filter
+
+    uri = str(tmp_path / "lake")
+    shutil.copytree(lake, uri)
+    smooth = SuccessDetector(
+        trained.net, dataclasses.replace(trained.cfg, median_window=5), task=TASK, camera="front",
+        image_size=(16, 16), threshold=0.5, metrics={}, calibration={}, info={},
+    )  # fmt: skip
+    label_with_detector(Lake.open(uri), smooth, source="smooth")
+    view = Lake.open(uri).checkout()
+    (entry,) = [d for d in view.label_sets() if d["source"] == "smooth"]
+    assert entry["provenance"]["median_window"] == 5
+    for name in view.segment_names():
+        seg = view.read_segment(name)
+        images = seg.steps["images/front"]
+        want = smooth.predict_episodes(images, seg.episode_ends) >= 0.5
+        np.testing.assert_array_equal(seg.labels[f"{TASK}@smooth"], want)
+        # no window reaches across an episode boundary: each episode's labels are its own frames' median
+        start = 0
+        for end in seg.episode_ends:
+            p = trained.predict_proba(images[start:end])
+            np.testing.assert_array_equal(want[start:end], median_filter(p, 5) >= 0.5)
+            start = int(end)

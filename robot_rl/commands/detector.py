@@ -56,14 +56,17 @@ def run_train_command(overrides: list[str]) -> int:
 
     c: dict[str, Any] = compose("detector", overrides)
     task, out, episodes, labels_file = c.pop("task"), c.pop("out"), c.pop("episodes"), c.pop("labels")
+    unlabeled = c.pop("unlabeled")
     lake = from_dict(LakeConfig, c.pop("lake"))
     cfg = from_dict(DetectorConfig, c)
     user_labels = _read_labels(labels_file, DetectorError) if labels_file else None
-    if isinstance(episodes, str):
-        episodes = [episodes]
+    episodes = [episodes] if isinstance(episodes, str) else episodes
+    unlabeled = [unlabeled] if isinstance(unlabeled, str) else unlabeled
 
     t0 = time.perf_counter()
-    det = train_detector(lake.uri, lake.ref, str(task), cfg, user_labels=user_labels, episodes=episodes)
+    det = train_detector(
+        lake.uri, lake.ref, str(task), cfg, user_labels=user_labels, episodes=episodes, unlabeled=unlabeled
+    )
     seconds = time.perf_counter() - t0
     out_dir = (
         Path(out) if out else Path("runs/detectors") / f"{str(task).replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -87,6 +90,11 @@ def run_train_command(overrides: list[str]) -> int:
         f"  threshold {det.threshold:.3f}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
         f"F1 {m['f1']:.3f}  accuracy {m['accuracy']:.3f}  (tp {m['tp']} fp {m['fp']} tn {m['tn']} fn {m['fn']})"
     )
+    for r, st in enumerate(n["self_training"], start=1):
+        print(
+            f"  self-training round {r}: {st['pool']} unlabeled frames -> {st['positives']} pseudo-positives, "
+            f"{st['negatives']} pseudo-negatives"
+        )
     print(f"  calibration: ECE {det.calibration['ece']:.3f}")
     print(f"\nsaved: {out_dir}  report: {png}")
     return 0

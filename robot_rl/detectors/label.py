@@ -1,11 +1,13 @@
 """A success detector over a lake: versioned labels with provenance, and the frames to label by hand next.
 
 ``label_with_detector`` runs a :class:`~robot_rl.detectors.success.SuccessDetector` over every stored
-frame of its camera and writes the label set (task, source) in one commit (``Lake.label``): the label
-``p >= threshold`` and its confidence ``max(p, 1 − p)`` per step, and as provenance the detector id,
-threshold, camera, checkpoint and the snapshot it was trained on. The source defaults to the detector
-id, so labels of several detectors coexist; give one source name (``source=learned``) to several
-tasks' detectors when a run should read them together (MT-Opt's ``relabel.label_source``).
+frame of its camera (``predict_episodes``: each frame's p is the median over the detector's
+``median_window`` frames of its episode) and writes the label set (task, source) in one commit
+(``Lake.label``): the label ``p >= threshold`` and its confidence ``max(p, 1 − p)`` per step, and as
+provenance the detector id, threshold, median window, camera, checkpoint and the snapshot it was
+trained on. The source defaults to the detector id, so labels of several detectors coexist; give one
+source name (``source=learned``) to several tasks' detectors when a run should read them together
+(MT-Opt's ``relabel.label_source``).
 
 ``uncertain_frames`` ranks frames by the detector's margin ``|p − threshold|``, lowest first: the
 frames where a human label changes the most (``robot-rl lake annotate --suggest``).
@@ -72,12 +74,13 @@ def label_with_detector(
     check_camera(lake.checkout(branch).schema, det, uri)  # before any segment is read
 
     def detect(seg: SegmentData) -> tuple[np.ndarray, np.ndarray]:
-        p = det.predict_proba(_images(seg, det, uri))  # (T,)
+        p = det.predict_episodes(_images(seg, det, uri), seg.episode_ends)  # (T,), median_window per episode
         return p >= det.threshold, np.maximum(p, 1.0 - p).astype(np.float32)
 
     provenance: dict[str, Any] = {
         "detector_id": det.detector_id,
         "threshold": det.threshold,
+        "median_window": det.cfg.median_window,
         "camera": det.camera,
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "trained_on": det.info.get("lake", {}),
@@ -107,7 +110,7 @@ def uncertain_frames(lake: Lake, ref: str, det: SuccessDetector, n: int) -> list
     k = 0
     for name in view.segment_names():
         seg = view.read_segment(name, [f"images/{det.camera}"])
-        p = det.predict_proba(_images(seg, det, uri))  # (T,)
+        p = det.predict_episodes(_images(seg, det, uri), seg.episode_ends)  # (T,): what the labels would say
         margin = np.abs(p - det.threshold)
         start = 0
         for i, end in enumerate(seg.episode_ends):

@@ -107,6 +107,13 @@ class DetectorConfig:
     augment_pad: int = 4  # DrQ random shift in pixels; 0 disables
     encoder: EncoderConfig = dataclasses.field(default_factory=_small_encoder)  # the shared conv trunk
     hidden: tuple[int, ...] = (64,)  # MLP head widths between the trunk and the logit
+    ensemble: int = 1  # networks trained from seeds seed, seed+1, ...; the detector averages their probabilities
+    self_training_rounds: int = 0  # rounds of pseudo-labeling the unlabeled frames and retraining from scratch
+    pseudo_positive: float = 0.95  # self-training: an unlabeled frame with p >= this is a positive
+    pseudo_negative: float = 0.05  # self-training: an unlabeled frame with p <= this is a negative
+    self_training_steps: int | None = None  # gradient steps of each retraining round (None: steps)
+    max_pseudo_frames: int = 200_000  # unlabeled frames scored per round (a seeded subsample beyond this)
+    median_window: int = 1  # labeling an episode: p is the median over this many frames around each (odd; 1: off)
     seed: int = 0  # the split, the initialization, the batches and the shifts
     device: str = "cpu"  # cpu | cuda | cuda:N
     progress: bool = True  # a tqdm bar while training
@@ -132,6 +139,20 @@ class DetectorConfig:
             raise DetectorError(f"augment_pad must be >= 0, got {self.augment_pad}")
         if any(h < 1 for h in self.hidden):
             raise DetectorError(f"hidden widths must be >= 1, got {self.hidden}")
+        if self.ensemble < 1 or self.self_training_rounds < 0 or self.max_pseudo_frames < 1:
+            raise DetectorError(
+                f"ensemble and max_pseudo_frames must be >= 1 and self_training_rounds >= 0, got {self.ensemble}, "
+                f"{self.max_pseudo_frames} and {self.self_training_rounds}"
+            )
+        if not 0.0 < self.pseudo_negative < 0.5 < self.pseudo_positive < 1.0:
+            raise DetectorError(
+                "pseudo-label thresholds need 0 < pseudo_negative < 0.5 < pseudo_positive < 1, got "
+                f"{self.pseudo_negative} and {self.pseudo_positive}"
+            )
+        if self.self_training_steps is not None and self.self_training_steps < 1:
+            raise DetectorError(f"self_training_steps must be >= 1 or None, got {self.self_training_steps}")
+        if self.median_window < 1 or self.median_window % 2 == 0:
+            raise DetectorError(f"median_window must be an odd number >= 1, got {self.median_window}")
         if self.encoder.trunk != "conv":
             raise DetectorError(f"a detector uses the conv trunk (encoder.trunk='conv'), got {self.encoder.trunk!r}")
         try:
@@ -159,6 +180,45 @@ class DetectorNet(nn.Module):
         return self.head(self.trunk(x)).squeeze(-1)  # (B,)
 
 
+class DetectorEnsemble(nn.Module):
+    """Members' logits -> the logit of their mean probability, logit(1/M Σ_m σ(f_m(x)))."""
+
+    def __init__(self, members: Sequence[DetectorNet]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([torch.sigmoid(m(images)) for m in self.members]).mean(0)  # (B,)
+        return torch.logit(p, eps=1e-6)  # (B,)
+
+
+def build_net(image_size: tuple[int, int], cfg: DetectorConfig) -> nn.Module:
+    """One DetectorNet, or a DetectorEnsemble of ``cfg.ensemble`` of them."""
+    if cfg.ensemble == 1:
+        return DetectorNet(image_size, cfg)
+    return DetectorEnsemble([DetectorNet(image_size, cfg) for _ in range(cfg.ensemble)])
+
+
+def median_filter(p: np.ndarray, window: int) -> np.ndarray:
+    """The running median of ``p`` over ``window`` frames (odd), the ends padded with the edge values."""
+    if window == 1 or len(p) == 0:
+        return p
+    h = window // 2
+    padded = np.pad(p, h, mode="edge")  # (T + 2h,)
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)  # (T,)
+
+
+def _proba(net: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """uint8 images (N, H, W, C) -> sigmoid(net(x)) float64 (N,), in batches, without gradients."""
+    device = next(net.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = torch.as_tensor(images[i : i + batch_size], device=device)
+            out.append(torch.sigmoid(net(x)).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float64)
+
+
 @dataclasses.dataclass
 class HeldOut:
     """The held-out frames of one training run (what the report draws)."""
@@ -175,7 +235,7 @@ class SuccessDetector:
 
     def __init__(
         self,
-        net: DetectorNet,
+        net: nn.Module,
         cfg: DetectorConfig,
         *,
         task: str,
@@ -216,17 +276,27 @@ class SuccessDetector:
                 f"detector {self.detector_id} was trained on {self.image_size[0]}x{self.image_size[1]} images of "
                 f"camera {self.camera!r}, got {images.shape[1]}x{images.shape[2]}; resize them first"
             )
-        device = next(self.net.parameters()).device
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                x = torch.as_tensor(images[i : i + batch_size], device=device)
-                out.append(torch.sigmoid(self.net(x)).double().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0, np.float64)
+        return _proba(self.net, images, batch_size)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Success calls (N,) bool at the held-out threshold."""
         return self.predict_proba(images) >= self.threshold
+
+    def predict_episodes(
+        self, images: np.ndarray, episode_ends: Sequence[int] | np.ndarray | None = None
+    ) -> np.ndarray:
+        """Success probabilities (N,) of whole episodes stored back to back (``episode_ends``: the end index
+        of each; None: one episode), each frame's the median over ``median_window`` frames of its episode.
+        This is what ``lake label --detector`` writes; with ``median_window`` 1 it is ``predict_proba``."""
+        p = self.predict_proba(images)  # (N,)
+        ends = [len(p)] if episode_ends is None else [int(e) for e in episode_ends]
+        if ends and ends[-1] != len(p):
+            raise DetectorError(f"episode_ends must end at the number of images ({len(p)}), got {ends[-1]}")
+        out, start = np.empty_like(p), 0
+        for end in ends:
+            out[start:end] = median_filter(p[start:end], self.cfg.median_window)
+            start = end
+        return out
 
     # ------------------------------------------------------------ files
     def to_json(self) -> dict[str, Any]:
@@ -261,7 +331,7 @@ class SuccessDetector:
         try:
             cfg = from_dict(DetectorConfig, {**meta["config"], "device": device})
             size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
-            net = DetectorNet(size, cfg)
+            net = build_net(size, cfg)
             net.load_state_dict(tensors)
         except (KeyError, ValueError, RuntimeError) as e:
             raise DetectorError(f"{d} does not fit this version's detector: {e}") from None
@@ -574,6 +644,86 @@ def _train(net: DetectorNet, train: _Frames, cfg: DetectorConfig, where: str) ->
     return losses
 
 
+def _fit(
+    frames: _Frames, size: tuple[int, int], cfg: DetectorConfig, where: str, steps: int
+) -> tuple[nn.Module, list[float]]:
+    """``cfg.ensemble`` networks trained from scratch on ``frames`` (member m from seed ``cfg.seed + m``)
+    -> (the network or ensemble, the mean loss over members per step)."""
+    members, losses = [], []
+    for m in range(cfg.ensemble):
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + m, steps=steps)
+        torch.manual_seed(member_cfg.seed)
+        net = DetectorNet(size, cfg).to(cfg.device)
+        losses.append(
+            _train(net, frames, member_cfg, where if cfg.ensemble == 1 else f"{where} [{m + 1}/{cfg.ensemble}]")
+        )
+        members.append(net)
+    mean_losses = np.mean(np.asarray(losses), axis=0).tolist()
+    return (members[0] if cfg.ensemble == 1 else DetectorEnsemble(members).eval()), mean_losses
+
+
+def _unlabeled_frames(
+    view: Any,
+    records: dict[str, Any],
+    labels: dict[str, dict[int, bool]],
+    ids: Sequence[str],
+    camera: str,
+    cfg: DetectorConfig,
+) -> np.ndarray:
+    """The frames of episodes ``ids`` that carry no label (uint8 (N, H, W, 3)): at most ``max_pseudo_frames``,
+    a seeded subsample beyond that, read one segment at a time."""
+    candidates = [
+        (eid, np.asarray([t for t in range(records[eid].length) if t not in labels.get(eid, {})], np.int64))
+        for eid in ids
+    ]
+    total = sum(len(steps) for _, steps in candidates)
+    if total > cfg.max_pseudo_frames:  # keep a seeded subsample of the (episode, step) pairs
+        keep = np.zeros(total, bool)
+        keep[np.random.default_rng(cfg.seed).choice(total, cfg.max_pseudo_frames, replace=False)] = True
+        offsets = np.cumsum([0] + [len(steps) for _, steps in candidates])
+        candidates = [(eid, steps[keep[offsets[i] : offsets[i + 1]]]) for i, (eid, steps) in enumerate(candidates)]
+    by_segment: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for eid, steps in candidates:
+        if len(steps):
+            by_segment.setdefault(records[eid].segment, []).append((eid, steps))
+    key, images = f"images/{camera}", []
+    for seg, items in sorted(by_segment.items()):
+        data = view.read_segment(seg, fields=[key])
+        images += [data.steps[key][records[eid].start + steps] for eid, steps in items]
+        del data
+    return np.concatenate(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def _self_train(
+    net: nn.Module,
+    train: _Frames,
+    pool: np.ndarray,
+    size: tuple[int, int],
+    cfg: DetectorConfig,
+    where: str,
+) -> tuple[nn.Module, list[float], list[dict[str, int]]]:
+    """Self-training: each round scores the unlabeled frames ``pool`` with the current detector, takes
+    p >= pseudo_positive as positives and p <= pseudo_negative as negatives, and trains a new detector
+    from scratch on the labeled frames plus these -> (detector, losses, pseudo-label counts per round)."""
+    losses: list[float] = []
+    rounds: list[dict[str, int]] = []
+    if len(pool) == 0:  # nothing to pseudo-label: the first detector stands
+        return net, losses, rounds
+    for r in range(cfg.self_training_rounds):
+        p = _proba(net, pool)  # (N,)
+        pos, neg = p >= cfg.pseudo_positive, p <= cfg.pseudo_negative
+        sel = pos | neg
+        frames = _Frames(
+            np.concatenate([train.images, pool[sel]]),
+            np.concatenate([train.labels, pos[sel]]),
+            train.episode_ids,
+            train.steps,
+        )
+        net, losses = _fit(frames, size, cfg, f"{where} round {r + 1}", cfg.self_training_steps or cfg.steps)
+        rounds.append({"pool": len(p), "positives": int(pos.sum()), "negatives": int(neg.sum())})
+    return net, losses, rounds
+
+
 def train_detector(
     lake_uri: str,
     ref: str,
@@ -581,13 +731,17 @@ def train_detector(
     cfg: DetectorConfig,
     user_labels: Sequence[tuple[str, int, bool]] | None = None,
     episodes: Sequence[str] | None = None,
+    unlabeled: Sequence[str] | None = None,
 ) -> SuccessDetector:
     """Train a success detector for ``task`` on snapshot ``ref`` of the lake at ``lake_uri``.
 
     ``user_labels``: ``(episode_id, step, success)`` frames labeled by hand (success -> positive, else
     negative; they override the automatic labels). ``episodes``: only these episodes (to train with N
-    labeled episodes; other tasks' listed successes are negatives, unlisted episodes are left out). The
-    returned detector carries ``heldout`` (:class:`HeldOut`) for the report.
+    labeled episodes; other tasks' listed successes are negatives, unlisted episodes are left out).
+    ``unlabeled``: episodes whose frames self-training may pseudo-label (their recorded outcomes are not
+    read); None: with ``episodes`` given none, else every episode of the snapshot that has no labeled
+    frame. The unlabeled frames of the training split's episodes are always in the pool; held-out
+    episodes never are. The returned detector carries ``heldout`` (:class:`HeldOut`) for the report.
     """
     view = _lake_view(lake_uri, ref)
     where = f"lake {lake_uri} at {ref}"
@@ -598,10 +752,30 @@ def train_detector(
     held = _read_frames(view, records, labels, held_ids, camera)
     if not train.labels.any() or train.labels.all():
         raise DetectorError(f"{where}: the training split of {task!r} needs positive and negative frames")
+    if unlabeled is not None:
+        bad = sorted(set(unlabeled) - set(records))
+        if bad:
+            raise DetectorError(f"{where}: unlabeled={bad[:3]} ({len(bad)} in all) are not in this snapshot")
+        labeled = sorted(set(unlabeled) & (set(episodes) if episodes is not None else set(labels)))
+        if labeled:
+            raise DetectorError(
+                f"{where}: unlabeled episodes {labeled[:3]} ({len(labeled)} in all) are also labeled episodes; "
+                "an episode is either labeled or unlabeled"
+            )
 
-    torch.manual_seed(cfg.seed)
-    net = DetectorNet(size, cfg).to(cfg.device)
-    losses = _train(net, train, cfg, task)
+    net, losses = _fit(train, size, cfg, task, cfg.steps)
+    rounds: list[dict[str, int]] = []
+    if cfg.self_training_rounds:
+        extra = (
+            list(unlabeled)
+            if unlabeled is not None
+            else []
+            if episodes is not None
+            else sorted(set(records) - set(labels))
+        )
+        pool = _unlabeled_frames(view, records, labels, [*train_ids, *extra], camera, cfg)
+        net, st_losses, rounds = _self_train(net, train, pool, size, cfg, task)
+        losses = st_losses or losses
     detector = SuccessDetector(
         net, cfg, task=task, camera=camera, image_size=size, threshold=0.5, metrics={}, calibration={}, info={}
     )
@@ -615,6 +789,7 @@ def train_detector(
         "heldout_frames": len(held.labels),
         "heldout_positives": int(held.labels.sum()),
         "user_labels": len(user_labels or ()),
+        "self_training": rounds,  # per round: unlabeled frames scored, pseudo-positives, pseudo-negatives
     }
     detector.threshold = threshold
     detector.metrics = {
