@@ -10,53 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_lake.batch import TASK, Batch, Observation
+from data_lake.batch import TASK
 from robot_rl.algos import ALGOS, CEMConfig, MTOptConfig
 from robot_rl.algos.base import Encoded, encode
 from robot_rl.algos.mt_opt import multi_task_loss
 from robot_rl.algos.qtopt import td_target
 from robot_rl.nets import ObservationSpec
-
-A = 2
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from tests.test_qtopt import A, TableCritic, gen, make_batch
 
 
-class FlatCritic(nn.Module):
-    """Raw outputs f_i(s_b, ·) = values[i][b] for every action; records the actions it scores."""
-
-    def __init__(self, values: list[list[float]]):
-        super().__init__()
-        self.values = nn.Parameter(torch.tensor(values))  # (N, B)
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, features: torch.Tensor, actions: torch.Tensor, members: int | None = None) -> torch.Tensor:
-        return self.values[:members]  # (N, B)
-
-    def q_values(self, features: torch.Tensor, actions: torch.Tensor, members: int | None = None) -> torch.Tensor:
-        self.seen.append(actions.detach().clone())
-        return self.values.unsqueeze(-1).expand(-1, -1, actions.shape[1])[:members]  # (N, B, M)
-
-
-def make_batch(task_ids: list[int], rewards: list[float], seed: int = 5, state_dim: int = 3) -> Encoded:
-    B = len(task_ids)
-    g = gen(seed)
-    obs = Observation({}, torch.randn(B, state_dim, generator=g))
-    next_obs = Observation({}, torch.randn(B, state_dim, generator=g))
-    batch = Batch(
-        observations=obs,
-        actions=torch.rand(B, A, generator=g) * 2 - 1,
-        rewards=torch.tensor(rewards),
-        terminals=torch.tensor(rewards),
-        next_observations=next_obs,
-        goals=None,
-        task_ids=torch.tensor(task_ids),
-        mc_returns=torch.zeros(B),
-        goal_source=torch.full((B,), TASK),
-    )
-    return Encoded(batch, obs.state, next_obs.state)
+def batch(task_ids: list[int], rewards: list[float], seed: int = 5) -> Encoded:
+    """Task rows without goals, succeeding where ``rewards`` is 1 (terminal there)."""
+    return make_batch(rewards, rewards, [TASK] * len(rewards), task_ids, seed=seed, goal_dim=0)
 
 
 ONLINE = [[0.5, -1.0, 2.0, 0.0], [1.5, 0.0, -2.0, 1.0]]
@@ -66,15 +31,15 @@ TARGET = [[3.0, 1.0, 2.0, -1.0], [0.0, 2.0, 1.0, 0.5]]
 @pytest.mark.parametrize("balanced", [False, True])
 def test_negative_actions_add_the_weighted_push_to_zero(balanced: bool) -> None:
     """L = L_Q + α_neg·Σ_i Σ_b w_b·mean_j H(0, σ(f_i(s_b, ã_bj))); negatives scored with the data action."""
-    enc = make_batch([0, 0, 0, 1], [1.0, 0.0, 0.0, 0.0])
+    enc = batch([0, 0, 0, 1], [1.0, 0.0, 0.0, 0.0])
     off = MTOptConfig(gamma=0.9, task_balanced_loss=balanced)
     on = MTOptConfig(gamma=0.9, task_balanced_loss=balanced, negative_actions=3, negative_weight=2.0)
     plain, _ = multi_task_loss(
-        enc, nn.ModuleDict({"critic": FlatCritic(ONLINE), "target_critic": FlatCritic(TARGET)}), off, gen()
+        enc, nn.ModuleDict({"critic": TableCritic(ONLINE), "target_critic": TableCritic(TARGET)}), off, gen()
     )
-    critic = FlatCritic(ONLINE)
+    critic = TableCritic(ONLINE)
     loss, metrics = multi_task_loss(
-        enc, nn.ModuleDict({"critic": critic, "target_critic": FlatCritic(TARGET)}), on, gen()
+        enc, nn.ModuleDict({"critic": critic, "target_critic": TableCritic(TARGET)}), on, gen()
     )
     w = torch.tensor([1 / 6, 1 / 6, 1 / 6, 1 / 2]) if balanced else torch.full((4,), 0.25)
     want_neg = (F.softplus(torch.tensor(ONLINE)) * w).sum()  # H(0, σ(f)) = softplus(f); f flat in the action
@@ -88,17 +53,17 @@ def test_negative_actions_add_the_weighted_push_to_zero(balanced: bool) -> None:
 
 
 def test_negative_actions_off_is_the_plain_loss_and_scores_no_negatives() -> None:
-    enc = make_batch([0, 1, 0, 1], [1.0, 0.0, 0.0, 1.0])
+    enc = batch([0, 1, 0, 1], [1.0, 0.0, 0.0, 1.0])
     cfg = MTOptConfig(gamma=0.9)
-    critic = FlatCritic(ONLINE)
+    critic = TableCritic(ONLINE)
     loss, metrics = multi_task_loss(
-        enc, nn.ModuleDict({"critic": critic, "target_critic": FlatCritic(TARGET)}), cfg, gen()
+        enc, nn.ModuleDict({"critic": critic, "target_critic": TableCritic(TARGET)}), cfg, gen()
     )
-    y = td_target(enc, nn.ModuleDict({"critic": FlatCritic(ONLINE), "target_critic": FlatCritic(TARGET)}), cfg, gen())
+    y = td_target(enc, nn.ModuleDict({"critic": TableCritic(ONLINE), "target_critic": TableCritic(TARGET)}), cfg, gen())
     want = sum(F.binary_cross_entropy_with_logits(torch.tensor(row), y) for row in ONLINE)
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
     assert "mt_opt/negative_loss" not in metrics
-    assert all(a.shape[1] == 1 for a in critic.seen), "only the CEM target scores actions, none is a negative"
+    assert all(a.dim() == 2 or a.shape[1] == 1 for a in critic.seen), "the data actions only, no negatives"
 
 
 @pytest.mark.parametrize("bad", [{"negative_actions": -1}, {"negative_weight": -0.5}, {"negative_min_distance": 1.0}])
@@ -121,7 +86,7 @@ def test_negative_actions_rank_the_data_actions_above_the_rest_of_the_box(one_th
     anywhere; with them Q of the data actions stays high while Q of other actions is pushed toward 0."""
     torch.manual_seed(0)
     spec = ObservationSpec(action_dim=A, state_dim=3, num_tasks=2)
-    enc = make_batch([0, 1] * 8, [1.0] * 16, seed=3)
+    enc = batch([0, 1] * 8, [1.0] * 16, seed=3)
     probe = torch.rand(16, 32, A, generator=gen(7)) * 2 - 1  # (B, 32, A) other actions of the same states
     q = {}
     for j in (0, 4):

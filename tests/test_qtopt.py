@@ -95,18 +95,25 @@ class TableCritic(nn.Module):
 
 
 def make_batch(
-    rewards: list[float], terminals: list[float], sources: list[int], task_ids: list[int] | None = None
+    rewards: list[float],
+    terminals: list[float],
+    sources: list[int],
+    task_ids: list[int] | None = None,
+    seed: int = 5,
+    goal_dim: int = 2,
 ) -> Encoded:
+    """Rows with random states (B, 3), actions and (``goal_dim`` > 0) goals; features = the states."""
     B = len(rewards)
-    g = gen(5)
+    g = gen(seed)
     obs, next_obs = Observation({}, torch.randn(B, 3, generator=g)), Observation({}, torch.randn(B, 3, generator=g))
+    actions = torch.rand(B, A, generator=g) * 2 - 1
     batch = Batch(
         observations=obs,
-        actions=torch.rand(B, A, generator=g) * 2 - 1,
+        actions=actions,
         rewards=torch.tensor(rewards),
         terminals=torch.tensor(terminals),
         next_observations=next_obs,
-        goals=Observation({}, torch.randn(B, 2, generator=g)),
+        goals=Observation({}, torch.randn(B, goal_dim, generator=g)) if goal_dim else None,
         task_ids=torch.tensor(task_ids or [0] * B),
         mc_returns=torch.zeros(B),
         goal_source=torch.tensor(sources),

@@ -682,34 +682,27 @@ def _unlabeled_frames(
         keep[np.random.default_rng(cfg.seed).choice(total, cfg.max_pseudo_frames, replace=False)] = True
         offsets = np.cumsum([0] + [len(steps) for _, steps in candidates])
         candidates = [(eid, steps[keep[offsets[i] : offsets[i + 1]]]) for i, (eid, steps) in enumerate(candidates)]
-    by_segment: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for eid, steps in candidates:
-        if len(steps):
-            by_segment.setdefault(records[eid].segment, []).append((eid, steps))
-    key, images = f"images/{camera}", []
-    for seg, items in sorted(by_segment.items()):
-        data = view.read_segment(seg, fields=[key])
-        images += [data.steps[key][records[eid].start + steps] for eid, steps in items]
-        del data
-    return np.concatenate(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
+    wanted = {eid: dict.fromkeys(steps.tolist(), False) for eid, steps in candidates if len(steps)}
+    if not wanted:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    return _read_frames(view, records, wanted, list(wanted), camera).images
 
 
 def _self_train(
     net: nn.Module,
+    losses: list[float],
     train: _Frames,
     pool: np.ndarray,
     size: tuple[int, int],
     cfg: DetectorConfig,
     where: str,
 ) -> tuple[nn.Module, list[float], list[dict[str, int]]]:
-    """Self-training: each round scores the unlabeled frames ``pool`` with the current detector, takes
-    p >= pseudo_positive as positives and p <= pseudo_negative as negatives, and trains a new detector
-    from scratch on the labeled frames plus these -> (detector, losses, pseudo-label counts per round)."""
-    losses: list[float] = []
+    """Self-training: each round scores the unlabeled frames ``pool`` with the current detector (``net``,
+    trained with ``losses``), takes p >= pseudo_positive as positives and p <= pseudo_negative as
+    negatives, and trains a new detector from scratch on the labeled frames plus these -> (detector, its
+    losses, pseudo-label counts per round). With an empty pool the first detector stands."""
     rounds: list[dict[str, int]] = []
-    if len(pool) == 0:  # nothing to pseudo-label: the first detector stands
-        return net, losses, rounds
-    for r in range(cfg.self_training_rounds):
+    for r in range(cfg.self_training_rounds if len(pool) else 0):
         p = _proba(net, pool)  # (N,)
         pos, neg = p >= cfg.pseudo_positive, p <= cfg.pseudo_negative
         sel = pos | neg
@@ -766,16 +759,14 @@ def train_detector(
     net, losses = _fit(train, size, cfg, task, cfg.steps)
     rounds: list[dict[str, int]] = []
     if cfg.self_training_rounds:
-        extra = (
-            list(unlabeled)
-            if unlabeled is not None
-            else []
-            if episodes is not None
-            else sorted(set(records) - set(labels))
-        )
+        if unlabeled is not None:
+            extra = list(unlabeled)
+        elif episodes is not None:
+            extra = []
+        else:  # every episode of the snapshot without a labeled frame
+            extra = sorted(set(records) - set(labels))
         pool = _unlabeled_frames(view, records, labels, [*train_ids, *extra], camera, cfg)
-        net, st_losses, rounds = _self_train(net, train, pool, size, cfg, task)
-        losses = st_losses or losses
+        net, losses, rounds = _self_train(net, losses, train, pool, size, cfg, task)
     detector = SuccessDetector(
         net, cfg, task=task, camera=camera, image_size=size, threshold=0.5, metrics={}, calibration={}, info={}
     )
