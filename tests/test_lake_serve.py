@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from html import unescape
@@ -198,9 +199,13 @@ def test_missing_lake_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_serve_prints_its_url_serves_and_stops_on_ctrl_c(lake_uri: str, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "robot_rl", "lake", "serve", "--lake", lake_uri, "--port", "0"]
+    # `robot-rl lake serve`, with every thread's stack dumped on SIGUSR1 (a rare hang after Ctrl-C was
+    # seen twice on a loaded machine: if it comes back, the failure shows where the process waits)
+    dump = "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+    dump += "from robot_rl.cli import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", dump, "lake", "serve", "--lake", lake_uri, "--port", "0"]
     cmd += ["--cache", str(tmp_path / "cache")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -209,7 +214,14 @@ def test_serve_prints_its_url_serves_and_stops_on_ctrl_c(lake_uri: str, tmp_path
         with urllib.request.urlopen(url.group(0) + "ref/v1", timeout=30) as r:
             assert r.status == 200 and b'class="episode"' in r.read()
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"the server did not stop within 60 s of Ctrl-C; its threads:\n{err[-8000:]}")
         assert proc.returncode == 0 and "stopped" in out
     finally:
         if proc.poll() is None:
