@@ -5,8 +5,9 @@
 
 Data: each dataset regenerated with OGBench's environments and oracles (``robot-rl ogbench
 generate``; OGBench's files cannot be downloaded here) at a reduced size (``--episodes``
-trajectories of 1,001 steps; OGBench: 1,000), written to a fresh lake and tagged. Goals are the
-dataset's own observation vectors, as in OGBench.
+trajectories of 1,001 steps; OGBench: 1,000), in chunks of 250 trajectories with seeds 0, 1, ...
+generated in parallel (the same data for any ``--workers``), committed to a fresh lake and tagged.
+Goals are the dataset's own observation vectors, as in OGBench.
 
 Learners (same lake snapshot, updates, batch and MLP sizes; no reward is stored or used):
 
@@ -14,6 +15,8 @@ Learners (same lake snapshot, updates, batch and MLP sizes; no reward is stored 
     gciql  ``algo=gciql_ogbench task=ogbench``: OGBench's GCIQL (reward success - 1, expectile 0.9,
            DDPG+BC actor with OGBench's per-dataset alpha, LayerNorm critics; value goals 0.2
            current / 0.5 geometric future / 0.3 random, actor goals uniform future)
+    gciql_fast ``algo=gciql_fast task=ogbench``: the same with learning rates 1e-3 (OGBench: 3e-4), which
+           learns in fewer updates (the CPU budget's setting)
     am     Actionable Models (conservative QT-Opt with goal chaining, CEM policy), LayerNorm critics
            and the Monte-Carlo lower bound on targets (robot-rl's goal-reaching recipe)
 
@@ -57,8 +60,8 @@ ALPHA = {"pointmaze-medium-navigate": 0.003, "cube-single-play": 1.0, "cube-sing
 # The rest of the offline family (OTHERS, with the named config files of CONFIG_FILE, as in
 # benchmarks/goal_reaching.py), goal-conditioned with OGBench's goal sampling (task=ogbench, as
 # GC-IQL) and each algorithm's own config, the budget's MLPs and LayerNorm critics; 0/1 rewards.
-LEARNERS = ("gcbc", "gciql", "am", *OTHERS)
-DEFAULT_LEARNERS = ("gcbc", "gciql", "am")
+LEARNERS = ("gcbc", "gciql", "gciql_fast", "am", *OTHERS)
+DEFAULT_LEARNERS = ("gcbc", "gciql", "gciql_fast", "am")
 GAMMA = 0.99
 
 
@@ -72,6 +75,7 @@ class Budget:
     eval_episodes: int  # per evaluation goal (OGBench: 50)
     eval_max_steps: int | None = None  # None: the task's limit (OGBench's); --quick cuts episodes short
     eval_goals: int = 5  # OGBench's five evaluation goals; --quick: the first only
+    eval_at: tuple[int, ...] = ()  # also evaluate after these many updates (the learning curve)
 
 
 QUICK = Budget(
@@ -96,9 +100,9 @@ def learner(key: str, dataset: str, b: Budget) -> tuple[str, dict[str, Any], Any
     if key == "gcbc":
         relabel = RelabelConfig(future=1.0, final=0, negative=0, task=0, future_mode="uniform", gamma=GAMMA)
         return "bc", algo_settings("bc", gamma=GAMMA, hidden=hidden), relabel
-    if key == "gciql":
+    if key in ("gciql", "gciql_fast"):
         task = compose("pretrain", ["task=ogbench"])["task"]["relabel"]
-        cfg = algo_settings("gciql_ogbench", hidden=hidden, alpha=ALPHA[dataset])
+        cfg = algo_settings("gciql_ogbench" if key == "gciql" else key, hidden=hidden, alpha=ALPHA[dataset])
         return "iql", cfg, RelabelConfig(**task)
     if key == "am":
         relabel = RelabelConfig(future=0.5, final=0.2, negative=0.3, task=0, geometric_p=1 - GAMMA, gamma=GAMMA)
@@ -111,19 +115,35 @@ def learner(key: str, dataset: str, b: Budget) -> tuple[str, dict[str, Any], Any
     raise KeyError(f"unknown learner {key!r}; known: {LEARNERS}")
 
 
-def generate(dataset: str, b: Budget, uri: str) -> float:
-    """Generate ``dataset`` into a new lake at ``uri`` (tagged v1); returns seconds."""
-    from data_lake.lake import Lake
+GENERATE_CHUNK = 250  # trajectories per generation job: chunk i has seed i, whatever the number of workers
+
+
+def generate_chunk(dataset: str, episodes: int, seed: int, steps_per_episode: int) -> dict[str, Any]:
+    """One chunk's training arrays (``robot-rl ogbench generate``'s generator; its val split is dropped)."""
     from tasks.ogbench_data import generate as og_generate
+
+    train, _ = og_generate(dataset, episodes, seed=seed, max_episode_steps=steps_per_episode, progress=False)
+    return train
+
+
+def submit_generation(dataset: str, b: Budget, pool: cf.Executor) -> list[tuple[int, cf.Future[dict[str, Any]]]]:
+    """Start generating ``dataset`` on ``pool``: chunks of GENERATE_CHUNK trajectories with seeds 0, 1, ...
+    (the same data for any number of workers; up to 250 trajectories: seed 0 alone)."""
+    sizes = [min(GENERATE_CHUNK, b.episodes - i) for i in range(0, b.episodes, GENERATE_CHUNK)]
+    return [(n, pool.submit(generate_chunk, dataset, n, seed, b.steps_per_episode)) for seed, n in enumerate(sizes)]
+
+
+def write_generated(dataset: str, b: Budget, uri: str, chunks: list[tuple[int, cf.Future[dict[str, Any]]]]) -> None:
+    """Commit the chunks into a new lake at ``uri`` in seed order (one commit each), tagged v1."""
+    from data_lake.lake import Lake
     from tasks.ogbench_data import settings, write_to_lake
 
-    t0 = time.perf_counter()
-    train, val = og_generate(dataset, b.episodes, seed=0, max_episode_steps=b.steps_per_episode, progress=False)
     lake = Lake.create(uri)
-    no_val = {k: v[:0] for k, v in val.items()}  # learners train on the training split only
-    write_to_lake(lake, train, no_val, settings(dataset, b.episodes, 0, b.steps_per_episode))
+    for seed, (n, job) in enumerate(chunks):
+        train = job.result()
+        no_val = {k: v[:0] for k, v in train.items()}  # learners train on the training split only
+        write_to_lake(lake, train, no_val, settings(dataset, n, seed, b.steps_per_episode))
     lake.tag("v1")
-    return time.perf_counter() - t0
 
 
 def train_and_evaluate(dataset: str, key: str, uri: str, b: Budget, run_dir: str) -> dict[str, Any]:
@@ -137,26 +157,8 @@ def train_and_evaluate(dataset: str, key: str, uri: str, b: Budget, run_dir: str
 
     torch.set_num_threads(1)
     algo, algo_cfg, relabel = learner(key, dataset, b)
-    t0 = time.perf_counter()
-    run = pretrain(
-        PretrainConfig(
-            algo=algo,
-            algo_cfg=algo_cfg,
-            lake=LakeConfig(uri, "tag:v1"),
-            obs=ObsConfig(cameras=(), use_state=True, augment_pad=0),
-            task=TaskConfig(conditioning="goal", relabel=relabel),
-            steps=b.updates,
-            batch_size=b.batch,
-            run_dir=run_dir,
-            save_every=b.updates,
-            log_every=max(1, b.updates // 20),
-            progress=False,
-        )
-    )
-    train_s = time.perf_counter() - t0
-    trained, _ = load_policy(run / "checkpoints" / "latest")
     tasks = tuple(ogbench_tasks(ENV_OF[dataset]))[: b.eval_goals]
-    cfg = EvalConfig(
+    ecfg = EvalConfig(
         tasks=tasks,
         episodes=b.eval_episodes,
         seed=0,
@@ -165,12 +167,40 @@ def train_and_evaluate(dataset: str, key: str, uri: str, b: Budget, run_dir: str
         video_episodes=0,
         progress=False,
     )
-    res = evaluate(policy_act(trained), trained.spec, cfg, out_dir=run_dir, name="ogbench_eval")
+    stages = sorted({s for s in b.eval_at if s < b.updates} | {b.updates})
+    train_s = eval_s = 0.0
+    curve: dict[int, dict[str, Any]] = {}
+    for i, steps in enumerate(stages):  # train to each stage (resuming the run exactly), then evaluate
+        t0 = time.perf_counter()
+        run = pretrain(
+            PretrainConfig(
+                algo=algo,
+                algo_cfg=algo_cfg,
+                lake=LakeConfig(uri, "tag:v1"),
+                obs=ObsConfig(cameras=(), use_state=True, augment_pad=0),
+                task=TaskConfig(conditioning="goal", relabel=relabel),
+                steps=steps,
+                batch_size=b.batch,
+                run_dir=run_dir,
+                save_every=steps,
+                log_every=max(1, b.updates // 20),
+                progress=False,
+                resume=i > 0,
+            )
+        )
+        train_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        trained, _ = load_policy(run / "checkpoints" / "latest")
+        name = "ogbench_eval" if steps == b.updates else f"ogbench_eval_{steps}"
+        res = evaluate(policy_act(trained), trained.spec, ecfg, out_dir=run_dir, name=name)
+        curve[steps] = res.summary
+        eval_s += time.perf_counter() - t0
     return {
         "summary": res.summary,
         "per_task": {t: s["success_rate"] for t, s in res.per_task.items()},
+        "curve": {s: summary for s, summary in curve.items() if s != b.updates},
         "train_s": train_s,
-        "eval_s": time.perf_counter() - t0 - train_s,
+        "eval_s": eval_s,
     }
 
 
@@ -188,11 +218,17 @@ def main() -> None:
     p.add_argument("--updates", type=int, help="override the budget's updates per learner")
     p.add_argument("--episodes", type=int, help="override the budget's trajectories per dataset")
     p.add_argument("--batch", type=int, help="override the budget's batch size")
+    p.add_argument(
+        "--eval-at",
+        default="",
+        help="comma-separated update counts at which to evaluate too (the curve: <dataset>_<learner>_success_at_<N>)",
+    )
     p.add_argument("--workers", type=int, default=2, help="learners trained at once (one thread each)")
     a = p.parse_args()
     b = QUICK if a.quick else FULL
     overrides = {"updates": a.updates, "episodes": a.episodes, "batch": a.batch}
     b = dataclasses.replace(b, **{k: v for k, v in overrides.items() if v is not None})
+    b = dataclasses.replace(b, eval_at=tuple(int(s) for s in a.eval_at.split(",") if s))
     datasets, keys = a.datasets.split(","), a.learners.split(",")
     unknown = [d for d in datasets if d not in PUBLISHED] + [k for k in keys if k not in LEARNERS]
     if unknown:
@@ -206,9 +242,11 @@ def main() -> None:
         uris = {d: str(root / f"lake-{d}") for d in datasets}
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max(1, a.workers), mp_context=ctx) as pool:
-            gen = {d: pool.submit(generate, d, b, uris[d]) for d in datasets}
-            for d, fut in gen.items():
-                figs[f"{d}_generate_s"] = fut.result()
+            t_gen = time.perf_counter()
+            chunks = {d: submit_generation(d, b, pool) for d in datasets}
+            for d in datasets:
+                write_generated(d, b, uris[d], chunks[d])
+                figs[f"{d}_generate_s"] = time.perf_counter() - t_gen  # since all generation started
             jobs = {
                 (d, k): pool.submit(train_and_evaluate, d, k, uris[d], b, str(out / d / k))
                 for d in datasets
@@ -217,6 +255,8 @@ def main() -> None:
             results = {dk: fut.result() for dk, fut in jobs.items()}
         for (d, k), r in results.items():
             with_ci(figs, f"{d}_{k}_success", r["summary"])
+            for steps, summary in r["curve"].items():
+                with_ci(figs, f"{d}_{k}_success_at_{steps}", summary)
             for task, rate in r["per_task"].items():
                 figs[f"{d}_{k}_{task.rsplit('-', 1)[1]}"] = float(rate)
             figs[f"{d}_{k}_train_s"], figs[f"{d}_{k}_eval_s"] = r["train_s"], r["eval_s"]
@@ -236,6 +276,8 @@ def main() -> None:
         "cube-single-noisy_gciql_success": ">= 0.8, >> gcbc",
         "cube-single-play_gciql_success": ">> gcbc",
         "pointmaze-medium-navigate_gciql_success": ">= 0.4",
+        "cube-single-noisy_gciql_fast_success": ">= 0.8 (GC-IQL at lr 1e-3)",
+        "pointmaze-medium-navigate_gciql_fast_success": ">= 0.4",
         "cube-single-noisy_am_success": ">= gciql",
         "cube-single-play_am_success": ">= gciql",
     }
