@@ -198,14 +198,24 @@ def test_missing_lake_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert rc == 2 and len(err) == 1 and "no lake at" in err[0]
 
 
-def test_serve_prints_its_url_serves_and_stops_on_ctrl_c(lake_uri: str, tmp_path: Path) -> None:
-    # `robot-rl lake serve`, with every thread's stack dumped on SIGUSR1 (a rare hang after Ctrl-C was
-    # seen twice on a loaded machine: if it comes back, the failure shows where the process waits)
+PARENT_SIGINT = {  # what the server inherits: a parent's ignored disposition and blocked mask survive exec
+    "default": None,
+    "ignored": lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    "blocked": lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}),
+}
+
+
+@pytest.mark.parametrize("parent", list(PARENT_SIGINT))
+def test_serve_prints_its_url_serves_and_stops_on_ctrl_c(lake_uri: str, tmp_path: Path, parent: str) -> None:
+    # `robot-rl lake serve`, with every thread's stack dumped on SIGUSR1 (if it hangs after Ctrl-C, the
+    # failure shows where the process waits: it showed a server deaf to SIGINT before serve.py reset it)
     dump = "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
     dump += "from robot_rl.cli import main; sys.exit(main())"
     cmd = [sys.executable, "-c", dump, "lake", "serve", "--lake", lake_uri, "--port", "0"]
     cmd += ["--cache", str(tmp_path / "cache")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=PARENT_SIGINT[parent]
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

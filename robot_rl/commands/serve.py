@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from collections.abc import Callable
 
 DEFAULT_PORT = 8765
@@ -24,6 +25,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
     host = f"[{a.host}]" if ":" in a.host else a.host
     print(f"serving lake {a.lake} at http://{host}:{server.server_port}/ (read-only; videos cached in {cache})")
     print("press Ctrl-C to stop", flush=True)
+    # Ctrl-C must stop the server even when this process inherited SIGINT ignored or blocked (a parent's
+    # disposition and signal mask survive exec; a test run once left the server deaf to SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         server.serve_forever()
     except KeyboardInterrupt:
