@@ -40,8 +40,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from robot_rl.algos import ALGOS, Algorithm, BaseAlgorithm, TrainedPolicy
+from robot_rl.algos.qtopt import CEMConfig, CEMPolicy
 from robot_rl.config import from_dict
-from robot_rl.nets import ObservationSpec
+from robot_rl.nets import Critic, ObservationSpec
 
 FORMAT = "robot-rl/checkpoint/v1"
 TENSORS, STATE = "tensors.safetensors", "state.json"
@@ -279,6 +280,31 @@ def load_policy(
     saved.load_into(policy)
     device = torch.device(device)
     trained = TrainedPolicy(cls.name, cfg, spec, policy.to(device).eval(), int(saved.info["step"]), device)
+    return trained, saved.info["meta"]
+
+
+def load_greedy_policy(
+    path: str | os.PathLike[str], cem: CEMConfig | None = None, device: str | torch.device = "cpu"
+) -> tuple[TrainedPolicy, dict[str, Any]]:
+    """The greedy policy of a full checkpoint's critic: CEM over ``Q_1(s, ·, g)`` (QT-Opt's policy, default
+    64 samples, 6 elites, 2 iterations) on the checkpoint's encoder and critic, whatever actor the
+    algorithm trained (``robot-rl eval act=cem``). It separates the critic from policy extraction: an
+    actor-critic's critic ranked by the search Actionable Models and QT-Opt act with.
+    """
+    saved = _networks(path)
+    if not saved.full:
+        raise CheckpointError(f"{path} is an exported policy; the greedy policy needs a full checkpoint (its critic)")
+    algo = build_algorithm(saved.info, device)
+    critic = algo.nets["critic"] if "critic" in algo.nets else None
+    if not isinstance(critic, Critic):
+        raise CheckpointError(
+            f"{path}: {algo.name} has no Q(s, a) critic (nets: {sorted(algo.nets)}) for a greedy policy"
+        )
+    saved.load_into(algo.nets)
+    policy = CEMPolicy(algo.nets.encoder, critic, cem or CEMConfig()).eval()
+    trained = TrainedPolicy(
+        f"{algo.name}+cem", algo.cfg, algo.spec, policy, int(saved.info["step"]), torch.device(device)
+    )
     return trained, saved.info["meta"]
 
 

@@ -10,6 +10,8 @@ from typing import Any
 from robot_rl.config import from_dict
 from robot_rl.hydra_utils import compose, describe
 
+ACT = ("policy", "cem")  # the checkpoint's own policy | CEM over its critic (load_greedy_policy)
+
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
@@ -24,22 +26,30 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run_eval(overrides: list[str]) -> int:
-    from robot_rl.checkpoint import load_policy, resolve_checkpoint
+    from robot_rl.algos.qtopt import CEMConfig
+    from robot_rl.checkpoint import load_greedy_policy, load_policy, resolve_checkpoint
     from robot_rl.evaluate import EvalConfig, evaluate, policy_act
 
     c: dict[str, Any] = compose("eval", overrides)
-    cmd = {k: c.pop(k) for k in ("ckpt", "device", "out", "task", "rrd", "rrd_episodes")}  # the command's own settings
+    own = ("ckpt", "device", "out", "task", "rrd", "rrd_episodes", "act", "cem")
+    cmd = {k: c.pop(k) for k in own}  # the command's own settings
     ckpt = resolve_checkpoint(cmd["ckpt"])
-    algo, meta = load_policy(ckpt, cmd["device"])
+    if cmd["act"] not in ACT:
+        raise ValueError(f"act must be one of {ACT}, got {cmd['act']!r}")
+    if cmd["act"] == "cem":
+        if c["backend"] != "local":
+            raise ValueError("act=cem evaluates with backend=local (Ray workers load the checkpoint's own policy)")
+        algo, meta = load_greedy_policy(ckpt, from_dict(CEMConfig, cmd["cem"]), cmd["device"])
+    else:
+        algo, meta = load_policy(ckpt, cmd["device"])
     tasks = (cmd["task"],) if isinstance(cmd["task"], str) else tuple(cmd["task"])
     ecfg = from_dict(EvalConfig, {**c, "tasks": tasks})  # the rest of configs/eval.yaml is EvalConfig
     run_dir = next((p for p in (ckpt, *ckpt.parents) if (p / "run.json").exists()), None)
     out = Path(cmd["out"]) if cmd["out"] else (run_dir / "eval" if run_dir else Path("runs/eval"))
 
     act = policy_act(algo, ecfg.deterministic, ecfg.seed)
-    res = evaluate(
-        act, algo.spec, ecfg, meta.get("tasks", ()), out, algo.device, name=f"eval_{algo.step:07d}", checkpoint=ckpt
-    )
+    name = f"eval_{algo.step:07d}" + ("_cem" if cmd["act"] == "cem" else "")
+    res = evaluate(act, algo.spec, ecfg, meta.get("tasks", ()), out, algo.device, name=name, checkpoint=ckpt)
     lo, hi = res.summary["success_ci95"]
     print(f"{ckpt} ({algo.name}, {algo.step} updates, snapshot {meta.get('lake', {}).get('snapshot_id', '?')[:12]})")
     for t, s in res.per_task.items():
@@ -48,7 +58,7 @@ def run_eval(overrides: list[str]) -> int:
             f"  return {s['mean_return']:.2f}  ({s['episodes']} episodes)"
         )
     print(f"  overall success {res.success_rate:.2f} (95% CI {lo:.2f}-{hi:.2f})")
-    print(f"summary: {out / f'eval_{algo.step:07d}.json'}" + (f"  video: {res.video}" if res.video else ""))
+    print(f"summary: {out / f'{name}.json'}" + (f"  video: {res.video}" if res.video else ""))
     if cmd["rrd"]:  # the first rrd_episodes episodes of each task again, every frame, to a Rerun file
         from robot_rl.viz import log_eval_rollouts
 

@@ -194,15 +194,19 @@ def tabletop_lake(tmp_path_factory: pytest.TempPathFactory) -> str:
     return uri
 
 
+def tabletop_config(lake: str, run: Path, algo: str, steps: int, **kw: object) -> PretrainConfig:
+    """A tiny ``algo`` on the tabletop lake's main branch (images and state)."""
+    tiny = {"encoder": TINY_ALGO["encoder"], "hidden": [16, 16]}
+    return config(lake, run, steps=steps, algo=algo, algo_cfg=tiny, lake=LakeConfig(lake, "main"), **kw)
+
+
 def test_pretrain_evaluates_in_the_simulator_and_eval_cli_agrees(tabletop_lake: str, tmp_path: Path) -> None:
     run = tmp_path / "bc"
-    cfg = config(
+    cfg = tabletop_config(
         tabletop_lake,
         run,
+        "bc",
         steps=4,
-        algo="bc",
-        algo_cfg={"encoder": TINY_ALGO["encoder"], "hidden": [16, 16]},
-        lake=LakeConfig(tabletop_lake, "main"),
         task=TaskConfig(eval_tasks=("tabletop/reach_red",)),
         eval_every=2,
         eval_episodes=2,
@@ -239,6 +243,53 @@ def test_pretrain_evaluates_in_the_simulator_and_eval_cli_agrees(tabletop_lake: 
     wins = sum(e["success"] for e in got["episode_results"])
     assert got["success_rate"] == wins / 3 and got["per_task"]["tabletop/reach_red"]["success_rate"] == wins / 3
     assert (out / "eval_0000004.gif").stat().st_size > 1000
+
+
+def test_greedy_policy_is_cem_over_the_checkpoints_own_critic(tabletop_lake: str, tmp_path: Path) -> None:
+    """``eval act=cem``: an actor-critic checkpoint acts by CEM over its trained critic, not a fresh one."""
+    from robot_rl.algos import ALGOS
+    from robot_rl.algos.base import encode
+    from robot_rl.algos.qtopt import CEMConfig, cem_on_critic
+    from robot_rl.eval_cmd import run_eval
+
+    run = tmp_path / "iql"
+    cfg = tabletop_config(tabletop_lake, run, "iql", steps=3)
+    pretrain(cfg)
+    ckpt = run / "checkpoints" / "latest"
+    cem = CEMConfig(samples=16, elites=4, iterations=2)
+    greedy, meta = checkpoint.load_greedy_policy(ckpt, cem)
+    assert greedy.name == "iql+cem" and greedy.step == 3 and meta["tasks"] == ["tabletop/reach_red"]
+    algo, _ = checkpoint.load_algorithm(ckpt)
+    with Sampler(Lake.open(tabletop_lake).checkout("main"), cfg.sampler_config(), progress=False) as sampler:
+        batch = next(sampler)
+    obs, goals = batch.observations, batch.goals
+    got = greedy.act(obs, goals, None, True, torch.Generator().manual_seed(7))  # (B, A)
+    with torch.no_grad():
+        features = encode(algo.nets.encoder, batch, next_observations=False).features
+        want = cem_on_critic(features, algo.nets.critic, got.shape[1], cem, torch.Generator().manual_seed(7)).action
+        fresh = ALGOS["iql"](algo.cfg, algo.spec)  # same architecture, untrained weights
+        fresh_features = encode(fresh.nets.encoder, batch, next_observations=False).features
+        other = cem_on_critic(fresh_features, fresh.nets.critic, got.shape[1], cem, torch.Generator().manual_seed(7))
+    assert got.shape == (len(batch), 4) and got.abs().max() <= 1
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, other.action)  # the trained critic, not a freshly built one
+
+    with pytest.raises(checkpoint.CheckpointError, match="exported policy"):
+        checkpoint.load_greedy_policy(run / "policy")
+    bc = tmp_path / "bc"
+    pretrain(dataclasses.replace(cfg, run_dir=str(bc), algo="bc"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"bc has no Q\(s, a\) critic"):
+        checkpoint.load_greedy_policy(bc / "checkpoints" / "latest")
+
+    out = tmp_path / "eval"
+    common = [f"ckpt={ckpt}", "task=tabletop/reach_red", "episodes=2", f"out={out}", "progress=false"]
+    run_eval([*common, "video_episodes=0", "act=cem", "cem.samples=16", "cem.elites=4"])
+    got_eval = json.loads((out / "eval_0000003_cem.json").read_text())
+    assert got_eval["episodes"] == 2 and 0 <= got_eval["success_rate"] <= 1
+    with pytest.raises(ValueError, match=r"act must be one of \('policy', 'cem'\), got 'argmax'"):
+        run_eval([*common, "act=argmax"])
+    with pytest.raises(ValueError, match="act=cem evaluates with backend=local"):
+        run_eval([*common, "act=cem", "backend=ray"])
 
 
 def test_state_only_pretraining_observes_the_scene_with_normalized_inputs(tabletop_lake: str, tmp_path: Path) -> None:
